@@ -1,0 +1,262 @@
+"""Typed, validated view of the composed Hydra configuration.
+
+Hydra composes YAML (``fedcrm/configs``) and command-line overrides; pydantic
+checks the result. Code receives a frozen :class:`RunConfig`, never a raw dict.
+A wrong key or value fails before any work with a message that lists the valid
+choices.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedcrm.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------- data
+class SyntheticDataConfig(_Strict):
+    """Synthetic CRM made by :mod:`fedcrm.data.synthetic`."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    branches: int = Field(5, ge=1, le=10_000)
+    customers: int = Field(2000, ge=10)
+    seed: int | None = None
+
+
+class CdnowDataConfig(_Strict):
+    """The CDNOW transaction log, one branch per acquisition month."""
+
+    kind: Literal["cdnow"] = "cdnow"
+    source: str | None = None
+
+
+class CsvDataConfig(_Strict):
+    """A branch export on disk following the data contract."""
+
+    kind: Literal["csv"] = "csv"
+    path: str
+    attribute_columns: tuple[str, ...] = ()
+
+
+DataConfig = Annotated[
+    SyntheticDataConfig | CdnowDataConfig | CsvDataConfig, Field(discriminator="kind")
+]
+
+
+# --------------------------------------------------------------------- task
+class TaskConfig(_Strict):
+    """The churn task: features before ``cutoff``, label from ``horizon_days`` after it."""
+
+    name: Literal["churn"] = "churn"
+    cutoff: dt.date | None = None
+    horizon_days: int = Field(90, ge=1, le=3650)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    max_events: int = Field(50, ge=1, le=1000)
+
+
+# -------------------------------------------------------------------- model
+class LSTMModelConfig(_Strict):
+    """Embeddings + LSTM over the event sequence (+ tabular features) -> churn logit."""
+
+    name: Literal["lstm"] = "lstm"
+    embedding_dim: int = Field(16, ge=1)
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(1, ge=1, le=4)
+    use_tabular: bool = True
+    learning_rate: float = Field(0.003, gt=0.0)
+    batch_size: int = Field(64, ge=1)
+
+
+class GBDTModelConfig(_Strict):
+    """Histogram gradient-boosted trees for the logistic loss."""
+
+    name: Literal["gbdt"] = "gbdt"
+    n_estimators: int = Field(50, ge=1)
+    max_depth: int = Field(4, ge=1, le=12)
+    learning_rate: float = Field(0.3, gt=0.0, le=1.0)
+    reg_lambda: float = Field(1.0, ge=0.0)
+    gamma: float = Field(0.0, ge=0.0)
+    min_child_weight: float = Field(1.0, ge=0.0)
+    max_bin: int = Field(32, ge=2, le=256)
+    mode: Literal["exact", "batched"] = "exact"
+    trees_per_exchange: int = Field(10, ge=1)
+    subsample: float = Field(1.0, gt=0.0, le=1.0)
+
+
+ModelConfig = Annotated[LSTMModelConfig | GBDTModelConfig, Field(discriminator="name")]
+
+
+# ------------------------------------------------------------------ privacy
+class PrivacyConfig(_Strict):
+    """Differential privacy and homomorphic encryption settings of a run."""
+
+    mode: Literal["none", "dp", "he", "dp_he"] = "none"
+    target_epsilon: float | None = Field(None, gt=0.0)
+    noise_multiplier: float | None = Field(None, gt=0.0)
+    delta: float | None = Field(None, gt=0.0, lt=1.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    accountant: Literal["prv", "rdp"] = "prv"
+    engine: Literal["fast", "opacus"] = "fast"
+    keys_dir: str | None = None
+
+    @property
+    def dp(self) -> bool:
+        """Whether differential privacy is on."""
+        return self.mode in ("dp", "dp_he")
+
+    @property
+    def he(self) -> bool:
+        """Whether updates are homomorphically encrypted."""
+        return self.mode in ("he", "dp_he")
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> PrivacyConfig:
+        if self.dp and (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError(
+                "with privacy=dp give exactly one of privacy.target_epsilon and "
+                "privacy.noise_multiplier (set the other to null)"
+            )
+        return self
+
+
+# --------------------------------------------------------------- federation
+class FederationConfig(_Strict):
+    """Rounds, sampling and simulation resources."""
+
+    rounds: int = Field(5, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    min_branches: int = Field(2, ge=1)
+    num_cpus_per_branch: float = Field(1, gt=0)
+    ray_address: str | None = None
+    round_timeout: float = Field(600, gt=0)
+
+
+class BranchConfig(_Strict):
+    """Branch-side settings of simulated branches (the server never reads these)."""
+
+    epsilon_ceiling: float | None = Field(None, gt=0.0)
+    epsilon_ceilings: dict[str, Annotated[float, Field(gt=0.0)]] = Field(default_factory=dict)
+    delta: float | None = Field(None, gt=0.0, lt=1.0)
+
+    def ceiling_for(self, branch_id: str) -> float | None:
+        """The epsilon ceiling of ``branch_id`` (a per-branch value wins)."""
+        return self.epsilon_ceilings.get(branch_id, self.epsilon_ceiling)
+
+
+class RunConfig(_Strict):
+    """The whole composed configuration of one run."""
+
+    data: DataConfig = Field(default_factory=SyntheticDataConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=LSTMModelConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    branch: BranchConfig = Field(default_factory=BranchConfig)
+    seed: int = 42
+    baseline: bool = True
+    release: bool = True
+    output_dir: str = "runs/latest"
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "data": SyntheticDataConfig,
+    "task": TaskConfig,
+    "model": LSTMModelConfig,
+    "privacy": PrivacyConfig,
+    "federation": FederationConfig,
+    "branch": BranchConfig,
+}
+
+
+def _valid_keys(raw: Mapping[str, Any], loc: tuple[Any, ...]) -> list[str]:
+    """The field names valid at ``loc`` (for error messages)."""
+    model: type[BaseModel] = RunConfig
+    if loc and loc[0] in _SECTIONS:
+        model = _SECTIONS[str(loc[0])]
+        section = raw.get(str(loc[0]), {})
+        kind = section.get("kind") or section.get("name") if isinstance(section, Mapping) else None
+        for candidate in (CdnowDataConfig, CsvDataConfig, GBDTModelConfig, SyntheticDataConfig):
+            fields = candidate.model_fields
+            tag = fields.get("kind") or fields.get("name")
+            if tag is not None and tag.default == kind and loc[0] in ("data", "model"):
+                model = candidate
+    return sorted(model.model_fields)
+
+
+def validate_config(raw: Mapping[str, Any]) -> RunConfig:
+    """Validate a composed configuration.
+
+    Parameters
+    ----------
+    raw
+        The composed configuration as plain containers (``OmegaConf.to_container``).
+
+    Returns
+    -------
+    RunConfig
+        The frozen, typed configuration.
+
+    Raises
+    ------
+    ConfigError
+        Listing every wrong key or value with the valid choices.
+    """
+    raw = {k: v for k, v in raw.items() if k != "hydra"}
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not isinstance(p, int))
+            # Drop the discriminator tag pydantic inserts into union locations.
+            loc = tuple(p for p in loc if p not in ("synthetic", "cdnow", "csv", "lstm", "gbdt"))
+            where = ".".join(str(p) for p in loc) or "<root>"
+            if err["type"] == "extra_forbidden":
+                valid = ", ".join(_valid_keys(raw, loc[:-1]))
+                lines.append(f"  {where}: unknown key; valid keys here: {valid}")
+            else:
+                lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Compose the packaged Hydra config with ``overrides`` and validate it.
+
+    For programmatic use and tests; ``fedcrm simulate`` uses Hydra's own entry
+    point so that ``-m`` sweeps work.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(str(exc)) from None
+    assert isinstance(raw, dict)
+    return validate_config(raw)
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1

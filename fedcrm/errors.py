@@ -1,0 +1,89 @@
+"""One exception hierarchy for fedcrm.
+
+Every message says what is wrong and what to do about it. Messages never carry
+a customer's data (no ids, no field values): the text of an exception raised in
+a ClientApp travels to the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FedCRMError(Exception):
+    """Base class of every error fedcrm raises on purpose."""
+
+
+class ConfigError(FedCRMError):
+    """The composed configuration or a node config is invalid."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a branch export.
+
+    ``line`` is the 1-based line in the file (the header is line 1), or 0 when
+    the problem concerns the whole file.
+    """
+
+    file: str
+    line: int
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.column}: {self.message}"
+
+
+class DataValidationError(FedCRMError):
+    """A branch export breaks the data contract; ``problems`` lists every finding."""
+
+    def __init__(self, problems: list[Problem], *, limit: int = 50) -> None:
+        self.problems = list(problems)
+        shown = "\n".join(f"  {p}" for p in self.problems[:limit])
+        more = len(self.problems) - limit
+        if more > 0:
+            shown += f"\n  ... and {more} more"
+        super().__init__(
+            f"{len(self.problems)} problem(s) in the branch export "
+            f"(run `fedcrm data validate DIR` for the full list):\n{shown}"
+        )
+
+
+class PrivacyError(FedCRMError):
+    """A privacy setting or privacy computation is invalid."""
+
+
+class BudgetExhaustedError(PrivacyError):
+    """Running the next mechanism would take a branch past its epsilon ceiling."""
+
+    def __init__(self, *, branch_id: str, spent: float, would_spend: float, ceiling: float) -> None:
+        self.branch_id = branch_id
+        self.spent = spent
+        self.would_spend = would_spend
+        self.ceiling = ceiling
+        super().__init__(
+            f"branch {branch_id}: budget-exhausted: epsilon spent {spent:.4g}, "
+            f"the next round would reach {would_spend:.4g} > ceiling {ceiling:.4g}"
+        )
+
+
+class LedgerError(PrivacyError):
+    """A privacy ledger is malformed, tampered, or does not verify."""
+
+
+class KeyFileError(FedCRMError):
+    """A key or certificate file is missing, unreadable or of the wrong kind."""
+
+
+class EncryptionError(FedCRMError):
+    """A homomorphic-encryption context or ciphertext is invalid."""
+
+
+class UpdateRejectedError(FedCRMError):
+    """A branch's reply (update, histogram, ciphertext) was rejected by the server."""
+
+    def __init__(self, branch_id: str, reason: str) -> None:
+        self.branch_id = branch_id
+        self.reason = reason
+        super().__init__(f"update from branch {branch_id} rejected: {reason}")
