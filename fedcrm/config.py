@@ -260,3 +260,34 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         return os.cpu_count() or 1
+
+
+class JobSpec(_Strict):
+    """What the server tells every branch about the job (sent as JSON each exchange).
+
+    It carries no branch-side setting: ceilings, key paths and data paths live
+    in each branch's node config.
+    """
+
+    run_id: str
+    model: ModelConfig
+    task: TaskConfig
+    privacy: PrivacyConfig
+    rounds: int
+    local_epochs: int
+    seed: int
+    release: bool = True
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig, run_id: str) -> JobSpec:
+        """The job part of a run configuration (without key paths)."""
+        return cls(
+            run_id=run_id,
+            model=cfg.model,
+            task=cfg.task,
+            privacy=cfg.privacy.model_copy(update={"keys_dir": None}),
+            rounds=cfg.federation.rounds,
+            local_epochs=cfg.federation.local_epochs,
+            seed=cfg.seed,
+            release=cfg.release,
+        )

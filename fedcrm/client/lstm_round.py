@@ -1,0 +1,237 @@
+"""One branch's part of a federated LSTM round, as plain functions.
+
+The ClientApp handlers unpack a Flower message, call these, and pack the
+reply; no Flower types appear here. The order inside a round is what makes the
+privacy guarantees hold:
+
+1. evaluate the incoming global model on the branch's test customers;
+2. with DP, derive the noise for this round and ask the branch's budget
+   whether the round fits under its ceiling (refuse otherwise, before any
+   training);
+3. train locally (DP-SGD when asked);
+4. append the mechanism to the branch's signed ledger, then release the update.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedcrm.client.branch import BranchData, BranchSettings
+from fedcrm.config import JobSpec, LSTMModelConfig
+from fedcrm.errors import BudgetExhaustedError, ConfigError, PrivacyError
+from fedcrm.models.lstm import build_model, get_weights, set_weights
+from fedcrm.models.metrics import score_summary
+from fedcrm.models.train import DPSettings, predict_proba, train_local
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundOutcome:
+    """What a branch releases after a round."""
+
+    weights: list[np.ndarray] | None
+    num_examples: int
+    metrics: dict[str, Any]
+    evaluation: dict[str, Any]
+    ledger_entries: list[dict[str, Any]] = field(default_factory=list)
+    refusal: dict[str, Any] | None = None
+
+
+def lstm_config(spec: JobSpec) -> LSTMModelConfig:
+    """The LSTM settings of a job (refuses a job for another model family)."""
+    if not isinstance(spec.model, LSTMModelConfig):
+        raise ConfigError(f"this round trains an LSTM but the job's model is {spec.model.name}")
+    return spec.model
+
+
+def dp_engine(spec: JobSpec) -> str | None:
+    """The DP engine the job asks for, or None without DP."""
+    return spec.privacy.engine if spec.privacy.dp else None
+
+
+def initial_weights(spec: JobSpec, n_tabular: int) -> list[np.ndarray]:
+    """The seeded initial model every branch and the server agree on."""
+    model = build_model(lstm_config(spec), n_tabular, dp_engine=dp_engine(spec), seed=spec.seed)
+    return get_weights(model)
+
+
+def evaluate_weights(
+    spec: JobSpec, data: BranchData, weights: list[np.ndarray]
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Score summary of ``weights`` on the branch's test customers (no per-customer data)."""
+    model = build_model(lstm_config(spec), data.n_tabular, dp_engine=dp_engine(spec))
+    set_weights(model, weights)
+    proba = predict_proba(model, data.test)
+    return score_summary(data.test.labels, proba), proba
+
+
+def dp_round_plan(spec: JobSpec, n_train: int) -> tuple[float, int]:
+    """Sample rate and DP-SGD steps of one local round (Poisson sampling of customers)."""
+    cfg = lstm_config(spec)
+    batch = min(cfg.batch_size, n_train)
+    sample_rate = batch / n_train
+    steps = spec.local_epochs * math.ceil(n_train / batch)
+    return sample_rate, steps
+
+
+def branch_delta(spec: JobSpec, settings: BranchSettings, n_train: int) -> float:
+    """The branch's delta: its own node config wins, then the job's, then a default below 1/n."""
+    from fedcrm.privacy.accounting import check_delta, default_delta
+
+    delta = settings.delta or spec.privacy.delta or default_delta(n_train)
+    check_delta(delta, n_train, settings.branch_id)
+    return delta
+
+
+def noise_for_run(spec: JobSpec, n_train: int, delta: float) -> float:
+    """The noise multiplier: given, or derived so the whole run spends ``target_epsilon``."""
+    from fedcrm.privacy.accounting import noise_multiplier_for
+
+    if spec.privacy.noise_multiplier is not None:
+        return spec.privacy.noise_multiplier
+    assert spec.privacy.target_epsilon is not None
+    sample_rate, steps = dp_round_plan(spec, n_train)
+    return noise_multiplier_for(
+        target_epsilon=spec.privacy.target_epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        steps=steps * spec.rounds,
+        accountant=spec.privacy.accountant,
+    )
+
+
+def open_ledger(settings: BranchSettings) -> Any:
+    """The branch's signed ledger (needs ``ledger-path`` and ``signing-key``)."""
+    from fedcrm.privacy.ledger import Ledger
+    from fedcrm.privacy.signing import load_private_key
+
+    if settings.ledger_path is None or settings.signing_key is None:
+        raise ConfigError(
+            "DP runs need `ledger-path` and `signing-key` in the node config "
+            "(create the key with `fedcrm node init`)"
+        )
+    return Ledger(
+        settings.ledger_path,
+        branch_id=settings.branch_id,
+        signing_key=load_private_key(settings.signing_key),
+    )
+
+
+def train_round(
+    spec: JobSpec,
+    round_num: int,
+    settings: BranchSettings,
+    data: BranchData,
+    weights: list[np.ndarray],
+    state: dict[str, Any],
+) -> RoundOutcome:
+    """Evaluate the global ``weights``, then train one local round from them.
+
+    ``state`` is the branch's per-run memory (the derived noise multiplier).
+    """
+    from fedcrm.privacy.accounting import Mechanism
+    from fedcrm.privacy.budget import BranchBudget
+
+    cfg = lstm_config(spec)
+    evaluation, _ = evaluate_weights(spec, data, weights)
+    n_train = len(data.train)
+    dp: DPSettings | None = None
+    ledger = budget = mechanism = None
+    if spec.privacy.dp:
+        try:
+            delta = branch_delta(spec, settings, n_train)
+        except PrivacyError as exc:
+            return _refused("delta-too-large", str(exc), evaluation)
+        key = f"sigma:{spec.run_id}"
+        if key not in state:
+            state[key] = noise_for_run(spec, n_train, delta)
+        sigma = float(state[key])
+        sample_rate, steps = dp_round_plan(spec, n_train)
+        mechanism = Mechanism(
+            name="dp-sgd",
+            noise_multiplier=sigma,
+            sample_rate=sample_rate,
+            steps=steps,
+            max_grad_norm=spec.privacy.max_grad_norm,
+        )
+        ledger = open_ledger(settings)
+        budget = BranchBudget(
+            ledger,
+            ceiling=settings.epsilon_ceiling,
+            delta=delta,
+            accountant=spec.privacy.accountant,
+        )
+        try:
+            budget.check(mechanism)
+        except BudgetExhaustedError as exc:
+            return _refused(
+                "budget-exhausted",
+                str(exc),
+                evaluation,
+                spent=exc.spent,
+                ceiling=exc.ceiling,
+                would_spend=exc.would_spend,
+            )
+        dp = DPSettings(
+            noise_multiplier=sigma,
+            max_grad_norm=spec.privacy.max_grad_norm,
+            engine=spec.privacy.engine,
+        )
+    model = build_model(cfg, data.n_tabular, dp_engine=dp_engine(spec))
+    set_weights(model, weights)
+    result = train_local(
+        model,
+        data.train,
+        epochs=spec.local_epochs,
+        batch_size=min(cfg.batch_size, n_train),
+        learning_rate=cfg.learning_rate,
+        seed=spec.seed * 100_003 + round_num,
+        dp=dp,
+    )
+    new_weights = get_weights(model)
+    if not all(np.isfinite(w).all() for w in new_weights):
+        raise PrivacyError("local training diverged (non-finite weights); lower the learning rate")
+    entries: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {
+        "train_loss": float(result.loss),
+        "train_seconds": float(result.seconds),
+    }
+    if ledger is not None and mechanism is not None and budget is not None:
+        entry = ledger.append(
+            run_id=spec.run_id,
+            round=round_num,
+            model="lstm",
+            mechanism=mechanism,
+            delta=budget.delta,
+            accountant=spec.privacy.accountant,
+        )
+        entries.append(entry)
+        metrics.update(
+            epsilon=float(entry["epsilon"]),
+            delta=float(budget.delta),
+            noise_multiplier=float(mechanism.noise_multiplier),
+        )
+    return RoundOutcome(
+        weights=new_weights,
+        num_examples=n_train,
+        metrics=metrics,
+        evaluation=evaluation,
+        ledger_entries=entries,
+    )
+
+
+def _refused(reason: str, message: str, evaluation: dict[str, Any], **extra: Any) -> RoundOutcome:
+    log.warning("round refused: %s", message)
+    return RoundOutcome(
+        weights=None,
+        num_examples=0,
+        metrics={},
+        evaluation=evaluation,
+        refusal={"reason": reason, "message": message, **extra},
+    )

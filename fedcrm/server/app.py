@@ -1,0 +1,108 @@
+"""The fedcrm ServerApp.
+
+Deployment: ``flwr run . <connection> --run-config "config-overrides='...'
+output-dir='runs/x'"``; the module-level ``app`` composes the packaged Hydra
+config with those overrides (the ``branch`` section is ignored: branch-side
+settings come from each SuperNode's node config), loads only the public CKKS
+context when the run is encrypted, and writes the run directory.
+
+Simulation builds its ServerApp with :func:`make_server_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedcrm.config import RunConfig, compose
+from fedcrm.errors import FedCRMError
+from fedcrm.server.fedavg import FedAvgJob, Reporter
+from fedcrm.server.outputs import write_outputs
+from fedcrm.server.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def load_server_context(cfg: RunConfig, keys_dir: str | Path | None) -> Any:
+    """The public CKKS context for an encrypted run (refuses one with a secret key)."""
+    if not cfg.privacy.he:
+        return None
+    from fedcrm.crypto.ckks import load_public_context
+
+    if keys_dir is None:
+        raise FedCRMError("encrypted runs need privacy.keys_dir (from `fedcrm keys init`)")
+    return load_public_context(Path(keys_dir) / "he_public.ctx")
+
+
+def run_job(
+    grid: Grid,
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    run_id: str | None = None,
+    reporter: Reporter | None = None,
+    keys_dir: str | Path | None = None,
+    node_wait_s: float = 120.0,
+) -> dict[str, Any]:
+    """Run a configured job on ``grid`` and write its run directory."""
+    t0 = time.perf_counter()
+    run_dir = RunDir(out_dir)
+    he_context = load_server_context(cfg, keys_dir or cfg.privacy.keys_dir)
+    run_id = run_id or uuid.uuid4().hex[:12]
+    if cfg.model.name != "lstm":
+        from fedcrm.server.gbdt_job import GBDTJob  # type: ignore[import-not-found]
+
+        job: Any = GBDTJob(grid, cfg, run_dir, run_id=run_id, reporter=reporter,
+                           he_context=he_context, node_wait_s=node_wait_s)
+    else:
+        job = FedAvgJob(grid, cfg, run_dir, run_id=run_id, reporter=reporter,
+                        he_context=he_context, node_wait_s=node_wait_s)
+    result = job.run()
+    result["run_id"] = run_id
+    result.setdefault("timings", {})["federated_total_s"] = time.perf_counter() - t0
+    return result
+
+
+def make_server_app(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    run_id: str,
+    reporter: Reporter | None = None,
+    keys_dir: str | Path | None = None,
+    results: dict[str, Any] | None = None,
+) -> ServerApp:
+    """A ServerApp for the simulation; the result lands in ``results["federated"]``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        result = run_job(grid, cfg, out_dir, run_id=run_id, reporter=reporter, keys_dir=keys_dir)
+        if results is not None:
+            results["federated"] = result
+
+    return app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Deployment entry point: compose the config from the run config and run."""
+    overrides = shlex.split(str(context.run_config.get("config-overrides", "")))
+    cfg = compose(overrides)
+    out_dir = str(context.run_config.get("output-dir", "")) or cfg.output_dir
+    out_dir = str(Path(out_dir) / f"run-{context.run_id}") if "{run_id}" not in out_dir else (
+        out_dir.replace("{run_id}", str(context.run_id))
+    )
+    log.info("fedcrm job %s writing to %s", context.run_id, out_dir)
+    result = run_job(grid, cfg, out_dir, run_id=str(context.run_id))
+    write_outputs(Path(out_dir), cfg, result)

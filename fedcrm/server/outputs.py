@@ -1,0 +1,106 @@
+"""Turn a federated result into the run directory's summary, model card and plots."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedcrm.config import RunConfig
+from fedcrm.plots import plot_per_branch, plot_rounds
+from fedcrm.server.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """A stable fingerprint of the resolved configuration (for the model card)."""
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+
+
+def write_outputs(
+    out_dir: Path,
+    cfg: RunConfig,
+    result: dict[str, Any],
+    *,
+    baselines: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``config.yaml``, ``summary.json``, the model + card, plots and report.
+
+    Returns the summary written.
+    """
+    run_dir = RunDir(out_dir)
+    (out_dir / "config.yaml").write_text(
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    )
+    weights = result.pop("weights", None)
+    summary: dict[str, Any] = {
+        "model": result["model"],
+        "run_id": result.get("run_id"),
+        "rounds": result["rounds"],
+        "rounds_planned": result.get("rounds_planned"),
+        "final": result["final"],
+        "per_branch": result["per_branch"],
+        "privacy": result["privacy"],
+        "stopped_reason": result.get("stopped_reason"),
+        "encrypted": result.get("encrypted", False),
+        "bytes_uploaded": result.get("bytes_uploaded"),
+        "timings": dict(result.get("timings", {})),
+        "config_hash": config_hash(cfg),
+        "model_released": weights is not None,
+    }
+    for key in ("trees", "exchanges", "bytes_per_tree", "feature_importance"):
+        if key in result:
+            summary[key] = result[key]
+    if baselines is not None:
+        summary["baselines"] = baselines
+    if extra:
+        summary.update(extra)
+    summary["excluded_customers"] = sum(
+        b.get("excluded_customers", 0) for b in summary["per_branch"].values()
+    )
+    if weights is not None:
+        card = {
+            "model": cfg.model.model_dump(mode="json"),
+            "task": cfg.task.model_dump(mode="json"),
+            "metrics": summary["final"],
+            "privacy": {
+                "mode": cfg.privacy.mode,
+                "epsilon_per_branch": {
+                    b: v.get("epsilon")
+                    for b, v in summary["privacy"].get("per_branch", {}).items()
+                },
+                "accountant": cfg.privacy.accountant if cfg.privacy.dp else None,
+            },
+            "branches": sorted(summary["per_branch"]),
+            "config_hash": summary["config_hash"],
+            "run_id": summary["run_id"],
+            "format": "numpy .npz of state_dict arrays in fedcrm.models.lstm.get_weights order",
+        }
+        if isinstance(weights, list):
+            run_dir.save_model(weights, card)
+        else:  # a model object that saves itself (trees)
+            weights.save(out_dir, card)
+    rounds = run_dir.rounds()
+    plot_rounds(rounds, out_dir / "plots", baselines=baselines)
+    local = None
+    if baselines and "local_only" in baselines:
+        local = {
+            b: v.get("auc") for b, v in baselines["local_only"].get("per_branch", {}).items()
+        }
+    if summary["per_branch"]:
+        plot_per_branch(summary["per_branch"], out_dir / "plots" / "auc_per_branch.png",
+                        local_only=local)
+    run_dir.write_json("summary.json", summary)
+    if cfg.privacy.dp:
+        try:
+            from fedcrm.privacy.report import write_report
+
+            write_report(out_dir, out_dir / "report.html", summary=summary)
+        except Exception as exc:  # noqa: BLE001 - the run's results must still be kept
+            log.error("could not write the privacy report: %s", exc)
+    return summary

@@ -1,0 +1,193 @@
+"""``fedcrm simulate``: Hydra config -> Flower simulation -> run directory.
+
+Each simulated branch gets what a deployed branch has: a node config, its
+features, and (for DP/HE runs) its own signing key, ledger and CKKS secret
+context under ``<output_dir>/branches/<branch_id>/``. The server side sees
+only Flower messages, exactly as in deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fedcrm.config import RunConfig, cpu_count
+from fedcrm.data.dataset import FeatureSet
+from fedcrm.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def load_run_data(cfg: RunConfig, work_dir: Path) -> Any:
+    """The CRM data of a run (synthetic, CDNOW or a CSV/Parquet export)."""
+    from fedcrm.data.loader import load_crm
+
+    data_cfg = cfg.data
+    if data_cfg.kind == "synthetic":
+        from fedcrm.data.synthetic import generate
+
+        seed = cfg.seed if data_cfg.seed is None else data_cfg.seed
+        return generate(branches=data_cfg.branches, customers=data_cfg.customers, seed=seed)
+    if data_cfg.kind == "cdnow":
+        from fedcrm.data.cdnow import import_cdnow
+
+        target = work_dir / "cdnow"
+        if not (target / "customers.csv").exists():
+            import_cdnow(target, source=data_cfg.source)
+        return load_crm(target)
+    return load_crm(Path(data_cfg.path), attribute_columns=data_cfg.attribute_columns)
+
+
+def prepare_branches(
+    cfg: RunConfig, out_dir: Path, say: Any
+) -> tuple[dict[str, tuple[FeatureSet, FeatureSet]], dict[str, int], dict[str, Any]]:
+    """Features, train/test split and consent counts of every branch."""
+    from fedcrm.data.features import build_features, resolve_cutoff, stratified_split
+
+    t0 = time.perf_counter()
+    data = load_run_data(cfg, out_dir / "work")
+    cutoff = resolve_cutoff(data, cfg.task.cutoff, cfg.task.horizon_days)
+    say(f"data: {len(data.branches())} branches, cutoff {cutoff}, "
+        f"{sum(data.excluded.values())} customers excluded (consent/opt-out)")
+    branches: dict[str, tuple[FeatureSet, FeatureSet]] = {}
+    for b in data.branches():
+        fs = build_features(
+            data.branch(b), cutoff=cutoff, horizon_days=cfg.task.horizon_days,
+            max_events=cfg.task.max_events,
+        )
+        if len(fs) < 10:
+            say(f"branch {b} left out: only {len(fs)} customers active before the cutoff")
+            continue
+        train_idx, test_idx = stratified_split(fs, test_fraction=cfg.task.test_fraction,
+                                               seed=cfg.seed)
+        branches[b] = (fs.subset(train_idx), fs.subset(test_idx))
+    excluded = {b: int(data.excluded.get(b, 0)) for b in branches}
+    info = {"cutoff": str(cutoff), "prepare_s": time.perf_counter() - t0}
+    return branches, excluded, info
+
+
+def branch_node_configs(
+    cfg: RunConfig,
+    out_dir: Path,
+    branches: dict[str, tuple[FeatureSet, FeatureSet]],
+    excluded: dict[str, int],
+    he_keys: Path | None,
+) -> dict[int, dict[str, Any]]:
+    """Write each simulated branch's files; the node config of each partition."""
+    from fedcrm.client.branch import write_feature_cache
+
+    keys_dir = out_dir / "keys"
+    node_configs: dict[int, dict[str, Any]] = {}
+    for pid, b in enumerate(sorted(branches)):
+        bdir = out_dir / "branches" / b
+        write_feature_cache(bdir / "features", *branches[b], excluded[b])
+        nc: dict[str, Any] = {"branch-id": b, "data-path": str(bdir / "features"),
+                              "model-dir": str(bdir / "model")}
+        if cfg.privacy.dp:
+            from fedcrm.privacy.signing import generate_signing_key
+
+            key = bdir / f"{b}.key"
+            if not key.exists():
+                generate_signing_key(bdir, b)
+            keys_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(bdir / f"{b}.pub", keys_dir / f"{b}.pub")
+            nc.update({"ledger-path": str(bdir / "ledger.jsonl"), "signing-key": str(key)})
+            ceiling = cfg.branch.ceiling_for(b)
+            if ceiling is not None:
+                nc["epsilon-ceiling"] = str(ceiling)
+            if cfg.branch.delta is not None:
+                nc["delta"] = str(cfg.branch.delta)
+        if he_keys is not None:
+            nc["he-secret-context"] = str(he_keys / "he_secret.ctx")
+        node_configs[pid] = nc
+    return node_configs
+
+
+def backend_config(cfg: RunConfig) -> dict[str, Any]:
+    """Ray backend settings; refuses actor sizes Flower would hang on."""
+    fed = cfg.federation
+    cores = cpu_count()
+    init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR",
+                                 "log_to_driver": False}
+    if fed.ray_address:
+        init_args["address"] = fed.ray_address
+    else:
+        if fed.num_cpus_per_branch > cores:
+            raise ConfigError(
+                f"federation.num_cpus_per_branch={fed.num_cpus_per_branch} exceeds this "
+                f"machine's {cores} cores (Flower's simulation would hang); use at most {cores} "
+                "or attach to a Ray cluster with federation.ray_address"
+            )
+        init_args["num_cpus"] = cores
+    return {"client_resources": {"num_cpus": fed.num_cpus_per_branch, "num_gpus": 0.0},
+            "init_args": init_args}
+
+
+def simulate(cfg: RunConfig, out_dir: Path, *, console: Any = None) -> dict[str, Any]:
+    """Run a whole simulated federation and write the run directory.
+
+    Returns the summary written to ``summary.json``.
+    """
+    from flwr.simulation import run_simulation
+
+    from fedcrm.client.app import make_client_app
+    from fedcrm.server.app import make_server_app
+    from fedcrm.server.outputs import write_outputs
+    from fedcrm.simulations.baselines import run_baselines
+    from fedcrm.simulations.progress import RoundPrinter
+
+    t0 = time.perf_counter()
+    printer = RoundPrinter(cfg, console)
+    say = printer.say
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backend = backend_config(cfg)  # validate before any work
+    branches, excluded, info = prepare_branches(cfg, out_dir, say)
+    if len(branches) < cfg.federation.min_branches:
+        raise ConfigError(
+            f"only {len(branches)} branch(es) have customers; "
+            f"federation.min_branches={cfg.federation.min_branches}"
+        )
+    he_keys = None
+    if cfg.privacy.he:
+        from fedcrm.crypto.ckks import key_ceremony
+
+        he_keys = Path(cfg.privacy.keys_dir) if cfg.privacy.keys_dir else out_dir / "keys" / "he"
+        if not (he_keys / "he_public.ctx").exists():
+            say("HE: CKKS key ceremony (secret context for branches, public one for the server)")
+            key_ceremony(he_keys)
+    node_configs = branch_node_configs(cfg, out_dir, branches, excluded, he_keys)
+    results: dict[str, Any] = {}
+    run_id = uuid.uuid4().hex[:12]
+    server_app = make_server_app(cfg, out_dir, run_id=run_id, reporter=printer.round,
+                                 keys_dir=he_keys, results=results)
+    client_app = make_client_app(node_configs)
+    threads = max(1, int(cfg.federation.num_cpus_per_branch))
+    os.environ["FEDCRM_TORCH_THREADS"] = str(threads)
+    say(f"federation: {len(branches)} branches, {cfg.federation.rounds} rounds, "
+        f"model={cfg.model.name}, privacy={cfg.privacy.mode}")
+    t_fed = time.perf_counter()
+    with printer.live():
+        run_simulation(server_app=server_app, client_app=client_app,
+                       num_supernodes=len(node_configs), backend_config=backend)
+    if "federated" not in results:
+        raise RuntimeError("the federated job did not finish; see the log above")
+    result = results["federated"]
+    result.setdefault("timings", {})["simulation_s"] = time.perf_counter() - t_fed
+    baselines = None
+    if cfg.baseline:
+        import torch
+
+        torch.set_num_threads(cpu_count())
+        tb = time.perf_counter()
+        baselines = run_baselines(cfg, branches, progress=say)
+        result["timings"]["baselines_s"] = time.perf_counter() - tb
+    result["timings"].update(prepare_s=info["prepare_s"], total_s=time.perf_counter() - t0)
+    summary = write_outputs(out_dir, cfg, result, baselines=baselines,
+                            extra={"cutoff": info["cutoff"], "data": cfg.data.kind})
+    printer.final(summary)
+    return summary
