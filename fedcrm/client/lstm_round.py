@@ -135,15 +135,15 @@ def train_round(
 
     ``state`` is the branch's per-run memory (the derived noise multiplier).
     """
-    from fedcrm.privacy.accounting import Mechanism
-    from fedcrm.privacy.budget import BranchBudget
-
     cfg = lstm_config(spec)
     evaluation, _ = evaluate_weights(spec, data, weights)
     n_train = len(data.train)
     dp: DPSettings | None = None
     ledger = budget = mechanism = None
     if spec.privacy.dp:
+        from fedcrm.privacy.accounting import Mechanism
+        from fedcrm.privacy.budget import BranchBudget
+
         try:
             delta = branch_delta(spec, settings, n_train)
         except PrivacyError as exc:

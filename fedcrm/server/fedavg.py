@@ -202,7 +202,8 @@ class FedAvgJob:
                 problems[b.branch_id] = reply.error or "no reply"
                 continue
             info = _branch(reply)
-            metrics = dict(reply.message.content[P.METRICS])  # type: ignore[union-attr]
+            content = reply.message.content  # type: ignore[union-attr]
+            metrics = dict(content[P.METRICS]) if P.METRICS in content else {}
             summary = unpack_summary(metrics)
             if summary:
                 evals.append((b, summary))
@@ -300,7 +301,8 @@ class FedAvgJob:
                 log.warning("final evaluation: branch %s did not answer", b.branch_id)
                 continue
             content = reply.message.content  # type: ignore[union-attr]
-            evals.append((b, unpack_summary(content[P.METRICS])))
+            if P.METRICS in content:
+                evals.append((b, unpack_summary(content[P.METRICS])))
             if P.WEIGHTS in content and released is None:
                 released = content[P.WEIGHTS].to_numpy_ndarrays()
         return evals, released  # type: ignore[return-value]

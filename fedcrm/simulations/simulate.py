@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -171,9 +172,17 @@ def simulate(cfg: RunConfig, out_dir: Path, *, console: Any = None) -> dict[str,
     say(f"federation: {len(branches)} branches, {cfg.federation.rounds} rounds, "
         f"model={cfg.model.name}, privacy={cfg.privacy.mode}")
     t_fed = time.perf_counter()
-    with printer.live():
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.propagate = False  # Flower prints through its own handler
+    flwr_level = flwr_logger.level
+    flwr_logger.setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    with printer.live(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*run_simulation.*")
         run_simulation(server_app=server_app, client_app=client_app,
                        num_supernodes=len(node_configs), backend_config=backend)
+    flwr_logger.setLevel(flwr_level)
     if "federated" not in results:
         raise RuntimeError("the federated job did not finish; see the log above")
     result = results["federated"]
