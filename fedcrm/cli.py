@@ -214,8 +214,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     """``fedcrm plot privacy-utility RUNS_DIR``: AUC vs epsilon over a sweep."""
     from fedcrm.sweeps import privacy_utility_plot
 
-    path = privacy_utility_plot(Path(args.runs_dir), Path(args.out) if args.out else None,
-                                non_private=Path(args.non_private) if args.non_private else None)
+    path = privacy_utility_plot(
+        Path(args.runs_dir),
+        Path(args.out) if args.out else None,
+        non_private=Path(args.non_private) if args.non_private else None,
+    )
     console.print(f"privacy-utility plot written to {path}")
     return 0
 
@@ -285,12 +288,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "simulate":
         return cmd_simulate(argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {"data": cmd_data, "node": cmd_node, "keys": cmd_keys, "privacy": cmd_privacy,
-                "plot": cmd_plot}
-    if args.cmd == "federation":
-        handler = args.handler
-    else:
-        handler = handlers[args.cmd]
+    handlers = {
+        "data": cmd_data,
+        "node": cmd_node,
+        "keys": cmd_keys,
+        "privacy": cmd_privacy,
+        "plot": cmd_plot,
+    }
+    handler = args.handler if args.cmd == "federation" else handlers[args.cmd]
     try:
         return int(handler(args))
     except FedCRMError as exc:

@@ -168,6 +168,7 @@ class RunConfig(_Strict):
     seed: int = 42
     baseline: bool = True
     release: bool = True
+    resume: bool = False
     output_dir: str = "runs/latest"
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 _BASELINE_STYLE = {"centralized": ("tab:green", "--"), "local_only": ("tab:red", ":")}
 

@@ -53,9 +53,16 @@ def privacy_utility_plot(
     if not points:
         raise FedCRMError(f"no DP run with a summary.json under {runs_dir}")
     out = out or runs_dir / "privacy_utility.png"
-    plot_privacy_utility(points, out, non_private_auc=reference,
-                         title=f"{len(points)} DP runs under {runs_dir.name}")
-    (out.parent / "privacy_utility.json").write_text(json.dumps(
-        {"points": [{"epsilon": e, "auc": a} for e, a in sorted(points)],
-         "non_private_auc": reference}, indent=2))
+    plot_privacy_utility(
+        points, out, non_private_auc=reference, title=f"{len(points)} DP runs under {runs_dir.name}"
+    )
+    (out.parent / "privacy_utility.json").write_text(
+        json.dumps(
+            {
+                "points": [{"epsilon": e, "auc": a} for e, a in sorted(points)],
+                "non_private_auc": reference,
+            },
+            indent=2,
+        )
+    )
     return out

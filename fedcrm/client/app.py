@@ -54,8 +54,13 @@ def _failure(message: Message, branch_id: str, exc: BaseException) -> Message:
         reason = P.REASON_ERROR
     log.error("branch %s failed: %s", branch_id, exc, exc_info=not isinstance(exc, FedCRMError))
     return _reply(
-        message, {"branch_id": branch_id, "status": P.STATUS_REFUSED, "reason": reason,
-                  "message": text[:2000]}
+        message,
+        {
+            "branch_id": branch_id,
+            "status": P.STATUS_REFUSED,
+            "reason": reason,
+            "message": text[:2000],
+        },
     )
 
 
@@ -229,9 +234,7 @@ def make_client_app(node_configs: NodeConfigs | None = None) -> ClientApp:
         if spec.privacy.he and spec.release:
             # The DP-protected aggregate is released to the server only when asked.
             records[P.WEIGHTS] = ArrayRecord(numpy_ndarrays=weights)
-        return _reply(
-            message, {"branch_id": settings.branch_id, "status": P.STATUS_OK}, **records
-        )
+        return _reply(message, {"branch_id": settings.branch_id, "status": P.STATUS_OK}, **records)
 
     return app
 

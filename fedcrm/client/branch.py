@@ -79,7 +79,7 @@ class BranchSettings:
             )
         for key in ("branch-id", "data-path"):
             if not str(node_config.get(key, "")).strip():
-                raise ConfigError(f"node config needs `{key}` (e.g. --node-config \"{key}=...\")")
+                raise ConfigError(f'node config needs `{key}` (e.g. --node-config "{key}=...")')
         data_path = Path(str(node_config["data-path"]))
         if not data_path.is_dir():
             raise ConfigError(f"node config `data-path`: directory {data_path} does not exist")

@@ -161,6 +161,33 @@ def train_round(
             max_grad_norm=spec.privacy.max_grad_norm,
         )
         ledger = open_ledger(settings)
+        done = [
+            e
+            for e in ledger.entries()
+            if e.get("run_id") == spec.run_id and int(e.get("round", -1)) == round_num
+        ]
+        if done:
+            # The server lost this round (restart): re-send the update already paid
+            # for instead of spending privacy on it twice.
+            cached = load_released_update(settings, spec.run_id, round_num)
+            if cached is None:
+                return _refused(
+                    "round-already-spent",
+                    f"round {round_num} of run {spec.run_id} is in the ledger but "
+                    "its update is no longer cached",
+                    evaluation,
+                )
+            return RoundOutcome(
+                weights=cached,
+                num_examples=n_train,
+                metrics={
+                    "epsilon": float(done[-1]["epsilon"]),
+                    "delta": float(done[-1]["delta"]),
+                    "resent": 1.0,
+                },
+                evaluation=evaluation,
+                ledger_entries=done,
+            )
         budget = BranchBudget(
             ledger,
             ceiling=settings.epsilon_ceiling,
@@ -203,6 +230,7 @@ def train_round(
         "train_seconds": float(result.seconds),
     }
     if ledger is not None and mechanism is not None and budget is not None:
+        save_released_update(settings, spec.run_id, round_num, new_weights)
         entry = ledger.append(
             run_id=spec.run_id,
             round=round_num,
@@ -224,6 +252,35 @@ def train_round(
         evaluation=evaluation,
         ledger_entries=entries,
     )
+
+
+def _update_cache(settings: BranchSettings) -> Any:
+    assert settings.ledger_path is not None
+    return settings.ledger_path.with_name(settings.ledger_path.name + ".last_update.npz")
+
+
+def save_released_update(
+    settings: BranchSettings, run_id: str, round_num: int, weights: list[np.ndarray]
+) -> None:
+    """Keep the last DP update at the branch so a lost round can be re-sent for free."""
+    path = _update_cache(settings)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, *weights, run_id=np.asarray(run_id), round=np.asarray(round_num))
+    tmp.replace(path)
+
+
+def load_released_update(
+    settings: BranchSettings, run_id: str, round_num: int
+) -> list[np.ndarray] | None:
+    """The cached update of ``(run_id, round_num)``, if it is the one cached."""
+    path = _update_cache(settings)
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        if str(z["run_id"]) != run_id or int(z["round"]) != round_num:
+            return None
+        n = len([k for k in z.files if k.startswith("arr_")])
+        return [z[f"arr_{i}"] for i in range(n)]
 
 
 def _refused(reason: str, message: str, evaluation: dict[str, Any], **extra: Any) -> RoundOutcome:

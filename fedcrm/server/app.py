@@ -59,11 +59,25 @@ def run_job(
     if cfg.model.name != "lstm":
         from fedcrm.server.gbdt_job import GBDTJob  # type: ignore[import-not-found]
 
-        job: Any = GBDTJob(grid, cfg, run_dir, run_id=run_id, reporter=reporter,
-                           he_context=he_context, node_wait_s=node_wait_s)
+        job: Any = GBDTJob(
+            grid,
+            cfg,
+            run_dir,
+            run_id=run_id,
+            reporter=reporter,
+            he_context=he_context,
+            node_wait_s=node_wait_s,
+        )
     else:
-        job = FedAvgJob(grid, cfg, run_dir, run_id=run_id, reporter=reporter,
-                        he_context=he_context, node_wait_s=node_wait_s)
+        job = FedAvgJob(
+            grid,
+            cfg,
+            run_dir,
+            run_id=run_id,
+            reporter=reporter,
+            he_context=he_context,
+            node_wait_s=node_wait_s,
+        )
     result = job.run()
     result["run_id"] = run_id
     result.setdefault("timings", {})["federated_total_s"] = time.perf_counter() - t0
@@ -100,8 +114,10 @@ def main(grid: Grid, context: Context) -> None:
     overrides = shlex.split(str(context.run_config.get("config-overrides", "")))
     cfg = compose(overrides)
     out_dir = str(context.run_config.get("output-dir", "")) or cfg.output_dir
-    out_dir = str(Path(out_dir) / f"run-{context.run_id}") if "{run_id}" not in out_dir else (
-        out_dir.replace("{run_id}", str(context.run_id))
+    out_dir = (
+        str(Path(out_dir) / f"run-{context.run_id}")
+        if "{run_id}" not in out_dir
+        else (out_dir.replace("{run_id}", str(context.run_id)))
     )
     log.info("fedcrm job %s writing to %s", context.run_id, out_dir)
     result = run_job(grid, cfg, out_dir, run_id=str(context.run_id))

@@ -135,8 +135,10 @@ class FedAvgJob:
                 )
                 continue
             if self.cfg.privacy.he and branch.get("he_context_id") != self.he_context.context_id:
-                log.warning("branch %s left out: its CKKS keys are from another key ceremony",
-                            branch["branch_id"])
+                log.warning(
+                    "branch %s left out: its CKKS keys are from another key ceremony",
+                    branch["branch_id"],
+                )
                 continue
             m = dict(reply.message.content[P.METRICS])  # type: ignore[union-attr]
             state = BranchState(
@@ -172,7 +174,9 @@ class FedAvgJob:
 
     def _sample(self, round_num: int) -> list[BranchState]:
         able = [b for b in self.branches.values() if not b.exhausted]
-        k = max(self.cfg.federation.min_branches, round(self.cfg.federation.fraction_train * len(able)))
+        k = max(
+            self.cfg.federation.min_branches, round(self.cfg.federation.fraction_train * len(able))
+        )
         rng = random.Random(self.cfg.seed * 7919 + round_num)
         chosen = sorted(rng.sample(able, min(k, len(able))), key=lambda b: b.branch_id)
         return chosen
@@ -182,7 +186,10 @@ class FedAvgJob:
         pooled = metrics_from_summaries(summaries) if summaries else {}
         for b, s in replies:
             b.eval_summary = s
-        return {"round": round_num, **{k: pooled.get(k) for k in ("auc", "f1", "logloss", "accuracy")}}
+        return {
+            "round": round_num,
+            **{k: pooled.get(k) for k in ("auc", "f1", "logloss", "accuracy")},
+        }
 
     def train_round(self, round_num: int, global_state: Any, like: list[np.ndarray]) -> Any:
         """One round; returns the new global state (weights or encrypted sum)."""
@@ -292,7 +299,10 @@ class FedAvgJob:
         payload = self._payload(global_state)
         replies = exchange(
             self.grid,
-            [self._message(b.node_id, P.EVALUATE, self.cfg.federation.rounds, payload) for b in nodes],
+            [
+                self._message(b.node_id, P.EVALUATE, self.cfg.federation.rounds, payload)
+                for b in nodes
+            ],
             timeout=self.cfg.federation.round_timeout,
         )
         evals, released = [], None
@@ -317,8 +327,14 @@ class FedAvgJob:
         global_state: Any = like
         last_plain: list[np.ndarray] | None = like
         rounds_done = 0
-        for r in range(1, self.cfg.federation.rounds + 1):
-            if len([b for b in self.branches.values() if not b.exhausted]) < self.cfg.federation.min_branches:
+        if self.cfg.resume:
+            rounds_done, global_state = self._resume(global_state)
+            last_plain = global_state if isinstance(global_state, list) else None
+        for r in range(rounds_done + 1, self.cfg.federation.rounds + 1):
+            if (
+                len([b for b in self.branches.values() if not b.exhausted])
+                < self.cfg.federation.min_branches
+            ):
                 self.stopped_reason = (
                     f"before round {r}: fewer than federation.min_branches="
                     f"{self.cfg.federation.min_branches} branches have privacy budget left"
@@ -332,6 +348,7 @@ class FedAvgJob:
             global_state = new_state
             last_plain = new_state if isinstance(new_state, list) else None
             rounds_done = r
+            self._checkpoint(r, global_state)
         t_eval = time.perf_counter()
         evals, released = self.final_evaluation(global_state)
         final = self._evaluation_record(rounds_done, evals)
@@ -343,6 +360,48 @@ class FedAvgJob:
             model = None
         return self._result(final, model, rounds_done)
 
+    def _checkpoint(self, round_num: int, global_state: Any) -> None:
+        state = {
+            "run_id": self.spec.run_id,
+            "round": round_num,
+            "bytes_up": self.bytes_up,
+            "branches": {
+                b.branch_id: {
+                    "rounds_trained": b.rounds_trained,
+                    "refused_rounds": b.refused_rounds,
+                    "failed_rounds": b.failed_rounds,
+                    "exhausted": b.exhausted,
+                    "epsilon": b.epsilon,
+                    "delta": b.delta,
+                    "last_problem": b.last_problem,
+                }
+                for b in self.branches.values()
+            },
+        }
+        self.run_dir.save_checkpoint(state, global_state)
+
+    def _resume(self, fresh_state: Any) -> tuple[int, Any]:
+        """Restore the last checkpoint: rounds done and the global model."""
+        loaded = self.run_dir.load_checkpoint()
+        if loaded is None:
+            log.warning(
+                "resume=true but %s holds no checkpoint: starting at round 1", self.run_dir.path
+            )
+            return 0, fresh_state
+        state, global_state = loaded
+        self.spec = self.spec.model_copy(update={"run_id": state["run_id"]})
+        self.bytes_up = int(state.get("bytes_up", 0))
+        by_id = {b.branch_id: b for b in self.branches.values()}
+        for branch_id, saved in state["branches"].items():
+            b = by_id.get(branch_id)
+            if b is None:
+                continue
+            for key, value in saved.items():
+                setattr(b, key, value)
+        self.run_dir.truncate_rounds(int(state["round"]))
+        log.info("resuming run %s after round %s", state["run_id"], state["round"])
+        return int(state["round"]), global_state
+
     def _report(self, evaluation: dict[str, Any], info: dict[str, Any] | None) -> None:
         rec = dict(evaluation)
         if info is not None:
@@ -351,7 +410,9 @@ class FedAvgJob:
         self.run_dir.append_round(rec)
         self.reporter(rec)
 
-    def _result(self, final: dict[str, Any], model: list[np.ndarray] | None, rounds_done: int) -> dict:
+    def _result(
+        self, final: dict[str, Any], model: list[np.ndarray] | None, rounds_done: int
+    ) -> dict:
         from fedcrm.models.metrics import metrics_from_summaries
 
         per_branch = {}

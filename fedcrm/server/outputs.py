@@ -71,8 +71,7 @@ def write_outputs(
             "privacy": {
                 "mode": cfg.privacy.mode,
                 "epsilon_per_branch": {
-                    b: v.get("epsilon")
-                    for b, v in summary["privacy"].get("per_branch", {}).items()
+                    b: v.get("epsilon") for b, v in summary["privacy"].get("per_branch", {}).items()
                 },
                 "accountant": cfg.privacy.accountant if cfg.privacy.dp else None,
             },
@@ -89,12 +88,11 @@ def write_outputs(
     plot_rounds(rounds, out_dir / "plots", baselines=baselines)
     local = None
     if baselines and "local_only" in baselines:
-        local = {
-            b: v.get("auc") for b, v in baselines["local_only"].get("per_branch", {}).items()
-        }
+        local = {b: v.get("auc") for b, v in baselines["local_only"].get("per_branch", {}).items()}
     if summary["per_branch"]:
-        plot_per_branch(summary["per_branch"], out_dir / "plots" / "auc_per_branch.png",
-                        local_only=local)
+        plot_per_branch(
+            summary["per_branch"], out_dir / "plots" / "auc_per_branch.png", local_only=local
+        )
     run_dir.write_json("summary.json", summary)
     if cfg.privacy.dp:
         try:

@@ -57,13 +57,84 @@ class RunDir:
         tmp.replace(path)
         return path
 
-    def copy_ledger_entries(self, branch_id: str, entries: list[dict[str, Any]]) -> None:
-        """Extend the server's copy of a branch's ledger (chain checked, never re-signed)."""
-        if not entries:
-            return
+    def copy_ledger_entries(self, branch_id: str, entries: list[dict[str, Any]]) -> int:
+        """Extend the server's copy of a branch's ledger (chain checked, never re-signed).
+
+        Entries the copy already holds (same ``seq`` and ``hash``, e.g. re-sent
+        after a resume) are skipped; a different entry under a known ``seq`` is
+        refused. Returns the number of entries appended.
+        """
+        from fedcrm.errors import LedgerError
         from fedcrm.privacy.ledger import append_entries
 
-        append_entries(self.ledger_path(branch_id), entries)
+        path = self.ledger_path(branch_id)
+        known: dict[int, str] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    e = json.loads(line)
+                    known[int(e["seq"])] = str(e["hash"])
+        fresh = []
+        for e in entries:
+            seq = int(e["seq"])
+            if seq in known:
+                if known[seq] != e.get("hash"):
+                    raise LedgerError(
+                        f"branch {branch_id}: ledger entry {seq} differs from the copy already held"
+                    )
+                continue
+            fresh.append(e)
+        if fresh:
+            append_entries(path, fresh)
+        return len(fresh)
+
+    # ---------------------------------------------------------- checkpoints
+    def save_checkpoint(self, state: dict[str, Any], global_state: Any) -> None:
+        """Atomically replace ``checkpoint/`` with ``state`` and the global model."""
+        import shutil
+
+        final = self.path / "checkpoint"
+        tmp = self.path / "checkpoint.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        if isinstance(global_state, list):
+            np.savez(tmp / "global.npz", *global_state)
+            state = {**state, "global": "plaintext"}
+        else:
+            save_records(tmp / "global_encrypted", global_state.to_records())
+            state = {**state, "global": "encrypted"}
+        (tmp / "state.json").write_text(json.dumps(_jsonable(state), indent=2))
+        old = self.path / "checkpoint.old"
+        if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            final.replace(old)
+        tmp.replace(final)
+        if old.exists():
+            shutil.rmtree(old)
+
+    def load_checkpoint(self) -> tuple[dict[str, Any], Any] | None:
+        """The last checkpoint's state and global model, or None."""
+        final = self.path / "checkpoint"
+        if not (final / "state.json").exists():
+            final = self.path / "checkpoint.old"  # crashed between the two renames
+            if not (final / "state.json").exists():
+                return None
+        state = json.loads((final / "state.json").read_text())
+        if state["global"] == "plaintext":
+            with np.load(final / "global.npz") as z:
+                weights = [z[f"arr_{i}"] for i in range(len(z.files))]
+            return state, weights
+        from fedcrm.crypto.packing import EncryptedUpdate
+
+        return state, EncryptedUpdate.from_records(load_records(final / "global_encrypted"))
+
+    def truncate_rounds(self, last_round: int) -> None:
+        """Drop ``rounds.jsonl`` records of rounds after ``last_round`` (before a resume)."""
+        kept = [r for r in self.rounds() if r.get("trained_round", last_round + 1) <= last_round]
+        path = self.path / "rounds.jsonl"
+        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def ledger_path(self, branch_id: str) -> Path:
         """Where the server keeps its copy of ``branch_id``'s ledger."""
@@ -75,3 +146,37 @@ class RunDir:
         np.savez(path, *weights)
         self.write_json("model_card.json", card)
         return path
+
+
+def save_records(directory: Path, records: dict[str, Any]) -> None:
+    """Write a flat record dict (str/int/float/bytes/list[bytes]) without pickle."""
+    directory.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {}
+    for key, value in records.items():
+        if isinstance(value, bytes):
+            (directory / f"{key}.bin").write_bytes(value)
+            meta[key] = {"bytes": f"{key}.bin"}
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            names = []
+            for i, chunk in enumerate(value):
+                name = f"{key}.{i}.bin"
+                (directory / name).write_bytes(chunk)
+                names.append(name)
+            meta[key] = {"chunks": names}
+        else:
+            meta[key] = {"value": value}
+    (directory / "records.json").write_text(json.dumps(meta))
+
+
+def load_records(directory: Path) -> dict[str, Any]:
+    """Read what :func:`save_records` wrote."""
+    meta = json.loads((directory / "records.json").read_text())
+    out: dict[str, Any] = {}
+    for key, spec in meta.items():
+        if "bytes" in spec:
+            out[key] = (directory / spec["bytes"]).read_bytes()
+        elif "chunks" in spec:
+            out[key] = [(directory / n).read_bytes() for n in spec["chunks"]]
+        else:
+            out[key] = spec["value"]
+    return out

@@ -72,13 +72,17 @@ class RoundPrinter:
         for name, values in (summary.get("baselines") or {}).items():
             rows.append((name.replace("_", "-"), values))
         for name, values in rows:
-            table.add_row(name, *(_fmt(values.get(m)) for m in ("auc", "f1", "logloss", "accuracy")))
+            table.add_row(
+                name, *(_fmt(values.get(m)) for m in ("auc", "f1", "logloss", "accuracy"))
+            )
         self.console.print(table)
         priv = summary.get("privacy", {})
         if priv.get("per_branch"):
             eps = [v.get("epsilon") or 0.0 for v in priv["per_branch"].values()]
-            self.console.print(f"privacy: {priv['mode']}, ε per branch up to {max(eps):.3g}"
-                               f" ({priv.get('accountant')})")
+            self.console.print(
+                f"privacy: {priv['mode']}, ε per branch up to {max(eps):.3g}"
+                f" ({priv.get('accountant')})"
+            )
         if summary.get("stopped_reason"):
             self.console.print(f"[yellow]stopped early:[/yellow] {summary['stopped_reason']}")
         self.console.print(f"total {summary['timings'].get('total_s', 0):.1f} s")

@@ -53,19 +53,24 @@ def prepare_branches(
     t0 = time.perf_counter()
     data = load_run_data(cfg, out_dir / "work")
     cutoff = resolve_cutoff(data, cfg.task.cutoff, cfg.task.horizon_days)
-    say(f"data: {len(data.branches())} branches, cutoff {cutoff}, "
-        f"{sum(data.excluded.values())} customers excluded (consent/opt-out)")
+    say(
+        f"data: {len(data.branches())} branches, cutoff {cutoff}, "
+        f"{sum(data.excluded.values())} customers excluded (consent/opt-out)"
+    )
     branches: dict[str, tuple[FeatureSet, FeatureSet]] = {}
     for b in data.branches():
         fs = build_features(
-            data.branch(b), cutoff=cutoff, horizon_days=cfg.task.horizon_days,
+            data.branch(b),
+            cutoff=cutoff,
+            horizon_days=cfg.task.horizon_days,
             max_events=cfg.task.max_events,
         )
         if len(fs) < 10:
             say(f"branch {b} left out: only {len(fs)} customers active before the cutoff")
             continue
-        train_idx, test_idx = stratified_split(fs, test_fraction=cfg.task.test_fraction,
-                                               seed=cfg.seed)
+        train_idx, test_idx = stratified_split(
+            fs, test_fraction=cfg.task.test_fraction, seed=cfg.seed
+        )
         branches[b] = (fs.subset(train_idx), fs.subset(test_idx))
     excluded = {b: int(data.excluded.get(b, 0)) for b in branches}
     info = {"cutoff": str(cutoff), "prepare_s": time.perf_counter() - t0}
@@ -87,8 +92,11 @@ def branch_node_configs(
     for pid, b in enumerate(sorted(branches)):
         bdir = out_dir / "branches" / b
         write_feature_cache(bdir / "features", *branches[b], excluded[b])
-        nc: dict[str, Any] = {"branch-id": b, "data-path": str(bdir / "features"),
-                              "model-dir": str(bdir / "model")}
+        nc: dict[str, Any] = {
+            "branch-id": b,
+            "data-path": str(bdir / "features"),
+            "model-dir": str(bdir / "model"),
+        }
         if cfg.privacy.dp:
             from fedcrm.privacy.signing import generate_signing_key
 
@@ -113,8 +121,11 @@ def backend_config(cfg: RunConfig) -> dict[str, Any]:
     """Ray backend settings; refuses actor sizes Flower would hang on."""
     fed = cfg.federation
     cores = cpu_count()
-    init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR",
-                                 "log_to_driver": False}
+    init_args: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": "ERROR",
+        "log_to_driver": False,
+    }
     if fed.ray_address:
         init_args["address"] = fed.ray_address
     else:
@@ -125,8 +136,10 @@ def backend_config(cfg: RunConfig) -> dict[str, Any]:
                 "or attach to a Ray cluster with federation.ray_address"
             )
         init_args["num_cpus"] = cores
-    return {"client_resources": {"num_cpus": fed.num_cpus_per_branch, "num_gpus": 0.0},
-            "init_args": init_args}
+    return {
+        "client_resources": {"num_cpus": fed.num_cpus_per_branch, "num_gpus": 0.0},
+        "init_args": init_args,
+    }
 
 
 def simulate(cfg: RunConfig, out_dir: Path, *, console: Any = None) -> dict[str, Any]:
@@ -164,13 +177,16 @@ def simulate(cfg: RunConfig, out_dir: Path, *, console: Any = None) -> dict[str,
     node_configs = branch_node_configs(cfg, out_dir, branches, excluded, he_keys)
     results: dict[str, Any] = {}
     run_id = uuid.uuid4().hex[:12]
-    server_app = make_server_app(cfg, out_dir, run_id=run_id, reporter=printer.round,
-                                 keys_dir=he_keys, results=results)
+    server_app = make_server_app(
+        cfg, out_dir, run_id=run_id, reporter=printer.round, keys_dir=he_keys, results=results
+    )
     client_app = make_client_app(node_configs)
     threads = max(1, int(cfg.federation.num_cpus_per_branch))
     os.environ["FEDCRM_TORCH_THREADS"] = str(threads)
-    say(f"federation: {len(branches)} branches, {cfg.federation.rounds} rounds, "
-        f"model={cfg.model.name}, privacy={cfg.privacy.mode}")
+    say(
+        f"federation: {len(branches)} branches, {cfg.federation.rounds} rounds, "
+        f"model={cfg.model.name}, privacy={cfg.privacy.mode}"
+    )
     t_fed = time.perf_counter()
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.propagate = False  # Flower prints through its own handler
@@ -180,8 +196,12 @@ def simulate(cfg: RunConfig, out_dir: Path, *, console: Any = None) -> dict[str,
     with printer.live(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*run_simulation.*")
-        run_simulation(server_app=server_app, client_app=client_app,
-                       num_supernodes=len(node_configs), backend_config=backend)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(node_configs),
+            backend_config=backend,
+        )
     flwr_logger.setLevel(flwr_level)
     if "federated" not in results:
         raise RuntimeError("the federated job did not finish; see the log above")
@@ -196,7 +216,12 @@ def simulate(cfg: RunConfig, out_dir: Path, *, console: Any = None) -> dict[str,
         baselines = run_baselines(cfg, branches, progress=say)
         result["timings"]["baselines_s"] = time.perf_counter() - tb
     result["timings"].update(prepare_s=info["prepare_s"], total_s=time.perf_counter() - t0)
-    summary = write_outputs(out_dir, cfg, result, baselines=baselines,
-                            extra={"cutoff": info["cutoff"], "data": cfg.data.kind})
+    summary = write_outputs(
+        out_dir,
+        cfg,
+        result,
+        baselines=baselines,
+        extra={"cutoff": info["cutoff"], "data": cfg.data.kind},
+    )
     printer.final(summary)
     return summary
