@@ -155,6 +155,10 @@ def make_client_app(node_configs: NodeConfigs | None = None) -> ClientApp:
 
         return wrapper
 
+    from fedcrm.client.gbdt_app import register_gbdt_handlers
+
+    register_gbdt_handlers(app, guarded)
+
     @app.query("info")
     @guarded
     def info(message: Message, context: Context, settings: BranchSettings) -> Message:

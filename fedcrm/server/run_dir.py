@@ -64,6 +64,8 @@ class RunDir:
         after a resume) are skipped; a different entry under a known ``seq`` is
         refused. Returns the number of entries appended.
         """
+        if not entries:
+            return 0
         from fedcrm.errors import LedgerError
         from fedcrm.privacy.ledger import append_entries
 
