@@ -8,6 +8,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
