@@ -127,7 +127,9 @@ def _pack_summary(summary: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return out
 
 
-def make_client_app(node_configs: NodeConfigs | None = None) -> ClientApp:
+def make_client_app(
+    node_configs: NodeConfigs | None = None, *, mods: list[Any] | None = None
+) -> ClientApp:
     """Build the ClientApp.
 
     Parameters
@@ -135,8 +137,10 @@ def make_client_app(node_configs: NodeConfigs | None = None) -> ClientApp:
     node_configs
         Simulation only: the node config of each simulated branch by
         ``partition-id``. ``None`` (deployment) reads the SuperNode's node config.
+    mods
+        Flower client mods wrapped around every handler.
     """
-    app = ClientApp()
+    app = ClientApp(mods=mods)
 
     def guarded(handler: Callable[[Message, Context, BranchSettings], Message]) -> Callable:
         def wrapper(message: Message, context: Context) -> Message:

@@ -206,7 +206,7 @@ class FedAvgJob:
         for reply, b in zip(replies, chosen, strict=True):
             if not reply.ok:
                 b.failed_rounds += 1
-                problems[b.branch_id] = reply.error or "no reply"
+                b.last_problem = problems[b.branch_id] = f"round {round_num}: {reply.error}"
                 continue
             info = _branch(reply)
             content = reply.message.content  # type: ignore[union-attr]
@@ -249,7 +249,9 @@ class FedAvgJob:
                     self.bytes_up += sum(u.nbytes for u in update)
             except (UpdateRejectedError, FedCRMError, KeyError, ValueError) as exc:
                 b.failed_rounds += 1
-                problems[b.branch_id] = f"update rejected: {exc}"
+                b.last_problem = problems[b.branch_id] = (
+                    f"round {round_num}: update rejected: {exc}"
+                )
                 continue
             b.rounds_trained += 1
             losses.append(float(metrics.get("train_loss", float("nan"))))
@@ -257,13 +259,18 @@ class FedAvgJob:
         if self.he_context is not None and enc_updates:
             from fedcrm.crypto.packing import aggregate
 
-            new_state, rejected = aggregate(self.he_context, enc_updates)
+            n_values = int(sum(w.size for w in like))
+            try:
+                new_state, rejected = aggregate(self.he_context, enc_updates, length=n_values)
+            except FedCRMError as exc:  # no update could be accepted
+                new_state, rejected = None, dict.fromkeys(enc_updates, str(exc))
             for branch_id, reason in rejected.items():
-                problems[branch_id] = f"update rejected: {reason}"
+                problems[branch_id] = f"round {round_num}: update rejected: {reason}"
                 for b in chosen:
                     if b.branch_id == branch_id:
                         b.failed_rounds += 1
                         b.rounds_trained -= 1
+                        b.last_problem = problems[branch_id]
             accepted = len(enc_updates) - len(rejected)
         elif updates:
             new_state = weighted_average(updates, weights)

@@ -142,10 +142,14 @@ def backend_config(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def simulate(cfg: RunConfig, out_dir: Path, *, console: Any = None) -> dict[str, Any]:
+def simulate(
+    cfg: RunConfig, out_dir: Path, *, console: Any = None, client_mods: list[Any] | None = None
+) -> dict[str, Any]:
     """Run a whole simulated federation and write the run directory.
 
-    Returns the summary written to ``summary.json``.
+    ``client_mods`` are Flower client mods wrapped around every branch's
+    handlers (e.g. to inject faults in tests). Returns the summary written to
+    ``summary.json``.
     """
     from flwr.simulation import run_simulation
 
@@ -180,7 +184,7 @@ def simulate(cfg: RunConfig, out_dir: Path, *, console: Any = None) -> dict[str,
     server_app = make_server_app(
         cfg, out_dir, run_id=run_id, reporter=printer.round, keys_dir=he_keys, results=results
     )
-    client_app = make_client_app(node_configs)
+    client_app = make_client_app(node_configs, mods=client_mods)
     threads = max(1, int(cfg.federation.num_cpus_per_branch))
     os.environ["FEDCRM_TORCH_THREADS"] = str(threads)
     say(
