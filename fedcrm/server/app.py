@@ -79,7 +79,7 @@ def run_job(
             node_wait_s=node_wait_s,
         )
     result = job.run()
-    result["run_id"] = run_id
+    result["run_id"] = job.spec.run_id  # a resumed run keeps its first id
     result.setdefault("timings", {})["federated_total_s"] = time.perf_counter() - t0
     return result
 

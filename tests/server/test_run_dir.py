@@ -1,0 +1,40 @@
+"""Run directory: checkpoints, resume truncation, ledger copies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedcrm.server.run_dir import RunDir, load_records, save_records
+
+
+def test_checkpoint_round_trip_plaintext(tmp_path: Path) -> None:
+    rd = RunDir(tmp_path)
+    weights = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, dtype=np.float32)]
+    rd.save_checkpoint({"round": 3, "run_id": "r1", "branches": {}}, weights)
+    rd.save_checkpoint({"round": 4, "run_id": "r1", "branches": {}}, weights)  # replaces
+    state, loaded = rd.load_checkpoint()  # type: ignore[misc]
+    assert state["round"] == 4 and state["global"] == "plaintext"
+    for a, b in zip(weights, loaded, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "checkpoint.tmp").exists()
+
+
+def test_no_checkpoint(tmp_path: Path) -> None:
+    assert RunDir(tmp_path).load_checkpoint() is None
+
+
+def test_records_round_trip_without_pickle(tmp_path: Path) -> None:
+    rec = {"a": b"\x00\x01", "chunks": [b"x", b"yz"], "n": 5, "ctx": "abc"}
+    save_records(tmp_path / "r", rec)
+    assert load_records(tmp_path / "r") == rec
+
+
+def test_truncate_rounds_drops_rounds_after_the_checkpoint(tmp_path: Path) -> None:
+    rd = RunDir(tmp_path)
+    for r in (1, 2, 3):
+        rd.append_round({"round": r - 1, "trained_round": r})
+    rd.append_round({"round": 3})  # a final evaluation
+    rd.truncate_rounds(2)
+    assert [r["trained_round"] for r in rd.rounds()] == [1, 2]
