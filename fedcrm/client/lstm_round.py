@@ -225,10 +225,10 @@ def train_round(
     if not all(np.isfinite(w).all() for w in new_weights):
         raise PrivacyError("local training diverged (non-finite weights); lower the learning rate")
     entries: list[dict[str, Any]] = []
-    metrics: dict[str, Any] = {
-        "train_loss": float(result.loss),
-        "train_seconds": float(result.seconds),
-    }
+    metrics: dict[str, Any] = {"train_seconds": float(result.seconds)}
+    if dp is None:
+        # Under DP the noiseless training loss would be an unaccounted release.
+        metrics["train_loss"] = float(result.loss)
     if ledger is not None and mechanism is not None and budget is not None:
         save_released_update(settings, spec.run_id, round_num, new_weights)
         entry = ledger.append(

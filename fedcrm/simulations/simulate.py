@@ -213,9 +213,6 @@ def simulate(
     result.setdefault("timings", {})["simulation_s"] = time.perf_counter() - t_fed
     baselines = None
     if cfg.baseline:
-        import torch
-
-        torch.set_num_threads(cpu_count())
         tb = time.perf_counter()
         baselines = run_baselines(cfg, branches, progress=say)
         result["timings"]["baselines_s"] = time.perf_counter() - tb

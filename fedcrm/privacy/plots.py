@@ -1,0 +1,120 @@
+"""Charts for the privacy report as inline SVG (no plotting library, no external assets)."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+
+# Colour-blind-safe palette (Okabe & Ito).
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+
+
+def _nice_ceiling(value: float) -> float:
+    """A round number >= ``value`` for the top of an axis."""
+    if value <= 0:
+        return 1.0
+    magnitude = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        if step * magnitude >= value:
+            return step * magnitude
+    return 10 * magnitude  # pragma: no cover - the loop always returns
+
+
+def epsilon_chart_svg(
+    series: Mapping[str, Sequence[tuple[str, float]]],
+    *,
+    ceilings: Mapping[str, float | None] | None = None,
+    width: int = 760,
+    height: int = 320,
+) -> str:
+    """Cumulative epsilon after each ledger entry, one line per branch.
+
+    Parameters
+    ----------
+    series
+        Per branch, ``(label, cumulative epsilon)`` for each entry in ledger
+        order; the label (run and round) shows as a tooltip.
+    ceilings
+        Per branch epsilon ceiling, drawn as a dashed line of the same colour.
+
+    Returns
+    -------
+    str
+        An ``<svg>`` element with a text alternative (``<title>``/``<desc>``).
+    """
+    ceilings = dict(ceilings or {})
+    left, right, top, bottom = 56, 150, 16, 44
+    plot_w, plot_h = width - left - right, height - top - bottom
+    longest = max((len(points) for points in series.values()), default=0)
+    highest = max(
+        [e for points in series.values() for _, e in points]
+        + [c for c in ceilings.values() if c is not None],
+        default=0.0,
+    )
+    y_max = _nice_ceiling(highest * 1.05)
+    x_max = max(longest - 1, 1)
+
+    def x(i: float) -> float:
+        return left + plot_w * i / x_max
+
+    def y(e: float) -> float:
+        return top + plot_h * (1 - e / y_max)
+
+    out = [
+        f'<svg role="img" viewBox="0 0 {width} {height}" '
+        f'width="100%" style="max-width:{width}px" aria-labelledby="eps-title eps-desc">',
+        '<title id="eps-title">Cumulative epsilon per branch after each ledger entry</title>',
+        '<desc id="eps-desc">One line per branch; dashed lines are the branch ceilings.</desc>',
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" '
+        'stroke="#999"/>',
+    ]
+    for k in range(6):
+        value = y_max * k / 5
+        out.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
+            'stroke="#e5e5e5"/>'
+            f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end" font-size="11">'
+            f"{value:g}</text>"
+        )
+    for k in range(min(x_max, 10) + 1):
+        i = round(x_max * k / min(x_max, 10))
+        out.append(
+            f'<text x="{x(i):.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
+            f'font-size="11">{i + 1}</text>'
+        )
+    out.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle" font-size="12">'
+        "ledger entry (one per mechanism run, in order)</text>"
+        f'<text x="14" y="{top + plot_h / 2}" text-anchor="middle" font-size="12" '
+        f'transform="rotate(-90 14 {top + plot_h / 2})">cumulative epsilon</text>'
+    )
+    for n, (branch, points) in enumerate(sorted(series.items())):
+        colour = PALETTE[n % len(PALETTE)]
+        name = html.escape(branch)
+        ceiling = ceilings.get(branch)
+        if ceiling is not None:
+            out.append(
+                f'<line x1="{left}" x2="{left + plot_w}" y1="{y(ceiling):.1f}" '
+                f'y2="{y(ceiling):.1f}" stroke="{colour}" stroke-dasharray="6 4">'
+                f"<title>{name} ceiling {ceiling:g}</title></line>"
+            )
+        if points:
+            path = " ".join(f"{x(i):.1f},{y(e):.1f}" for i, (_, e) in enumerate(points))
+            out.append(
+                f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}">'
+                f"<title>{name}</title></polyline>"
+            )
+            for i, (label, e) in enumerate(points):
+                out.append(
+                    f'<circle cx="{x(i):.1f}" cy="{y(e):.1f}" r="2.5" fill="{colour}">'
+                    f"<title>{name} {html.escape(label)}: epsilon {e:.4g}</title></circle>"
+                )
+        legend_y = top + 14 + 18 * n
+        out.append(
+            f'<line x1="{left + plot_w + 12}" x2="{left + plot_w + 32}" y1="{legend_y - 4}" '
+            f'y2="{legend_y - 4}" stroke="{colour}" stroke-width="3"/>'
+            f'<text x="{left + plot_w + 38}" y="{legend_y}" font-size="12">{name}</text>'
+        )
+    out.append("</svg>")
+    return "\n".join(out)

@@ -1,0 +1,226 @@
+"""Verify branch privacy ledgers with nothing but the branches' public keys.
+
+For each ledger: every line is a complete JSON entry of the right shape, for
+the right branch; ``seq`` runs 0, 1, 2, ... with no gap or reorder; each
+``prev_hash`` is the previous entry's hash; each ``hash`` matches its entry;
+each entry was signed by the branch's key; and the cumulative epsilon each
+entry states is what its parameters give with the accountant it names
+(relative tolerance 1e-6). Every problem is collected, naming the branch and
+the line and ``seq`` of the entry.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedcrm.errors import KeyFileError, LedgerError, PrivacyError
+from fedcrm.privacy import signing
+from fedcrm.privacy.accounting import epsilon_trajectory
+from fedcrm.privacy.ledger import mechanism_of, read_ledger
+
+#: Relative tolerance between a stated and a recomputed epsilon.
+EPSILON_RTOL = 1e-6
+LEDGER_SUFFIX = ".jsonl"
+
+
+@dataclass
+class BranchVerification:
+    """The verification result of one branch's ledger."""
+
+    branch_id: str
+    entries: int
+    epsilon: float | None
+    delta: float | None
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    accountant: str | None = None
+    path: str | None = None
+    key_id: str | None = None
+
+
+def _check_branch_and_signatures(
+    parsed: list[tuple[int, dict[str, Any]]],
+    branch_id: str,
+    public_key: signing.Ed25519PublicKey | None,
+    problems: list[str],
+) -> None:
+    own_key_id = signing.key_id(public_key) if public_key is not None else None
+    for number, entry in parsed:
+        where = f"line {number} (seq {entry['seq']})"
+        if entry["branch_id"] != branch_id:
+            problems.append(f"{where}: belongs to branch {entry['branch_id']}")
+        if public_key is None:
+            continue
+        if entry["key_id"] != own_key_id:
+            problems.append(
+                f"{where}: signed by unknown key {entry['key_id']} (branch key is {own_key_id})"
+            )
+        elif not signing.verify_signature(
+            public_key, bytes.fromhex(entry["hash"]), entry["signature"]
+        ):
+            problems.append(f"{where}: bad signature")
+
+
+def _check_epsilons(parsed: list[tuple[int, dict[str, Any]]], problems: list[str]) -> None:
+    if not parsed:
+        return
+    entries = [entry for _, entry in parsed]
+    try:
+        recomputed = epsilon_trajectory(
+            [mechanism_of(e) for e in entries],
+            deltas=[e["delta"] for e in entries],
+            accountants=[e["accountant"] for e in entries],
+        )
+    except PrivacyError as exc:
+        problems.append(f"epsilon cannot be recomputed: {exc}")
+        return
+    for (number, entry), epsilon in zip(parsed, recomputed, strict=True):
+        if not math.isclose(entry["epsilon"], epsilon, rel_tol=EPSILON_RTOL, abs_tol=1e-12):
+            problems.append(
+                f"line {number} (seq {entry['seq']}): states epsilon {entry['epsilon']:.9g} "
+                f"but its parameters give {epsilon:.9g} with the {entry['accountant']} accountant"
+            )
+
+
+def verify_ledger(
+    path: str | os.PathLike[str],
+    public_key: signing.Ed25519PublicKey | str | os.PathLike[str] | None,
+    *,
+    branch_id: str | None = None,
+) -> BranchVerification:
+    """Verify one branch ledger.
+
+    Parameters
+    ----------
+    path
+        The ledger file (``<branch_id>.jsonl``).
+    public_key
+        The branch's Ed25519 public key or the path of its PEM file. ``None``
+        (no key known) is itself a failure; everything else is still checked.
+    branch_id
+        The branch the ledger must belong to (default: the file name's stem).
+
+    Returns
+    -------
+    BranchVerification
+        ``ok`` is true only when no problem was found.
+    """
+    path = Path(path)
+    branch = branch_id or path.name.removesuffix(LEDGER_SUFFIX)
+    problems: list[str] = []
+    key: signing.Ed25519PublicKey | None = None
+    if public_key is None:
+        problems.append(f"unknown key: no public key for branch {branch}")
+    elif isinstance(public_key, signing.Ed25519PublicKey):
+        key = public_key
+    else:
+        try:
+            key = signing.load_public_key(public_key)
+        except KeyFileError as exc:
+            problems.append(f"unknown key: {exc}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        problems.append(f"cannot read {path}: {exc.strerror}")
+        data = b""
+    parsed, chain_problems = read_ledger(data)
+    problems += chain_problems
+    _check_branch_and_signatures(parsed, branch, key, problems)
+    _check_epsilons(parsed, problems)
+    last = parsed[-1][1] if parsed else None
+    return BranchVerification(
+        branch_id=branch,
+        entries=len(parsed),
+        epsilon=last["epsilon"] if last else None,
+        delta=last["delta"] if last else None,
+        ok=not problems,
+        problems=problems,
+        accountant=last["accountant"] if last else None,
+        path=str(path),
+        key_id=signing.key_id(key) if key is not None else None,
+    )
+
+
+def _ledgers_and_keys(target: Path, keys_dir: Path | None) -> tuple[list[Path], list[Path]]:
+    """Ledger files under ``target`` and the directories to look for keys in."""
+    if target.is_file():
+        ledgers, around = [target], [target.parent / "keys", target.parent.parent / "keys"]
+        around.append(target.parent)
+    elif (target / "ledger").is_dir():  # a run directory
+        ledgers, around = sorted((target / "ledger").glob(f"*{LEDGER_SUFFIX}")), [target / "keys"]
+    elif target.is_dir():
+        ledgers = sorted(target.glob(f"*{LEDGER_SUFFIX}"))
+        around = [target / "keys", target.parent / "keys", target]
+    else:
+        raise LedgerError(f"{target} does not exist; give a ledger file or a run directory")
+    if not ledgers:
+        raise LedgerError(
+            f"no ledger (*{LEDGER_SUFFIX}) in {target}; give a ledger file, a directory of "
+            "ledgers or a run directory with ledger/"
+        )
+    return ledgers, [keys_dir] if keys_dir is not None else around
+
+
+def verify_path(
+    ledger_or_run_dir: str | os.PathLike[str], *, keys_dir: str | os.PathLike[str] | None = None
+) -> list[BranchVerification]:
+    """Verify a ledger file, a directory of ledgers, or a run directory.
+
+    A run directory holds ``ledger/<branch_id>.jsonl`` and
+    ``keys/<branch_id>.pub``. Elsewhere keys are looked for in ``keys_dir``
+    when given, else in a ``keys/`` directory beside or above the ledgers,
+    else beside them. A branch whose public key is not found fails verification.
+
+    Raises
+    ------
+    LedgerError
+        When ``ledger_or_run_dir`` holds no ledger.
+    """
+    ledgers, key_dirs = _ledgers_and_keys(
+        Path(ledger_or_run_dir), Path(keys_dir) if keys_dir is not None else None
+    )
+    results = []
+    for ledger in ledgers:
+        branch = ledger.name.removesuffix(LEDGER_SUFFIX)
+        candidates = [d / f"{branch}{signing.PUBLIC_SUFFIX}" for d in key_dirs]
+        key_path = next((p for p in candidates if p.is_file()), None)
+        result = verify_ledger(ledger, key_path, branch_id=branch)
+        if key_path is None:
+            looked = ", ".join(str(p) for p in candidates)
+            result.problems[0] = (
+                f"unknown key: no public key for branch {branch} (looked for {looked})"
+            )
+        results.append(result)
+    return results
+
+
+def format_table(results: list[BranchVerification], *, max_problems: int = 5) -> str:
+    """Plain-text per-branch table, then the problems of each failing branch."""
+    header = ("branch", "entries", "epsilon", "delta", "accountant", "result")
+    rows = [header] + [
+        (
+            r.branch_id,
+            str(r.entries),
+            "-" if r.epsilon is None else f"{r.epsilon:.4g}",
+            "-" if r.delta is None else f"{r.delta:.3g}",
+            r.accountant or "-",
+            "ok" if r.ok else f"FAILED ({len(r.problems)} problem(s))",
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for r in results:
+        if r.ok:
+            continue
+        lines.append("")
+        lines.append(f"branch {r.branch_id} ({r.path}):")
+        lines += [f"  - {p}" for p in r.problems[:max_problems]]
+        if len(r.problems) > max_problems:
+            lines.append(f"  ... and {len(r.problems) - max_problems} more")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,85 @@
+"""Ed25519 branch keys: files, permissions, signatures."""
+
+from __future__ import annotations
+
+import logging
+import stat
+from pathlib import Path
+
+import pytest
+
+from fedcrm.errors import KeyFileError
+from fedcrm.privacy.signing import (
+    generate_signing_key,
+    key_id,
+    load_private_key,
+    load_public_key,
+    sign,
+    verify_signature,
+)
+
+
+def test_key_files_round_trip(tmp_path: Path) -> None:
+    private_path, public_path = generate_signing_key(tmp_path / "keys", "b1")
+
+    private, public = load_private_key(private_path), load_public_key(public_path)
+    signature = sign(private, b"entry hash")
+
+    assert (private_path.name, public_path.name) == ("b1.key", "b1.pub")
+    assert stat.S_IMODE(private_path.stat().st_mode) == 0o600
+    assert private_path.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    assert public_path.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert verify_signature(public, b"entry hash", signature)
+    assert not verify_signature(public, b"another hash", signature)
+    assert key_id(private) == key_id(public)
+    assert len(key_id(public)) == 16
+
+
+def test_another_branch_key_does_not_verify(tmp_path: Path) -> None:
+    a, _ = generate_signing_key(tmp_path, "a")
+    _, b_pub = generate_signing_key(tmp_path, "b")
+
+    signature = sign(load_private_key(a), b"data")
+
+    assert not verify_signature(load_public_key(b_pub), b"data", signature)
+    assert not verify_signature(load_public_key(b_pub), b"data", "not base64!")
+    assert key_id(load_private_key(a)) != key_id(load_public_key(b_pub))
+
+
+def test_existing_key_is_never_overwritten_by_default(tmp_path: Path) -> None:
+    private_path, _ = generate_signing_key(tmp_path, "b1")
+    before = private_path.read_bytes()
+
+    with pytest.raises(KeyFileError, match="already exists"):
+        generate_signing_key(tmp_path, "b1")
+    assert private_path.read_bytes() == before
+
+    generate_signing_key(tmp_path, "b1", overwrite=True)
+    assert private_path.read_bytes() != before
+
+
+def test_key_file_errors_are_clear(tmp_path: Path) -> None:
+    private_path, public_path = generate_signing_key(tmp_path, "b1")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("hello")
+
+    with pytest.raises(KeyFileError, match="not found"):
+        load_private_key(tmp_path / "missing.key")
+    with pytest.raises(KeyFileError, match="holds a public key"):
+        load_private_key(public_path)
+    with pytest.raises(KeyFileError, match="holds a private key"):
+        load_public_key(private_path)
+    with pytest.raises(KeyFileError, match="not a PEM"):
+        load_public_key(garbage)
+    with pytest.raises(KeyFileError, match="cannot name a key file"):
+        generate_signing_key(tmp_path, "../escape")
+
+
+def test_readable_private_key_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    private_path, _ = generate_signing_key(tmp_path, "b1")
+    private_path.chmod(0o644)
+
+    with caplog.at_level(logging.WARNING, logger="fedcrm.privacy.signing"):
+        load_private_key(private_path)
+
+    assert "chmod 600" in caplog.text
