@@ -254,7 +254,8 @@ class FedAvgJob:
                 )
                 continue
             b.rounds_trained += 1
-            losses.append(float(metrics.get("train_loss", float("nan"))))
+            if "train_loss" in metrics:  # DP branches do not release it
+                losses.append(float(metrics["train_loss"]))
         new_state: Any = None
         if self.he_context is not None and enc_updates:
             from fedcrm.crypto.packing import aggregate
