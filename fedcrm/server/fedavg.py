@@ -294,8 +294,10 @@ class FedAvgJob:
             },
         }
         if accepted < self.cfg.federation.min_branches:
+            exhausted = sum(1 for b in chosen if b.exhausted)
+            why = f" ({exhausted} refused: budget-exhausted)" if exhausted else ""
             self.stopped_reason = (
-                f"round {round_num}: only {accepted} branch update(s) could be aggregated, "
+                f"round {round_num}: only {accepted} branch update(s) could be aggregated{why}, "
                 f"federation.min_branches={self.cfg.federation.min_branches}"
             )
             return None

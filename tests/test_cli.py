@@ -1,0 +1,60 @@
+"""The `fedcrm` command's sub-commands and exit codes."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from fedcrm.cli import main
+
+
+def test_data_synth_then_validate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "crm"
+    assert main(["data", "synth", "--branches", "2", "--customers", "50", "--seed", "1",
+                 "--out", str(out)]) == 0
+    assert main(["data", "validate", str(out)]) == 0
+
+
+def test_data_validate_reports_problems_without_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "crm"
+    main(["data", "synth", "--branches", "1", "--customers", "20", "--seed", "1", "--out",
+          str(out)])
+    events = out / "events.csv"
+    lines = events.read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index("amount")] = "-77.77"
+    lines[1] = ",".join(row)
+    events.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["data", "validate", str(out)]) == 1
+    printed = capsys.readouterr()
+    assert "events.csv:2: amount:" in printed.out
+    assert "-77.77" not in printed.out + printed.err
+
+
+def test_node_init_writes_a_private_key_only_the_owner_reads(tmp_path: Path) -> None:
+    assert main(["node", "init", "--branch-id", "b1", "--out", str(tmp_path)]) == 0
+    key = tmp_path / "b1.key"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert (tmp_path / "b1.pub").exists()
+    # never overwrite an existing key
+    assert main(["node", "init", "--branch-id", "b1", "--out", str(tmp_path)]) == 2
+
+
+def test_keys_init_public_context_has_no_secret_key(tmp_path: Path) -> None:
+    from fedcrm.crypto.ckks import load_public_context
+
+    assert main(["keys", "init", "--out", str(tmp_path)]) == 0
+    assert stat.S_IMODE(os.stat(tmp_path / "he_secret.ctx").st_mode) == 0o600
+    public = load_public_context(tmp_path / "he_public.ctx")
+    assert not public.context.has_secret_key()
+
+
+def test_privacy_verify_of_an_empty_dir_fails(tmp_path: Path) -> None:
+    assert main(["privacy", "verify", str(tmp_path)]) in (1, 2)
