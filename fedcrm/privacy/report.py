@@ -259,6 +259,10 @@ def _caveats(mode: str | None, accountants: set[str]) -> str:
         "bound including its numerical error.</li>"
         "<li>Delta is the small probability with which the epsilon guarantee may fail; it "
         "is set below one over the number of customers of the branch.</li>"
+        "<li><b>Evaluation.</b> Test customers are held out of training and not covered by "
+        "epsilon: each branch reports only aggregate statistics about them (a histogram of "
+        "model scores and confusion counts, never a customer's score or id), from which the "
+        "pooled AUC, F1 and log loss are computed.</li>"
         "</ul>"
     )
 
