@@ -2,18 +2,21 @@
 
 A branch flattens its update, multiplies it by its example weight and calls
 :func:`encrypt_update`: the vector is cut into chunks of ``slots`` values
-(4096 with the default parameters), each chunk is one CKKS ciphertext, and the
-weight is encrypted as one more ciphertext. The server calls :func:`aggregate`
-(or feeds an :class:`Accumulator` as replies arrive) with the public context
-only; branches call :func:`decrypt_average`.
+(4096 with the default parameters), each chunk is one seeded CKKS ciphertext
+(SEAL symmetric encryption, compact format of :mod:`fedcrm.crypto.wire`), and
+the weight is encrypted as one more ciphertext. The server calls
+:func:`aggregate` (or feeds an :class:`Accumulator` as replies arrive) with the
+public context only: it adds the ciphertexts' ``c0`` halves coefficient-wise
+modulo ``q`` with numpy and keeps every branch's seed of ``c1``. Branches call
+:func:`decrypt_average`, where SEAL expands the seeds and decrypts.
 
 The server can check everything except the key a ciphertext was made under:
-ciphertexts from a ceremony with *different parameters* fail to deserialize,
-but one with the same parameters and another key deserializes fine and only
-decrypts to noise. The declared ``context_id`` catches honest mistakes;
-:func:`decrypt_sum` refuses an out-of-range result (a foreign ciphertext
-decrypts to values spread uniformly over the whole modulus, so some of the 4096
-slots exceed the range with overwhelming probability).
+ciphertexts with other parameters or another key ceremony's tag are rejected,
+but one made with another key whose chunks claim this ceremony parses fine and
+only decrypts to noise. The declared ``context_id`` and the chunks' tags catch
+honest mistakes; :func:`decrypt_sum` refuses an out-of-range result (a foreign
+ciphertext decrypts to values spread uniformly over the whole modulus, so some
+of the 4096 slots exceed the range with overwhelming probability).
 
 Nothing here imports Flower: :meth:`EncryptedUpdate.to_records` returns a
 plain dict whose values Flower's ``ConfigRecord`` accepts.
@@ -28,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import tenseal as ts
 
+from fedcrm.crypto import wire
 from fedcrm.crypto.ckks import PublicContext, SecretContext
 from fedcrm.errors import EncryptionError
 
@@ -110,6 +113,10 @@ def _as_vector(values: np.ndarray, ctx: SecretContext) -> np.ndarray:
     return vec
 
 
+def _layout(ctx: PublicContext | SecretContext) -> wire.Layout:
+    return wire.layout_of(ctx.context, ctx.context_id, ctx.scale)
+
+
 def encrypt_update(ctx: SecretContext, values: np.ndarray, *, weight: float) -> EncryptedUpdate:
     """Encrypt a weight-scaled flat update and its weight.
 
@@ -125,19 +132,21 @@ def encrypt_update(ctx: SecretContext, values: np.ndarray, *, weight: float) -> 
     Returns
     -------
     EncryptedUpdate
-        ``ceil(len(values) / ctx.slots)`` serialized ciphertexts and the
-        serialized encrypted weight.
+        ``ceil(len(values) / ctx.slots)`` seeded ciphertexts and the encrypted
+        weight, each in the compact format of :mod:`fedcrm.crypto.wire`
+        (SEAL symmetric encryption; ~2.5x the fp32 bytes).
     """
     if not math.isfinite(weight) or weight <= 0 or weight > ctx.max_abs_sum:
         raise EncryptionError(f"weight must be finite, > 0 and <= {ctx.max_abs_sum:.3g}")
     vec = _as_vector(values, ctx)
-    chunks = [
-        ts.ckks_vector(ctx.context, vec[i : i + ctx.slots]).serialize()
-        for i in range(0, vec.size, ctx.slots)
-    ]
-    # The weight fills every slot: averaging the slots after decryption cuts its
-    # noise ~sqrt(slots)-fold at no extra size (a ciphertext always has all slots).
-    enc_weight = ts.ckks_vector(ctx.context, np.full(ctx.slots, float(weight))).serialize()
+    layout = _layout(ctx)
+    try:
+        chunks = wire.encrypt_chunks(ctx.context, layout, vec)
+        # The weight fills every slot: averaging the slots after decryption cuts its
+        # noise ~sqrt(slots)-fold at no extra size (a ciphertext always has all slots).
+        (enc_weight,) = wire.encrypt_chunks(ctx.context, layout, np.full(ctx.slots, float(weight)))
+    except (ValueError, RuntimeError, OSError) as exc:  # SEAL refused or wrote garbage
+        raise EncryptionError(f"CKKS encryption failed: {exc}") from exc
     return EncryptedUpdate(ctx.context_id, int(vec.size), chunks, enc_weight)
 
 
@@ -145,20 +154,14 @@ class _RejectedError(Exception):
     """Internal: one update cannot be added; ``args[0]`` is the reason."""
 
 
-def _load(ctx: PublicContext | SecretContext, data: bytes, size: int, what: str) -> Any:
+def _parse(layout: wire.Layout, data: Any, size: int, what: str) -> wire.Chunk:
     try:
-        vec = ts.ckks_vector_from(ctx.context, data)
-    except Exception as exc:  # SEAL/protobuf raise assorted types on bad bytes
-        raise _RejectedError(
-            f"{what} does not deserialize (truncated, corrupt, or made under "
-            "other encryption parameters)"
-        ) from exc
-    if vec.size() != size:
-        raise _RejectedError(f"{what} holds {vec.size()} values, expected {size}")
-    ciphers = vec.data.ciphertext()
-    if len(ciphers) != 1 or ciphers[0].scale != ctx.scale:
-        raise _RejectedError(f"{what} was encrypted at another scale or level")
-    return vec
+        chunk = wire.parse(layout, data)
+    except wire.WireError as exc:
+        raise _RejectedError(f"{what} {exc.args[0]}") from exc
+    if chunk.n_values != size:
+        raise _RejectedError(f"{what} holds {chunk.n_values} values, expected {size}")
+    return chunk
 
 
 def _check_shape(ctx: PublicContext, update: Any, length: int) -> EncryptedUpdate:
@@ -181,6 +184,12 @@ def _check_shape(ctx: PublicContext, update: Any, length: int) -> EncryptedUpdat
 class Accumulator:
     """Running encrypted sum; add updates as they arrive (server side).
 
+    The sum is kept as raw coefficients: every ciphertext's ``c0`` half is
+    added with numpy (low 32 bits and high bits in separate uint64/uint32
+    accumulators, so nothing overflows and one reduction modulo ``q`` at the
+    end suffices), and its seed is appended. No TenSEAL or SEAL object and no
+    key is involved; see :mod:`fedcrm.crypto.wire`.
+
     Parameters
     ----------
     ctx
@@ -195,34 +204,44 @@ class Accumulator:
         self.ctx = ctx
         self.length = int(length)
         self.sizes = chunk_sizes(self.length, ctx.slots)
+        self.layout = _layout(ctx)
         self.accepted: list[str] = []
         self.rejected: dict[str, str] = {}
-        self._sum: list[Any] | None = None
-        self._weight: Any = None
+        rows = (len(self.sizes) + 1, self.layout.n_primes, self.layout.poly_degree)
+        self._lo = np.zeros(rows, dtype=np.uint64)
+        self._hi = np.zeros(rows, dtype=np.uint32) if self.layout.hi_bytes else None
+        self._seeds: list[list[bytes]] = [[] for _ in range(rows[0])]
+        self._seal_version: tuple[int, int] | None = None
 
     def add(self, branch_id: str, update: Any) -> str | None:
         """Validate and add one update; return the rejection reason or None.
 
-        Every ciphertext of the update is deserialized and checked before any
-        is added, so a rejected update leaves no trace in the running sum.
+        Every ciphertext of the update is parsed and checked before any is
+        added, so a rejected update leaves no trace in the running sum.
         """
         try:
             upd = _check_shape(self.ctx, update, self.length)
-            vecs = [
-                _load(self.ctx, data, size, f"chunk {i}")
+            parsed = [
+                _parse(self.layout, data, size, f"chunk {i}")
                 for i, (data, size) in enumerate(zip(upd.chunks, self.sizes, strict=True))
             ]
-            weight = _load(self.ctx, upd.weight, self.ctx.slots, "encrypted weight")
+            parsed.append(_parse(self.layout, upd.weight, self.ctx.slots, "encrypted weight"))
+            for i, chunk in enumerate(parsed):
+                if chunk.n_seeds != 1:
+                    what = f"chunk {i}" if i < len(self.sizes) else "encrypted weight"
+                    raise _RejectedError(
+                        f"{what} is not a fresh ciphertext ({chunk.n_seeds} seeds, expected 1)"
+                    )
         except _RejectedError as exc:
             self.rejected[branch_id] = str(exc.args[0])
             return self.rejected[branch_id]
-        if self._sum is None:
-            self._sum, self._weight = vecs, weight
-        else:
-            # Sizes, scales and parameters were checked above, so SEAL cannot refuse.
-            for total, vec in zip(self._sum, vecs, strict=True):
-                total.add_(vec)
-            self._weight.add_(weight)
+        for row, chunk in enumerate(parsed):
+            np.add(self._lo[row], chunk.lo, out=self._lo[row])
+            if self._hi is not None:
+                np.add(self._hi[row], chunk.hi, out=self._hi[row])
+            self._seeds[row].append(chunk.seeds)
+        if self._seal_version is None:
+            self._seal_version = parsed[0].seal_version
         self.accepted.append(branch_id)
         return None
 
@@ -234,11 +253,24 @@ class Accumulator:
         EncryptionError
             No update was accepted.
         """
-        if self._sum is None:
+        if not self.accepted or self._seal_version is None:
             reasons = "; ".join(f"{b}: {r}" for b, r in sorted(self.rejected.items()))
             raise EncryptionError(f"no valid encrypted update to aggregate ({reasons or 'none'})")
-        chunks = [v.serialize() for v in self._sum]
-        return EncryptedUpdate(self.ctx.context_id, self.length, chunks, self._weight.serialize())
+        total = self._lo.copy()
+        if self._hi is not None:
+            total += self._hi.astype(np.uint64) << np.uint64(32)
+        wire.reduce(self.layout, total)
+        packed = [
+            wire.pack(
+                self.layout,
+                total[row],
+                b"".join(self._seeds[row]),
+                n_values=size,
+                seal_version=self._seal_version,
+            )
+            for row, size in enumerate([*self.sizes, self.ctx.slots])
+        ]
+        return EncryptedUpdate(self.ctx.context_id, self.length, packed[:-1], packed[-1])
 
 
 def expected_length(updates: Mapping[str, Any], context_id: str) -> int:
@@ -291,6 +323,34 @@ def aggregate(
     return acc.result(), dict(acc.rejected)
 
 
+def to_ckks_vectors(ctx: PublicContext | SecretContext, agg: EncryptedUpdate) -> list[Any]:
+    """The aggregate's ciphertexts as TenSEAL ``CKKSVector`` objects (chunks, then weight).
+
+    SEAL expands the seeds; works with the public context (the vectors then
+    cannot be decrypted). For tests and inspection.
+    """
+    layout = _layout(ctx)
+    sizes = [*chunk_sizes(agg.length, ctx.slots), ctx.slots]
+    out = []
+    for i, (data, size) in enumerate(zip([*agg.chunks, agg.weight], sizes, strict=True)):
+        try:
+            out.append(
+                wire.to_ckks_vector(ctx.context, layout, _parse(layout, data, size, f"#{i}"))
+            )
+        except _RejectedError as exc:
+            raise EncryptionError(str(exc.args[0])) from exc
+    return out
+
+
+def _decrypt(ctx: SecretContext, layout: wire.Layout, data: Any, size: int, what: str) -> list:
+    chunk = _parse(layout, data, size, what)
+    try:
+        vec = wire.to_ckks_vector(ctx.context, layout, chunk)
+    except Exception as exc:  # SEAL refuses what it cannot load
+        raise _RejectedError(f"{what} is not a valid SEAL ciphertext: {exc}") from exc
+    return vec.decrypt()
+
+
 def decrypt_sum(ctx: SecretContext, agg: EncryptedUpdate) -> tuple[np.ndarray, float]:
     """Decrypt an aggregate into (sum of weighted values, total weight).
 
@@ -311,12 +371,13 @@ def decrypt_sum(ctx: SecretContext, agg: EncryptedUpdate) -> tuple[np.ndarray, f
             f"aggregate has {len(agg.chunks)} ciphertexts for {agg.length} values, "
             f"expected {len(sizes)}"
         )
+    layout = _layout(ctx)
     try:
         parts = [
-            np.asarray(_load(ctx, data, size, f"chunk {i}").decrypt(), dtype=np.float64)
+            np.asarray(_decrypt(ctx, layout, data, size, f"chunk {i}"), dtype=np.float64)
             for i, (data, size) in enumerate(zip(agg.chunks, sizes, strict=True))
         ]
-        weight = float(np.mean(_load(ctx, agg.weight, ctx.slots, "encrypted weight").decrypt()))
+        weight = float(np.mean(_decrypt(ctx, layout, agg.weight, ctx.slots, "encrypted weight")))
     except _RejectedError as exc:
         raise EncryptionError(f"aggregate rejected: {exc.args[0]}") from exc
     total = np.concatenate(parts)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from fedcrm.crypto import ckks, packing
+from fedcrm.crypto import ckks, packing, wire
 from fedcrm.crypto.packing import EncryptedUpdate
 from fedcrm.errors import EncryptionError
 
@@ -93,16 +93,49 @@ def test_aggregate_equals_plaintext_weighted_average(
 
 
 def test_server_side_holds_no_secret_key(
-    public_a: ckks.PublicContext, encrypted: dict[str, EncryptedUpdate]
+    plain: dict[str, np.ndarray],
+    secret_a: ckks.SecretContext,
+    public_a: ckks.PublicContext,
+    encrypted: dict[str, EncryptedUpdate],
 ) -> None:
     acc = packing.Accumulator(public_a, length=LENGTH)
     for b, upd in encrypted.items():
         assert acc.add(b, upd) is None
     assert not acc.ctx.context.is_private()
     assert not acc.ctx.context.has_secret_key()
-    vec = ts.ckks_vector_from(public_a.context, acc.result().chunks[0])
+    # The server's state is numpy coefficients and public seeds, nothing else.
+    held = [v for v in vars(acc).values() if not isinstance(v, str | int | list | dict | tuple)]
+    assert all(isinstance(v, np.ndarray | ckks.PublicContext | wire.Layout) for v in held), held
+    total = acc.result()
+    # The sum is a genuine SEAL ciphertext: the public context loads it, cannot decrypt it ...
+    vecs = packing.to_ckks_vectors(public_a, total)
+    assert len(vecs) == len(total.chunks) + 1
     with pytest.raises(ValueError):
-        vec.decrypt()
+        vecs[0].decrypt()
+    # ... and a branch's secret context decrypts it to the plaintext sum.
+    secret_vec = packing.to_ckks_vectors(secret_a, total)[0]
+    expected = sum(plain[b][:4096] * w for b, w in WEIGHTS.items())
+    assert np.max(np.abs(np.asarray(secret_vec.decrypt()) - expected)) < 1e-2
+
+
+def test_upload_is_seeded_and_compact(
+    secret_a: ckks.SecretContext, public_a: ckks.PublicContext, plain: dict[str, np.ndarray]
+) -> None:
+    upd = packing.encrypt_update(secret_a, plain["b1"], weight=1.0)
+    layout = packing._layout(public_a)
+    assert layout.moduli[0].bit_length() == 40 and layout.hi_bytes == 1
+    for data in [*upd.chunks, upd.weight]:
+        chunk = wire.parse(layout, data)
+        assert chunk.n_seeds == 1 and len(data) == layout.chunk_bytes(1)
+        assert int(chunk.c0().max()) < layout.moduli[0]
+    # 5 bytes per c0 coefficient + one seed: 2.5x the fp32 bytes of a full chunk.
+    assert len(upd.chunks[0]) / (4 * secret_a.slots) < 2.52
+    # Fresh seeds: no two ciphertexts share their uniform half.
+    seeds = {wire.parse(layout, d).seeds for d in [*upd.chunks, upd.weight]}
+    assert len(seeds) == len(upd.chunks) + 1
+    # The same values encrypt differently every time.
+    again = packing.encrypt_update(secret_a, plain["b1"], weight=1.0)
+    assert again.chunks[0] != upd.chunks[0]
 
 
 def test_records_round_trip(encrypted: dict[str, EncryptedUpdate]) -> None:
@@ -122,16 +155,65 @@ def _other_context(upd: EncryptedUpdate, secret_b: ckks.SecretContext) -> Encryp
     return packing.encrypt_update(secret_b, vals, weight=1.0)
 
 
+def _small_secret() -> ckks.SecretContext:
+    """A secret context with N=4096 (other parameters) but the same context_id."""
+    small = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        4096,
+        coeff_mod_bit_sizes=[40, 40],
+        encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
+    )
+    small.global_scale = 2.0**20
+    return ckks.SecretContext(context=small, context_id="0" * 16, slots=2048, scale=2.0**20)
+
+
 def _other_params(upd: EncryptedUpdate, _: ckks.SecretContext) -> EncryptedUpdate:
+    small = _small_secret()
+    other = packing.encrypt_update(small, np.ones(2048), weight=1.0)
+    return dataclasses.replace(upd, chunks=[other.chunks[0], *upd.chunks[1:]])
+
+
+def _tenseal_format(upd: EncryptedUpdate, _: ckks.SecretContext) -> EncryptedUpdate:
     small = ts.context(ts.SCHEME_TYPE.CKKS, 4096, coeff_mod_bit_sizes=[40, 40])
     small.global_scale = 2.0**20
     chunk = ts.ckks_vector(small, [1.0] * 2048).serialize()
     return dataclasses.replace(upd, chunks=[chunk, *upd.chunks[1:]])
 
 
+def _foreign_chunk(upd: EncryptedUpdate, secret_b: ckks.SecretContext) -> EncryptedUpdate:
+    # Right context_id on the update, but chunk 1 comes from another key ceremony.
+    other = packing.encrypt_update(secret_b, np.ones(upd.length), weight=1.0)
+    return dataclasses.replace(upd, chunks=[upd.chunks[0], other.chunks[1], upd.chunks[2]])
+
+
+def _with_tag(data: bytes, tag: bytes) -> bytes:
+    return data[:8] + tag + data[16:]
+
+
+def _replayed_sum(upd: EncryptedUpdate, _: ckks.SecretContext) -> EncryptedUpdate:
+    # A chunk that carries two seeds (a sum) is not a fresh upload.
+    layout_chunk = upd.chunks[0]
+    seed = layout_chunk[-wire.INFO_SIZE :]
+    head = bytearray(layout_chunk[: wire._HEAD.size])
+    wire._HEAD.pack_into(head, 0, *(*wire._HEAD.unpack_from(head)[:-1], 2))
+    doubled = bytes(head) + layout_chunk[wire._HEAD.size :] + seed
+    return dataclasses.replace(upd, chunks=[doubled, *upd.chunks[1:]])
+
+
 BAD: dict[str, tuple[Callable[[EncryptedUpdate, ckks.SecretContext], EncryptedUpdate], str]] = {
     "different_context": (_other_context, "another key ceremony"),
-    "other_parameters": (_other_params, "does not deserialize"),
+    "other_parameters": (_other_params, "chunk 0 does not deserialize: made under other"),
+    "tenseal_format": (_tenseal_format, "chunk 0 does not deserialize"),
+    "foreign_chunk": (_foreign_chunk, "chunk 1 was made under another key ceremony"),
+    "replayed_sum": (_replayed_sum, "chunk 0 is not a fresh ciphertext"),
+    "padded_chunk": (
+        lambda u, _: dataclasses.replace(u, chunks=[u.chunks[0], u.chunks[1] + b"\0", u.chunks[2]]),
+        "chunk 1 does not deserialize",
+    ),
+    "bad_seed": (
+        lambda u, _: dataclasses.replace(u, weight=u.weight[:-65] + b"\x07" + u.weight[-64:]),
+        "encrypted weight does not deserialize: malformed seed",
+    ),
     "truncated_chunk": (
         lambda u, _: dataclasses.replace(u, chunks=[u.chunks[0], u.chunks[1][:-200], u.chunks[2]]),
         "chunk 1 does not deserialize",
@@ -196,16 +278,33 @@ def test_all_rejected_is_an_error(
 def test_spoofed_context_id_detected_at_decryption(
     secret_a: ckks.SecretContext, public_a: ckks.PublicContext, secret_b: ckks.SecretContext
 ) -> None:
-    # Same parameters, another key, but claiming the right context_id: the server
-    # cannot tell; the branch's range check on the decrypted sum does.
-    foreign = dataclasses.replace(
-        packing.encrypt_update(secret_b, np.ones(LENGTH), weight=1.0),
-        context_id=public_a.context_id,
+    # Same parameters, another key, claiming the right context_id and carrying the
+    # right context tag in every chunk: the server cannot tell; the branch's range
+    # check on the decrypted sum does.
+    tag = bytes.fromhex(public_a.context_id)
+    other = packing.encrypt_update(secret_b, np.ones(LENGTH), weight=1.0)
+    foreign = EncryptedUpdate(
+        public_a.context_id,
+        LENGTH,
+        [_with_tag(c, tag) for c in other.chunks],
+        _with_tag(other.weight, tag),
     )
     agg, rejected = packing.aggregate(public_a, {"x": foreign})
     assert rejected == {}
     with pytest.raises(EncryptionError, match="another key"):
         packing.decrypt_average(secret_a, agg)
+
+
+def test_decrypt_refuses_malformed_aggregate(
+    secret_a: ckks.SecretContext,
+    public_a: ckks.PublicContext,
+    encrypted: dict[str, EncryptedUpdate],
+) -> None:
+    agg, _ = packing.aggregate(public_a, encrypted)
+    assert all(wire.parse(packing._layout(public_a), c).n_seeds == 3 for c in agg.chunks)
+    cut = dataclasses.replace(agg, chunks=[agg.chunks[0][:-1], *agg.chunks[1:]])
+    with pytest.raises(EncryptionError, match="aggregate rejected: chunk 0 does not deserialize"):
+        packing.decrypt_average(secret_a, cut)
 
 
 def test_decrypt_refuses_other_ceremony(
