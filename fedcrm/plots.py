@@ -69,7 +69,8 @@ def plot_per_branch(
         loc = [local_only.get(b) or 0.0 for b in branches]
         ax.bar([i + width / 2 for i in x], loc, width, label="local-only")
     ax.set_xticks(list(x))
-    ax.set_xticklabels(branches, rotation=45 if len(branches) > 8 else 0, ha="right")
+    rotated = len(branches) > 8
+    ax.set_xticklabels(branches, rotation=45 if rotated else 0, ha="right" if rotated else "center")
     ax.set_ylabel("ROC AUC (branch's test customers)")
     ax.set_ylim(0.4, 1.0)
     ax.grid(axis="y", alpha=0.3)
