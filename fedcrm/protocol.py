@@ -26,3 +26,16 @@ REASON_BUDGET = "budget-exhausted"
 REASON_DELTA = "delta-too-large"
 REASON_INVALID_DATA = "invalid-data"
 REASON_ERROR = "error"
+
+# Federated trees (model=gbdt). One ``train.gbdt_*`` exchange per protocol step;
+# every message carries the model so far, so a branch holds no state between them.
+GBDT_RANGES = "train.gbdt_ranges"  # -> per-feature min/max (public bounds under DP)
+GBDT_BINS = "train.gbdt_bins"  # agreed ranges -> fine histogram of the branch's values
+GBDT_LEVEL = "train.gbdt_level"  # exact: previous aggregate -> splits + next level's histograms
+GBDT_BATCH = "train.gbdt_batch"  # batched: previous aggregate -> leaf sums of the next batch
+GBDT_EVALUATE = "evaluate.gbdt"  # last aggregate -> final trees + score summary
+GBDT_MODEL = "gbdt_model"  # ArrayRecord: lo/hi, edges, trees.<field>, partial.<field>, sizes
+GBDT_STEP = "gbdt_step"  # ConfigRecord: what the branch released (stage, tree, level, batch, shape)
+RELEASE = "release"  # ArrayRecord "values": a branch's plaintext (noisy) histogram / leaf sums
+AGGREGATE = "aggregate"  # ArrayRecord "values": plaintext sum over branches of the last release
+REASON_DISAGREE = "splits-disagree"

@@ -1,0 +1,428 @@
+"""The federated tree protocol on Flower's Grid (``model=gbdt``), plaintext or CKKS.
+
+The server drives a chain of exchanges; each message carries the model so far
+(bin edges, finished trees, the tree being grown) and the sum of the previous
+release, each reply the branch's next release and the model as the branch
+advanced it:
+
+=====================  ==================================================  =======================
+message                carries to branches                                 branches reply
+=====================  ==================================================  =======================
+``query.info``         job                                                 sizes, feature count
+``train.gbdt_ranges``  job                                                 min/max per feature
+``train.gbdt_bins``    agreed ranges                                       fine histogram
+``train.gbdt_level``   model + sum of the last release (fine histogram     model advanced by that
+                       or a level's histograms)                            sum + next histograms
+``train.gbdt_batch``   model + sum of the last batch's leaf sums           model + next leaf sums
+``evaluate.gbdt``      model + the last sum                                final model + scores
+=====================  ==================================================  =======================
+
+Every branch turns the same sum into the same edges, splits and leaf values;
+the server compares the models the branches return (a branch that disagrees
+with the majority is excluded, with the reason), keeps the agreed one and adds
+the releases: plaintext arrays (shape and finiteness checked per branch) or
+CKKS ciphertexts it cannot read (:func:`fedcrm.crypto.packing.aggregate`).
+Exact mode costs ``max_depth`` exchanges per tree (the message with one
+level's sum asks for the next level; leaf values come from the last level's
+split sums), batched mode one per ``trees_per_exchange`` trees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord
+
+from fedcrm import protocol as P
+from fedcrm.config import GBDTModelConfig
+from fedcrm.errors import FedCRMError
+from fedcrm.models.gbdt import HistGBDT
+from fedcrm.models.gbdt_tree import Tree
+from fedcrm.server.exchange import exchange
+from fedcrm.server.fedavg import BranchState, FedAvgJob, unpack_summary
+
+log = logging.getLogger(__name__)
+
+
+def _record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def _arrays(record: Any) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def model_digest(arrays: Mapping[str, np.ndarray], step: Mapping[str, Any]) -> str:
+    """What two branches must agree on: the advanced model and the release it asks for."""
+    h = hashlib.sha256(json.dumps(dict(step), sort_keys=True, default=str).encode())
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}:{a.dtype}:{a.shape}".encode() + a.tobytes())
+    return h.hexdigest()
+
+
+def trees_of(arrays: Mapping[str, np.ndarray]) -> tuple[list[Tree], list[np.ndarray]]:
+    """Finished trees and bin edges of a model record (``trees.<field>`` + ``tree_sizes``, ...)."""
+    edges: list[np.ndarray] = []
+    if "edge_sizes" in arrays:
+        cuts = np.cumsum(arrays["edge_sizes"])[:-1]
+        edges = [np.asarray(e, np.float32) for e in np.split(arrays["edges"], cuts)]
+    sizes = arrays.get("tree_sizes", np.zeros(0, np.int64))
+    if len(sizes) == 0:
+        return [], edges
+    cuts = np.cumsum(sizes)[:-1]
+    fields = {k[6:]: np.split(v, cuts) for k, v in arrays.items() if k.startswith("trees.")}
+    return [
+        Tree.from_arrays({k: v[i] for k, v in fields.items()}) for i in range(len(sizes))
+    ], edges
+
+
+def check_release(branch_id: str, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A branch's plaintext release, or ``ValueError`` naming what is wrong (never a value)."""
+    values = np.asarray(values, dtype=np.float64)
+    expected = int(np.prod(shape))
+    if values.size != expected:
+        raise ValueError(
+            f"branch {branch_id}: histogram has {values.size} values, expected {expected} {shape}"
+        )
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"branch {branch_id}: histogram contains non-finite values")
+    return values.reshape(-1)
+
+
+class TreeArtifact:
+    """The federated trees, saved as ``model.xgb.json`` and ``model_card.json``."""
+
+    def __init__(self, model: HistGBDT, summary: dict[str, Any]) -> None:
+        self.model = model
+        self.summary = summary
+
+    def save(self, out_dir: Path, card: dict[str, Any]) -> None:
+        """Write the XGBoost JSON model and the card (with feature importances by total gain)."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.export_xgboost_json(out_dir / "model.xgb.json")
+        card = {
+            **card,
+            **self.summary,
+            "format": "XGBoost JSON (binary:logistic); load with xgboost.Booster(model_file=...)",
+            "file": "model.xgb.json",
+            "feature_importance": {
+                "total_gain": self.model.feature_importance("total_gain"),
+                "weight": self.model.feature_importance("weight"),
+            },
+        }
+        (out_dir / "model_card.json").write_text(json.dumps(card, indent=2, default=float))
+
+
+class GBDTJob(FedAvgJob):
+    """Drives one federated tree-building job and returns its result."""
+
+    @property
+    def gbdt(self) -> GBDTModelConfig:
+        """The tree settings."""
+        assert isinstance(self.cfg.model, GBDTModelConfig)
+        return self.cfg.model
+
+    # ------------------------------------------------------------- helpers
+    def _active(self) -> list[BranchState]:
+        return sorted(
+            (b for b in self.branches.values() if not b.exhausted and not b.extra.get("excluded")),
+            key=lambda b: b.branch_id,
+        )
+
+    def _payload(self, arrays: Mapping[str, np.ndarray], pending: Any) -> dict[str, Any]:  # type: ignore[override]
+        payload: dict[str, Any] = {P.GBDT_MODEL: _record(arrays)}
+        if isinstance(pending, np.ndarray):
+            payload[P.AGGREGATE] = _record({"values": pending})
+        elif pending is not None:
+            payload[P.ENCRYPTED] = ConfigRecord(pending.to_records())
+        return payload
+
+    def _exclude(self, b: BranchState, why: str, problems: dict[str, str]) -> None:
+        b.extra["excluded"] = True
+        b.last_problem = problems[b.branch_id] = why
+        log.warning("branch %s excluded: %s", b.branch_id, why)
+
+    def _handle_status(
+        self, b: BranchState, info: dict[str, Any], problems: dict[str, str]
+    ) -> bool:
+        entries = [json.loads(s) for s in info.get("ledger_entries", [])]
+        try:
+            self.run_dir.copy_ledger_entries(b.branch_id, entries)
+        except FedCRMError as exc:
+            problems[b.branch_id] = f"ledger entries rejected: {exc}"
+        if entries:
+            b.epsilon, b.delta = float(entries[-1]["epsilon"]), float(entries[-1]["delta"])
+        if info.get("status") == P.STATUS_OK:
+            return True
+        reason = str(info.get("reason", P.REASON_ERROR))
+        b.refused_rounds += 1
+        b.last_problem = problems[b.branch_id] = f"{reason}: {info.get('message', '')}"
+        if reason in (P.REASON_BUDGET, P.REASON_DELTA):
+            b.exhausted = True
+            if "spent" in info:
+                b.epsilon = float(info["spent"])
+        return False
+
+    # ---------------------------------------------------------------- steps
+    def _ranges(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        active = self._active()
+        replies = exchange(
+            self.grid,
+            [self._message(b.node_id, P.GBDT_RANGES, 0, {}) for b in active],
+            timeout=self.cfg.federation.round_timeout,
+        )
+        self.exchanges += 1
+        los, his, names, problems = [], [], None, {}
+        for reply, b in zip(replies, active, strict=True):
+            if not reply.ok:
+                b.failed_rounds += 1
+                b.last_problem = problems[b.branch_id] = f"ranges: {reply.error}"
+                continue
+            info = dict(reply.message.content[P.BRANCH])  # type: ignore[union-attr]
+            if not self._handle_status(b, info, problems):
+                continue
+            arrays = _arrays(reply.message.content[P.GBDT_MODEL])  # type: ignore[union-attr]
+            lo, hi = np.asarray(arrays["lo"], np.float64), np.asarray(arrays["hi"], np.float64)
+            if (
+                lo.shape != (b.n_tabular,)
+                or hi.shape != (b.n_tabular,)
+                or np.isnan(lo).any()
+                or np.isnan(hi).any()
+            ):
+                self._exclude(b, "ranges: wrong shape or NaN", problems)
+                continue
+            their = [str(n) for n in info.get("feature_names", [])]
+            if names is None:
+                names = their
+            elif their != names:
+                self._exclude(b, "its feature names differ from the other branches'", problems)
+                continue
+            los.append(lo)
+            his.append(hi)
+        if len(los) < self.cfg.federation.min_branches:
+            raise FedCRMError(
+                f"only {len(los)} branch(es) sent feature ranges; "
+                f"federation.min_branches={self.cfg.federation.min_branches} ({problems})"
+            )
+        return np.min(los, axis=0), np.max(his, axis=0), names or []
+
+    def _step(
+        self, mtype: str, arrays: Mapping[str, np.ndarray], pending: Any, round_num: int
+    ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any], Any, dict[str, Any]]:
+        """One exchange: returns the agreed model, its step, the new sum, and round info."""
+        t0 = time.perf_counter()
+        active = self._active()
+        payload = self._payload(arrays, pending)
+        replies = exchange(
+            self.grid,
+            [self._message(b.node_id, mtype, round_num, payload) for b in active],
+            timeout=self.cfg.federation.round_timeout,
+        )
+        self.exchanges += 1
+        problems: dict[str, str] = {}
+        groups: dict[str, list[tuple[BranchState, Any]]] = {}
+        evals = []
+        for reply, b in zip(replies, active, strict=True):
+            if not reply.ok:
+                b.failed_rounds += 1
+                b.last_problem = problems[b.branch_id] = f"round {round_num}: {reply.error}"
+                continue
+            content = reply.message.content  # type: ignore[union-attr]
+            if not self._handle_status(b, dict(content[P.BRANCH]), problems):
+                continue
+            try:
+                model = _arrays(content[P.GBDT_MODEL])
+                step = dict(content[P.GBDT_STEP])
+            except KeyError as exc:
+                b.failed_rounds += 1
+                b.last_problem = problems[b.branch_id] = f"reply lacks {exc}"
+                continue
+            if P.METRICS in content:
+                evals.append((b, unpack_summary(content[P.METRICS])))
+            groups.setdefault(model_digest(model, step), []).append((b, (model, step, content)))
+        if not groups:
+            self.stopped_reason = f"exchange {self.exchanges}: no branch answered ({problems})"
+            return None, {}, None, {"problems": problems}
+        # The majority's model; ties go to the group of the first branch id.
+        agreed = min(
+            groups, key=lambda d: (-len(groups[d]), min(b.branch_id for b, _ in groups[d]))
+        )
+        for digest, members in groups.items():
+            if digest != agreed:
+                for b, _ in members:
+                    self._exclude(
+                        b,
+                        f"{P.REASON_DISAGREE}: its model differs from "
+                        f"{len(groups[agreed])} other branch(es)",
+                        problems,
+                    )
+        model, step, _ = groups[agreed][0][1]
+        accepted, new_pending = self._aggregate(step, groups[agreed], problems, round_num)
+        for b, s in evals:
+            if not b.extra.get("excluded"):
+                b.eval_summary = s
+        info = {
+            "round": round_num,
+            "branches_sampled": len(active),
+            "branches_aggregated": accepted,
+            "seconds": time.perf_counter() - t0,
+            "problems": problems,
+            "epsilon": {
+                x.branch_id: x.epsilon for x in self.branches.values() if x.epsilon is not None
+            },
+            "evals": evals,
+        }
+        for branch_id, why in problems.items():
+            log.warning("exchange %d: branch %s: %s", self.exchanges, branch_id, why)
+        return model, step, new_pending, info
+
+    def _aggregate(
+        self,
+        step: dict[str, Any],
+        members: list[tuple[BranchState, Any]],
+        problems: dict[str, str],
+        round_num: int,
+    ) -> tuple[int, Any]:
+        """Sum the agreeing branches' releases (clear or encrypted); reject malformed ones."""
+        if step.get("stage") in ("done", "evaluate") or "shape" not in step:
+            return len(members), None
+        shape = tuple(int(s) for s in step["shape"])
+        length = int(np.prod(shape))
+        if self.he_context is not None:
+            from fedcrm.crypto.packing import EncryptedUpdate, aggregate
+
+            updates, rejected = {}, {}
+            for b, (_, _, content) in members:
+                try:
+                    enc = EncryptedUpdate.from_records(dict(content[P.ENCRYPTED]))
+                except (FedCRMError, KeyError) as exc:
+                    rejected[b.branch_id] = str(exc)
+                    continue
+                updates[b.branch_id] = enc
+                self.bytes_up += enc.nbytes
+            total: Any = None
+            if updates:
+                try:
+                    total, more = aggregate(self.he_context, updates, length=length)
+                    rejected.update(more)
+                except FedCRMError as exc:
+                    rejected.update(dict.fromkeys(updates, str(exc)))
+        else:
+            total, rejected = None, {}
+            for b, (_, _, content) in members:
+                try:
+                    values = check_release(
+                        b.branch_id, _arrays(content[P.RELEASE])["values"], shape
+                    )
+                except (KeyError, ValueError) as exc:
+                    rejected[b.branch_id] = str(exc)
+                    continue
+                self.bytes_up += values.nbytes
+                total = values.copy() if total is None else total + values
+        by_id = {b.branch_id: b for b, _ in members}
+        for branch_id, why in rejected.items():
+            b = by_id[branch_id]
+            b.failed_rounds += 1
+            b.last_problem = problems[branch_id] = f"round {round_num}: histogram rejected: {why}"
+        accepted = len(members) - len(rejected)
+        for b, _ in members:
+            if b.branch_id not in rejected:
+                b.rounds_trained += 1
+        if accepted < self.cfg.federation.min_branches:
+            self.stopped_reason = (
+                f"round {round_num}: only {accepted} branch release(s) could be aggregated, "
+                f"federation.min_branches={self.cfg.federation.min_branches}"
+            )
+            return accepted, None
+        return accepted, total
+
+    def _is_last(self, step: Mapping[str, Any]) -> bool:
+        """Whether the sum of this release completes the model (it then rides on evaluate)."""
+        g = self.gbdt
+        if step.get("stage") == "level":
+            return int(step["tree"]) == g.n_estimators - 1 and int(step["level"]) == g.max_depth - 1
+        if step.get("stage") == "batch":
+            return int(step["tree"]) + int(step["trees"]) >= g.n_estimators
+        return False
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict[str, Any]:
+        """Build every tree, evaluate at the branches; returns the federated result."""
+        t_start = time.perf_counter()
+        self.exchanges = 1  # query.info
+        self.connect()
+        self.timings["connect_s"] = time.perf_counter() - t_start
+        lo, hi, names = self._ranges()
+        arrays: dict[str, np.ndarray] | None = {"lo": lo, "hi": hi, "level": np.array([0])}
+        t_trees = time.perf_counter()
+        arrays, step, pending, _ = self._step(P.GBDT_BINS, arrays, None, 0)
+        mtype = P.GBDT_BATCH if self.gbdt.mode == "batched" else P.GBDT_LEVEL
+        n_trees, last_t = 0, time.perf_counter()
+        while arrays is not None and self.stopped_reason is None and not self._is_last(step):
+            new, step, pending, info = self._step(mtype, arrays, pending, n_trees + 1)
+            if new is None:
+                break
+            arrays = new
+            done = len(arrays.get("tree_sizes", ()))
+            if done > n_trees:
+                info["seconds"] = time.perf_counter() - last_t
+                last_t = time.perf_counter()
+                n_trees = done
+                info.pop("evals", None)
+                self._report({"round": n_trees}, {**info, "round": n_trees})
+            if step.get("stage") == "done":
+                pending = None
+                break
+        self.timings["trees_s"] = time.perf_counter() - t_trees
+        if self.stopped_reason is not None:
+            pending = None
+        t_eval = time.perf_counter()
+        final: dict[str, Any] = {}
+        if arrays is not None and "edge_sizes" in arrays:
+            new, _, _, info = self._step(P.GBDT_EVALUATE, arrays, pending, n_trees + 1)
+            if new is not None:
+                arrays = new
+            final = self._evaluation_record(
+                len(arrays.get("tree_sizes", ())), info.get("evals", [])
+            )
+            self._report(final, None)
+        self.timings["final_evaluation_s"] = time.perf_counter() - t_eval
+        self.timings["federated_s"] = time.perf_counter() - t_start
+        return self._tree_result(final, arrays, names)
+
+    def _tree_result(self, final: dict[str, Any], arrays: Any, names: list[str]) -> dict[str, Any]:
+        trees, edges = trees_of(arrays) if arrays is not None else ([], [])
+        model = None
+        importance: dict[str, float] = {}
+        if trees:
+            params = HistGBDT.from_config(self.gbdt).get_params()
+            model = HistGBDT.from_trees(
+                trees, edges, 0.5, params, feature_names=names if len(names) == len(edges) else None
+            )
+            importance = model.feature_importance("total_gain")
+        artifact = None
+        if model is not None and (self.he_context is None or self.cfg.release):
+            artifact = TreeArtifact(
+                model, {"trees": len(trees), "mode": self.gbdt.mode, "exchanges": self.exchanges}
+            )
+        result = self._result(final, None, len(trees))
+        result["weights"] = artifact
+        result["rounds_planned"] = self.gbdt.n_estimators
+        result["trees"] = len(trees)
+        result["exchanges"] = self.exchanges
+        result["bytes_per_tree"] = self.bytes_up / len(trees) if trees else None
+        result["feature_importance"] = importance
+        result["gbdt"] = {"mode": self.gbdt.mode, "training_exchanges": self.exchanges - 2}
+        return result
+
+
+__all__ = ["GBDTJob", "TreeArtifact", "check_release", "model_digest", "trees_of"]
