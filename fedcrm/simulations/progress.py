@@ -41,16 +41,15 @@ class RoundPrinter:
     def round(self, rec: dict[str, Any]) -> None:
         """Called by the ServerApp after every round and after the final evaluation."""
         total = self.cfg.federation.rounds
-        if self.cfg.model.name == "gbdt":
-            if "trained_round" in rec:
-                n = rec["trained_round"]
-                self.console.print(
-                    f"trees {n}/{self.cfg.model.n_estimators}  {rec.get('seconds', 0):5.1f} s  "
-                    f"branches {rec.get('branches_aggregated', '-')}"
-                )
-                if self._status is not None:
-                    self._status.update(f"growing tree {n + 1}...")
-                return
+        if self.cfg.model.name == "gbdt" and "trained_round" in rec:
+            n = rec["trained_round"]
+            self.console.print(
+                f"trees {n}/{self.cfg.model.n_estimators}  {rec.get('seconds', 0):5.1f} s  "
+                f"branches {rec.get('branches_aggregated', '-')}"
+            )
+            if self._status is not None:
+                self._status.update(f"growing tree {n + 1}...")
+            return
         if "trained_round" in rec:
             r = rec["trained_round"]
             eps = rec.get("epsilon") or {}
