@@ -71,3 +71,9 @@ def test_branch_ceilings_per_branch_override() -> None:
     assert cfg.branch.ceiling_for("b2") == 5.0
     with pytest.raises(ConfigError):
         compose(["branch.epsilon_ceiling=-1"])
+
+
+def test_gbdt_dp_preset_is_a_batched_gbdt() -> None:
+    cfg = compose(["model=gbdt_dp", "privacy=dp"])
+    assert cfg.model.name == "gbdt"
+    assert cfg.model.mode == "batched" and cfg.model.reg_lambda == 100.0  # type: ignore[union-attr]
