@@ -105,6 +105,33 @@ def make_server_app(
     return app
 
 
+def resolve_run_dir(output_dir: str, run_id: str, *, resume: bool = False) -> str:
+    """The run directory of a deployment run.
+
+    ``output-dir`` with ``{run_id}`` is filled in; otherwise each run gets
+    ``<output-dir>/run-<run-id>``. A ``resume=true`` run is a new Flower run
+    (new run id) that must continue in the interrupted run's directory: either
+    ``output-dir`` is that directory (it holds ``checkpoint/``), or the run
+    directory under ``output-dir`` whose checkpoint is the most recent.
+    """
+    if "{run_id}" in output_dir:
+        return output_dir.replace("{run_id}", run_id)
+    base = Path(output_dir)
+    if resume:
+        if any((base / c / "state.json").exists() for c in ("checkpoint", "checkpoint.old")):
+            return str(base)
+        found = [
+            state
+            for c in ("checkpoint", "checkpoint.old")
+            for state in base.glob(f"run-*/{c}/state.json")
+        ]
+        if found:
+            latest = max(found, key=lambda p: p.stat().st_mtime).parent.parent
+            log.info("resume: continuing the run directory %s", latest)
+            return str(latest)
+    return str(base / f"run-{run_id}")
+
+
 app = ServerApp()
 
 
@@ -113,11 +140,10 @@ def main(grid: Grid, context: Context) -> None:
     """Deployment entry point: compose the config from the run config and run."""
     overrides = shlex.split(str(context.run_config.get("config-overrides", "")))
     cfg = compose(overrides)
-    out_dir = str(context.run_config.get("output-dir", "")) or cfg.output_dir
-    out_dir = (
-        str(Path(out_dir) / f"run-{context.run_id}")
-        if "{run_id}" not in out_dir
-        else (out_dir.replace("{run_id}", str(context.run_id)))
+    out_dir = resolve_run_dir(
+        str(context.run_config.get("output-dir", "")) or cfg.output_dir,
+        str(context.run_id),
+        resume=cfg.resume,
     )
     log.info("fedcrm job %s writing to %s", context.run_id, out_dir)
     result = run_job(grid, cfg, out_dir, run_id=str(context.run_id))

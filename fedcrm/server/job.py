@@ -1,0 +1,231 @@
+"""What every federated job shares: branches, messages, reports, checkpoints.
+
+:class:`FederatedJob` holds the connected branches (sizes and privacy status,
+never data), builds messages carrying the job spec, writes round records and
+checkpoints. Round loops (:mod:`fedcrm.server.fedavg`,
+:mod:`fedcrm.server.gbdt_job`) subclass it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedcrm import protocol as P
+from fedcrm.config import JobSpec, RunConfig
+from fedcrm.errors import FedCRMError
+from fedcrm.models.metrics import metrics_from_summaries
+from fedcrm.server.exchange import Reply, exchange, wait_for_nodes
+from fedcrm.server.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+Reporter = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class BranchState:
+    """What the server knows about one branch (sizes and privacy status, no data)."""
+
+    node_id: int
+    branch_id: str
+    train_customers: int
+    test_customers: int
+    excluded_customers: int
+    n_tabular: int
+    rounds_trained: int = 0
+    refused_rounds: int = 0
+    failed_rounds: int = 0
+    exhausted: bool = False
+    epsilon: float | None = None
+    delta: float | None = None
+    last_problem: str | None = None
+    eval_summary: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def unpack_summary(metrics: Any) -> dict[str, Any]:
+    """The evaluation summary inside a reply's MetricRecord (``eval.*`` keys)."""
+    out: dict[str, Any] = {}
+    for key, value in dict(metrics).items():
+        if key.startswith("eval."):
+            out[key[5:]] = np.asarray(value, dtype=np.float64) if isinstance(value, list) else value
+    return out
+
+
+def reply_branch(reply: Reply) -> dict[str, Any]:
+    """The `branch` record of a reply (branch id, status, refusal, ledger entries)."""
+    assert reply.message is not None
+    return dict(reply.message.content[P.BRANCH])
+
+
+class FederatedJob:
+    """A federated job on a Grid: connected branches, messages, records, checkpoints."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        cfg: RunConfig,
+        run_dir: RunDir,
+        *,
+        run_id: str,
+        reporter: Reporter | None = None,
+        he_context: Any | None = None,
+        node_wait_s: float = 120.0,
+    ) -> None:
+        if cfg.privacy.he and he_context is None:
+            raise FedCRMError("privacy mode needs the CKKS public context on the server")
+        self.grid = grid
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.spec = JobSpec.from_run(cfg, run_id)
+        self.reporter = reporter or (lambda rec: log.info("round %s", rec))
+        self.he_context = he_context
+        self.node_wait_s = node_wait_s
+        self.branches: dict[int, BranchState] = {}
+        self.stopped_reason: str | None = None
+        self.bytes_up = 0
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------ messages
+    def _message(self, node: int, mtype: str, round_num: int, payload: dict[str, Any]) -> Message:
+        job = ConfigRecord({"spec": self.spec.model_dump_json(), "round": round_num})
+        return Message(RecordDict({P.JOB: job, **payload}), dst_node_id=node, message_type=mtype)
+
+    def _payload(self, global_state: Any) -> dict[str, Any]:
+        if isinstance(global_state, list):
+            return {P.WEIGHTS: ArrayRecord(numpy_ndarrays=global_state)}
+        return {P.ENCRYPTED: ConfigRecord(global_state.to_records())}
+
+    # --------------------------------------------------------------- steps
+    def connect(self) -> None:
+        """Wait for branches and learn their sizes (the ``query.info`` exchange)."""
+        fed = self.cfg.federation
+        nodes = wait_for_nodes(self.grid, fed.min_branches, timeout=self.node_wait_s)
+        if len(nodes) < fed.min_branches:
+            raise FedCRMError(
+                f"only {len(nodes)} branch(es) connected within {self.node_wait_s:.0f} s; "
+                f"federation.min_branches={fed.min_branches}"
+            )
+        replies = exchange(
+            self.grid,
+            [self._message(n, P.INFO, 0, {}) for n in nodes],
+            timeout=fed.round_timeout,
+        )
+        for reply in replies:
+            if not reply.ok:
+                log.warning("node %s left out: %s", reply.node_id, reply.error)
+                continue
+            branch = reply_branch(reply)
+            if branch.get("status") != P.STATUS_OK:
+                log.warning(
+                    "branch %s left out: %s", branch.get("branch_id"), branch.get("message")
+                )
+                continue
+            if self.cfg.privacy.he and branch.get("he_context_id") != self.he_context.context_id:
+                log.warning(
+                    "branch %s left out: its CKKS keys are from another key ceremony",
+                    branch["branch_id"],
+                )
+                continue
+            m = dict(reply.message.content[P.METRICS])  # type: ignore[union-attr]
+            state = BranchState(
+                node_id=reply.node_id,
+                branch_id=str(branch["branch_id"]),
+                train_customers=int(m["train_customers"]),
+                test_customers=int(m["test_customers"]),
+                excluded_customers=int(m["excluded_customers"]),
+                n_tabular=int(m["n_tabular"]),
+            )
+            ceiling = float(branch.get("epsilon_ceiling", -1.0))
+            state.extra["ceiling"] = ceiling if ceiling > 0 else None
+            self.branches[reply.node_id] = state
+            history = [json.loads(s) for s in branch.get("ledger_history", [])]
+            if history:
+                self.run_dir.copy_ledger_entries(state.branch_id, history)
+                state.epsilon = float(history[-1]["epsilon"])
+        if len(self.branches) < fed.min_branches:
+            raise FedCRMError(
+                f"only {len(self.branches)} branch(es) could take part; "
+                f"federation.min_branches={fed.min_branches}"
+            )
+        tabular = {b.n_tabular for b in self.branches.values()}
+        if len(tabular) != 1:
+            raise FedCRMError(f"branches disagree on the number of tabular features: {tabular}")
+
+    def _sample(self, round_num: int) -> list[BranchState]:
+        able = [b for b in self.branches.values() if not b.exhausted]
+        k = max(
+            self.cfg.federation.min_branches, round(self.cfg.federation.fraction_train * len(able))
+        )
+        rng = random.Random(self.cfg.seed * 7919 + round_num)
+        chosen = sorted(rng.sample(able, min(k, len(able))), key=lambda b: b.branch_id)
+        return chosen
+
+    def _evaluation_record(self, round_num: int, replies: list[tuple[BranchState, dict]]) -> dict:
+        summaries = [s for _, s in replies if s]
+        pooled = metrics_from_summaries(summaries) if summaries else {}
+        for b, s in replies:
+            b.eval_summary = s
+        return {
+            "round": round_num,
+            **{k: pooled.get(k) for k in ("auc", "f1", "logloss", "accuracy")},
+        }
+
+    def _checkpoint(self, round_num: int, global_state: Any) -> None:
+        state = {
+            "run_id": self.spec.run_id,
+            "round": round_num,
+            "bytes_up": self.bytes_up,
+            "branches": {
+                b.branch_id: {
+                    "rounds_trained": b.rounds_trained,
+                    "refused_rounds": b.refused_rounds,
+                    "failed_rounds": b.failed_rounds,
+                    "exhausted": b.exhausted,
+                    "epsilon": b.epsilon,
+                    "delta": b.delta,
+                    "last_problem": b.last_problem,
+                }
+                for b in self.branches.values()
+            },
+        }
+        self.run_dir.save_checkpoint(state, global_state)
+
+    def _resume(self, fresh_state: Any) -> tuple[int, Any]:
+        """Restore the last checkpoint: rounds done and the global model."""
+        loaded = self.run_dir.load_checkpoint()
+        if loaded is None:
+            log.warning(
+                "resume=true but %s holds no checkpoint: starting at round 1", self.run_dir.path
+            )
+            return 0, fresh_state
+        state, global_state = loaded
+        self.spec = self.spec.model_copy(update={"run_id": state["run_id"]})
+        self.bytes_up = int(state.get("bytes_up", 0))
+        by_id = {b.branch_id: b for b in self.branches.values()}
+        for branch_id, saved in state["branches"].items():
+            b = by_id.get(branch_id)
+            if b is None:
+                continue
+            for key, value in saved.items():
+                setattr(b, key, value)
+        self.run_dir.truncate_rounds(int(state["round"]))
+        log.info("resuming run %s after round %s", state["run_id"], state["round"])
+        return int(state["round"]), global_state
+
+    def _report(self, evaluation: dict[str, Any], info: dict[str, Any] | None) -> None:
+        rec = dict(evaluation)
+        if info is not None:
+            rec.update({k: v for k, v in info.items() if k != "round"})
+            rec["trained_round"] = info["round"]
+        self.run_dir.append_round(rec)
+        self.reporter(rec)
