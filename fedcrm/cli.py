@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "privacy": cmd_privacy,
         "plot": cmd_plot,
     }
-    handler = args.handler if args.cmd == "federation" else handlers[args.cmd]
+    handler = getattr(args, "handler", None) or handlers[args.cmd]
     try:
         return int(handler(args))
     except FedCRMError as exc:

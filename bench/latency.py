@@ -1,0 +1,329 @@
+"""Deployment latency on loopback with real Flower processes; prints ONE JSON object.
+
+Measures, over TLS with SuperNode authentication (``fedcrm federation init``,
+``fedcrm server start``, ``fedcrm node start``):
+
+1. ``exchange``: the round trip of one server -> branches -> server exchange of
+   a tiny message with 3 SuperNodes, using a small ping app, for
+   - ``pushpull``: fedcrm's push + 50 ms pull loop (``fedcrm.server.exchange``),
+   - ``stock``: Flower's ``grid.send_and_receive`` (3 s between pulls),
+   each with ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` at 0.05 s (fedcrm's default)
+   and at Flower's default 1 s.
+2. ``init_to_finished``: wall time from ``fedcrm federation init`` to a
+   finished 2-round LSTM run with 3 branches (the real fedcrm app).
+3. ``ten_supernodes``: a 1-round LSTM run with 10 SuperNodes on this machine.
+
+Usage: ``python bench/latency.py [--reps 5] [--skip-ten] [--skip-stock]``.
+Never part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = "model.hidden_size=8 model.embedding_dim=4 task.max_events=10 baseline=false"
+
+PING_APP = """
+import json, time
+from flwr.app import ConfigRecord, Message, RecordDict, Context
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from fedcrm.server.exchange import exchange, wait_for_nodes
+
+app = ServerApp()
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    nodes = wait_for_nodes(grid, int(cfg["nodes"]), timeout=300)
+    def msgs():
+        return [Message(RecordDict({"c": ConfigRecord({"x": 1})}), dst_node_id=n,
+                        message_type="query.ping") for n in nodes]
+    out = {"nodes": len(nodes)}
+    for mode in str(cfg["modes"]).split(","):
+        times = []
+        for i in range(int(cfg["reps"]) + 1):  # the first one warms up (FAB install)
+            t0 = time.perf_counter()
+            if mode == "pushpull":
+                replies = exchange(grid, msgs(), timeout=120)
+                ok = sum(r.ok for r in replies)
+            else:
+                ok = sum(not r.has_error() for r in grid.send_and_receive(msgs(), timeout=120))
+            if i:
+                times.append(time.perf_counter() - t0)
+            assert ok == len(nodes), (mode, ok)
+        out[mode] = times
+    with open(str(cfg["out"]), "w") as fh:
+        json.dump(out, fh)
+
+client = ClientApp()
+
+@client.query("ping")
+def ping(message: Message, context: Context) -> Message:
+    return Message(RecordDict({"c": ConfigRecord({"ok": 1})}), reply_to=message)
+"""
+
+PING_PYPROJECT = """
+[project]
+name = "fedcrm-ping"
+version = "0.1.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "fedcrm-bench"
+
+[tool.flwr.app.components]
+serverapp = "pingapp:app"
+clientapp = "pingapp:client"
+
+[tool.flwr.app.config]
+nodes = 3
+reps = 5
+modes = "pushpull"
+out = ""
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[latency] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Local:
+    """A federation on loopback: SuperLink + SuperNodes as process groups."""
+
+    def __init__(self, root: Path, branches: list[str], poll: str) -> None:
+        self.root, self.branches = root, branches
+        self.fed = root / "federation"
+        self.procs: list[subprocess.Popen] = []
+        self.env = dict(os.environ)
+        self.env.update(
+            FLWR_HOME=str(root / "flwr_home"),
+            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            FLWR_SUPEREXEC_TASK_POLL_INTERVAL=poll,
+            FLWR_TELEMETRY_ENABLED="0",
+            OMP_NUM_THREADS="1",
+            FEDCRM_TORCH_THREADS="1",
+        )
+        self.address = f"127.0.0.1:{free_port()}"
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+
+    def sh(self, *cmd: str) -> str:
+        res = subprocess.run(
+            list(cmd), cwd=REPO, env=self.env, capture_output=True, text=True, timeout=600
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}")
+        return res.stdout
+
+    def spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        logs = self.root / "logs"
+        p = subprocess.Popen(
+            cmd, cwd=REPO, env=self.env, start_new_session=True,
+            stdout=(logs / f"{name}.out").open("wb"), stderr=(logs / f"{name}.err").open("wb"),
+        )  # fmt: skip
+        self.procs.append(p)
+        return p
+
+    def up(self, data: dict[str, Path]) -> None:
+        fedcrm = str(BIN / "fedcrm")
+        self.sh(fedcrm, "federation", "init", "--out", str(self.fed), "--branches",
+                ",".join(self.branches), "--server-address", self.address)  # fmt: skip
+        self.sh(fedcrm, "federation", "connection", "--federation", str(self.fed))
+        self.spawn("superlink", [fedcrm, "server", "start", "--federation", str(self.fed)])
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                [str(BIN / "flwr"), "ls", "fedcrm", "--format", "json"],
+                cwd=REPO, env=self.env, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            try:
+                if json.loads(out).get("success"):
+                    break
+            except ValueError:
+                pass
+            time.sleep(0.3)
+        for b in self.branches:
+            pub = str(self.fed / "public" / "nodes" / f"{b}.pub")
+            self.sh(str(BIN / "flwr"), "supernode", "register", pub, "fedcrm", "--name", b)
+        for b in self.branches:
+            self.spawn(f"node-{b}", [fedcrm, "node", "start", "--federation", str(self.fed),
+                                     "--branch-id", b, "--data-path", str(data[b]),
+                                     "--epsilon-ceiling", "50", "--runtime-port",
+                                     str(free_port()), "--no-connect-check"])  # fmt: skip
+
+    def run(self, app: Path | str, run_config: str) -> int:
+        out = self.sh(str(BIN / "flwr"), "run", str(app), "fedcrm", "--run-config", run_config,
+                      "--format", "json")  # fmt: skip
+        return int(json.loads(out)["run-id"])
+
+    def wait(self, run_id: int, timeout: float = 1800) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                [str(BIN / "flwr"), "ls", "fedcrm", "--run-id", str(run_id), "--format", "json"],
+                cwd=REPO, env=self.env, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            try:
+                status = json.loads(out)["runs"][0]["status"]
+            except (ValueError, KeyError, IndexError):
+                status = ""
+            if status.startswith("finished"):
+                return status
+            time.sleep(0.5)
+        return "timeout"
+
+    def down(self) -> None:
+        for p in reversed(self.procs):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(p.pid, sig)
+                    p.wait(timeout=5)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+
+
+def crm(root: Path, branches: int, customers: int) -> dict[str, Path]:
+    import pandas as pd
+
+    from fedcrm.data.synthetic import write_synthetic
+
+    write_synthetic(root / "all", branches=branches, customers=customers, seed=7)
+    cust = pd.read_csv(root / "all" / "customers.csv", dtype=str, keep_default_na=False)
+    ev = pd.read_csv(root / "all" / "events.csv", dtype=str, keep_default_na=False)
+    owner = dict(zip(cust["customer_id"], cust["branch_id"], strict=True))
+    out = {}
+    for b, part in cust.groupby("branch_id"):
+        d = root / "split" / str(b)
+        d.mkdir(parents=True)
+        part.to_csv(d / "customers.csv", index=False)
+        ev[ev["customer_id"].map(owner) == b].to_csv(d / "events.csv", index=False)
+        out[str(b)] = d
+    return out
+
+
+def summarize(times: list[float]) -> dict[str, float]:
+    return {
+        "median_s": round(statistics.median(times), 3),
+        "min_s": round(min(times), 3),
+        "max_s": round(max(times), 3),
+        "n": len(times),
+    }
+
+
+def bench_exchange(tmp: Path, data: dict[str, Path], poll: str, modes: str, reps: int) -> dict:
+    app = tmp / f"pingapp-{poll}"
+    app.mkdir()
+    (app / "pingapp.py").write_text(PING_APP)
+    (app / "pyproject.toml").write_text(PING_PYPROJECT)
+    local = Local(tmp / f"exchange-{poll}", sorted(data), poll)
+    try:
+        local.up(data)
+        out = tmp / f"ping-{poll}.json"
+        rid = local.run(app, f"nodes=3 reps={reps} modes='{modes}' out='{out}'")
+        status = local.wait(rid, timeout=900)
+        if status != "finished:completed":
+            raise RuntimeError(f"ping run {status}")
+        raw = json.loads(out.read_text())
+    finally:
+        local.down()
+    return {m: summarize(raw[m]) for m in modes.split(",")}
+
+
+def bench_end_to_end(tmp: Path, data: dict[str, Path], rounds: int, name: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    local = Local(tmp / name, sorted(data), "0.05")
+    try:
+        local.up(data)
+        t_up = time.perf_counter() - t0
+        outdir = tmp / name / "runs"
+        rid = local.run(
+            ".",
+            f"config-overrides='federation.rounds={rounds} privacy=dp "
+            f"federation.min_branches={len(data)} {TINY}' output-dir='{outdir}'",
+        )
+        status = local.wait(rid)
+        total = time.perf_counter() - t0
+        run_dir = outdir / f"run-{rid}"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rounds_s = [
+            round(json.loads(x)["seconds"], 2)
+            for x in (run_dir / "rounds.jsonl").read_text().splitlines()
+            if "trained_round" in json.loads(x)
+        ]
+    finally:
+        local.down()
+    return {
+        "status": status,
+        "branches": len(data),
+        "rounds": summary["rounds"],
+        "total_s": round(total, 1),
+        "provision_and_start_s": round(t_up, 1),
+        "connect_s": round(summary["timings"].get("connect_s", float("nan")), 1),
+        "round_s": rounds_s,
+        "final_evaluation_s": round(summary["timings"].get("final_evaluation_s", float("nan")), 1),
+        "auc": summary["final"].get("auc"),
+        "stopped_reason": summary.get("stopped_reason"),
+        "problems": {
+            b: v["last_problem"] for b, v in summary["per_branch"].items() if v["last_problem"]
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--skip-ten", action="store_true")
+    ap.add_argument("--skip-stock", action="store_true", help="skip the 1 s poll interval runs")
+    ap.add_argument("--only-ten", action="store_true", help="only the 10-SuperNode run")
+    args = ap.parse_args()
+    result: dict[str, Any] = {"load_average_at_start": os.getloadavg()[0], "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="fedcrm-latency-") as t:
+        tmp = Path(t)
+        data3 = crm(tmp / "crm3", 3, 150)
+        if args.only_ten:
+            args.skip_stock = True
+        if not args.only_ten:
+            log("exchange latency, poll interval 0.05 s")
+            result["exchange_poll_0.05s"] = bench_exchange(
+                tmp, data3, "0.05", "pushpull,stock", args.reps
+            )
+        if not args.skip_stock:
+            log("exchange latency, Flower's default poll interval 1 s")
+            result["exchange_poll_1s"] = bench_exchange(
+                tmp, data3, "1.0", "pushpull,stock", args.reps
+            )
+        if not args.only_ten:
+            log("federation init -> finished 2-round LSTM run, 3 branches")
+            result["init_to_finished"] = bench_end_to_end(tmp, data3, 2, "e2e3")
+        if not args.skip_ten:
+            log("10 SuperNodes, 1-round LSTM run")
+            data10 = crm(tmp / "crm10", 10, 60)
+            result["ten_supernodes"] = bench_end_to_end(tmp, data10, 1, "e2e10")
+    result["load_average_at_end"] = os.getloadavg()[0]
+    print(json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

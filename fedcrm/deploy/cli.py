@@ -1,0 +1,373 @@
+"""``fedcrm federation ...``, ``fedcrm server start`` and ``fedcrm node start``.
+
+``fedcrm.cli`` calls :func:`add_federation_parser`; every parser here sets
+``cmd="federation"`` and ``handler`` so that ``fedcrm.cli.main`` dispatches
+to ``args.handler``.
+
+``server start`` / ``node start`` run the preflight checks
+(:mod:`fedcrm.deploy.preflight`) and then *exec* ``flower-superlink`` /
+``flower-supernode`` with the federation's TLS and authentication flags, so
+the process started is the Flower process itself (its pid, its signals).
+Arguments after ``--`` are passed on to the Flower command unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedcrm.errors import ConfigError
+
+# Flower's SuperExec polls for new tasks every second by default; 0.05 s takes
+# ~1 s off each exchange (FLOWER_NOTES "Latency"). Overridable from the environment.
+DEFAULT_TASK_POLL_INTERVAL = "0.05"
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _flower_env() -> dict[str, str]:
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    # flower-superlink/-supernode start flower-superexec and flwr-*app from PATH.
+    if bindir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", DEFAULT_TASK_POLL_INTERVAL)
+    return env
+
+
+def _exec(cmd: list[str], *, dry_run: bool) -> int:
+    line = shlex.join(cmd)
+    if dry_run:
+        print(line, flush=True)
+        return 0
+    _say(f"exec {line}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    env = _flower_env()
+    try:
+        os.execvpe(cmd[0], cmd, env)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{cmd[0]} not found on PATH; install fedcrm's dependencies (flwr) in this environment"
+        ) from None
+    return 0  # pragma: no cover - exec does not return
+
+
+def _extra(args: argparse.Namespace) -> list[str]:
+    extra = list(getattr(args, "flower_args", []) or [])
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    return extra
+
+
+# ------------------------------------------------------------------ handlers
+def cmd_init(args: argparse.Namespace) -> int:
+    """``fedcrm federation init``."""
+    from fedcrm.deploy.provision import init_federation, next_steps
+
+    fed = init_federation(
+        args.out,
+        [b.strip() for b in args.branches.split(",")],
+        args.server_address,
+        extra_sans=args.extra_san or (),
+        he=not args.no_he,
+        cert_days=args.cert_days,
+        overwrite=args.overwrite,
+    )
+    print(next_steps(fed), flush=True)
+    return 0
+
+
+def cmd_cert(args: argparse.Namespace) -> int:
+    """``fedcrm federation cert``: re-issue the server certificate with the federation's CA."""
+    from cryptography.hazmat.primitives import serialization
+
+    from fedcrm.deploy.provision import (
+        _pem_key,
+        load_federation,
+        make_server_cert,
+        parse_address,
+        server_sans,
+        write_cert,
+        write_private,
+    )
+
+    fed = load_federation(args.federation)
+    address = args.server_address or fed.server_address
+    host, port = parse_address(address)
+    ca_key_path = fed.path(fed.data["ca"]["key"])
+    ca_cert_path = fed.path(fed.data["ca"]["cert"])
+    assert ca_key_path is not None and ca_cert_path is not None
+    if not ca_key_path.exists():
+        raise ConfigError(
+            f"{ca_key_path} (the CA key) is missing; bring it back from offline storage"
+        )
+    from cryptography import x509
+
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+    sans = server_sans(host, args.extra_san or ())
+    key, cert = make_server_cert(ca_key, ca_cert, sans, days=args.days)  # type: ignore[arg-type]
+    write_cert(fed.root / fed.data["server"]["cert"], cert)
+    write_private(fed.root / fed.data["server"]["key"], _pem_key(key))
+    fed.data["server"]["sans"] = sans
+    fed.data["server_address"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    fed.save()
+    print(f"server certificate re-issued for {', '.join(sans)} (valid {args.days} days)")
+    return 0
+
+
+def cmd_connection(args: argparse.Namespace) -> int:
+    """``fedcrm federation connection``: add the SuperLink to ``$FLWR_HOME/config.toml``."""
+    from fedcrm.deploy.flwr_config import write_connection
+
+    path = write_connection(args.federation, name=args.name, flwr_home=args.flwr_home)
+    print(f"connection `{args.name}` written to {path}; use `flwr run . {args.name}`")
+    return 0
+
+
+def cmd_server_start(args: argparse.Namespace) -> int:
+    """``fedcrm server start``: preflight, then exec flower-superlink with TLS + node auth."""
+    from fedcrm.deploy.preflight import Report, check_port_free, check_server_files
+    from fedcrm.deploy.provision import is_ip, load_federation, parse_address
+
+    fed = load_federation(args.federation)
+    host, port = parse_address(fed.server_address)
+    bind_host = args.host or (host if is_ip(host) else "0.0.0.0")
+    bind_port = args.port or port
+    srv = fed.data["server"]
+    ca = Path(args.ssl_ca_certfile) if args.ssl_ca_certfile else fed.path(srv["ca_cert"])
+    cert = Path(args.ssl_certfile) if args.ssl_certfile else fed.path(srv["cert"])
+    key = Path(args.ssl_keyfile) if args.ssl_keyfile else fed.path(srv["key"])
+    report = Report()
+    check_server_files(ca_path=ca, cert_path=cert, key_path=key, host=host, report=report)
+    check_port_free(bind_host, bind_port, "--port", report)
+    report.raise_if_any("the SuperLink")
+    for note in report.notes:
+        _say(f"note: {note}")
+    cmd = [
+        "flower-superlink",
+        "--ssl-ca-certfile",
+        str(ca),
+        "--ssl-certfile",
+        str(cert),
+        "--ssl-keyfile",
+        str(key),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        bind_host,
+        "--port",
+        str(bind_port),
+    ]
+    database = args.database if args.database is not None else str(fed.path(srv["database"]))
+    if database and database != ":memory:":
+        cmd += ["--database", database]
+    cmd += _extra(args)
+    if args.check_only:
+        _say("preflight checks passed")
+        return _exec(cmd, dry_run=True)
+    return _exec(cmd, dry_run=False)
+
+
+def node_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Path | None]]:
+    """The federation, the node config and the branch's files from ``node start`` args."""
+    from fedcrm.deploy.provision import load_federation
+
+    fed = load_federation(args.federation)
+    files = fed.branch(args.branch_id)
+
+    def pick(flag_value: str | None, key: str) -> Path | None:
+        return Path(flag_value).resolve() if flag_value else files.get(key)
+
+    node_config: dict[str, Any] = {
+        "branch-id": args.branch_id,
+        "data-path": str(Path(args.data_path).resolve()),
+        "ledger-path": str(pick(args.ledger_path, "ledger_path") or ""),
+        "signing-key": str(pick(args.signing_key, "signing_key") or ""),
+        "model-dir": str(pick(args.model_dir, "model_dir") or ""),
+    }
+    he = pick(args.he_secret_context, "he_secret_context")
+    if he is not None:
+        node_config["he-secret-context"] = str(he)
+    for flag, key in (("epsilon_ceiling", "epsilon-ceiling"), ("delta", "delta")):
+        raw = getattr(args, flag)
+        if raw is not None:
+            try:
+                node_config[key] = float(raw)
+            except ValueError:
+                node_config[key] = str(raw)  # preflight names the key
+    resolved = {
+        "root_certificates": pick(args.root_certificates, "ca_cert"),
+        "auth_key": pick(args.auth_key, "node_auth_private_key"),
+    }
+    return fed, node_config, resolved
+
+
+def cmd_node_start(args: argparse.Namespace) -> int:
+    """``fedcrm node start``: preflight, then exec flower-supernode with TLS + node auth."""
+    from fedcrm.deploy.preflight import (
+        Report,
+        check_data,
+        check_node_auth_key,
+        check_node_config,
+        check_port_free,
+        check_signing_key,
+        check_tls_handshake,
+        check_validity,
+        load_cert,
+        node_config_string,
+    )
+    from fedcrm.deploy.provision import parse_address
+
+    fed, node_config, files = node_settings(args)
+    superlink = args.superlink or fed.server_address
+    report = Report()
+    try:
+        parse_address(superlink)
+    except ConfigError:
+        report.add("--superlink", f"{superlink!r} must be HOST:PORT")
+    ca_path = files["root_certificates"]
+    ca = load_cert(ca_path, "--root-certificates", report)
+    if ca is not None and ca_path is not None:
+        check_validity(ca, ca_path, "--root-certificates", report)
+        if not report.problems and not args.no_connect_check:
+            check_tls_handshake(ca_path, superlink, report)
+    check_node_auth_key(files["auth_key"], "--auth-key", report)
+    if node_config.get("signing-key"):
+        check_signing_key(Path(node_config["signing-key"]), "--signing-key", report)
+    check_node_config(node_config, report)
+    if not any(p.startswith("--data-path") for p in report.problems):
+        check_data(Path(node_config["data-path"]), args.branch_id, report)
+    check_port_free("127.0.0.1", args.runtime_port, "--runtime-port", report)
+    report.raise_if_any(f"the SuperNode of branch {args.branch_id}")
+    for note in report.notes:
+        _say(f"note: {note}")
+    cmd = [
+        "flower-supernode",
+        "--root-certificates",
+        str(ca_path),
+        "--superlink",
+        superlink,
+        "--auth-supernode-private-key",
+        str(files["auth_key"]),
+        "--node-config",
+        node_config_string(node_config),
+        "--port",
+        str(args.runtime_port),
+        *_extra(args),
+    ]
+    if args.check_only:
+        _say("preflight checks passed")
+        return _exec(cmd, dry_run=True)
+    return _exec(cmd, dry_run=False)
+
+
+# ------------------------------------------------------------------ parsers
+def _handler(p: argparse.ArgumentParser, fn: Any) -> None:
+    p.set_defaults(cmd="federation", handler=fn)
+
+
+def _subparsers_of(parser: argparse.ArgumentParser) -> Any:
+    for action in parser._actions:  # argparse has no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return None
+
+
+def add_federation_parser(sub: Any) -> None:
+    """Register ``federation``, ``server start`` and ``node start`` on ``fedcrm``'s sub-parsers."""
+    fed = sub.add_parser("federation", help="provision a real deployment (CA, TLS, node keys)")
+    fsub = fed.add_subparsers(dest="federation_cmd", required=True)
+
+    fi = fsub.add_parser(
+        "init", help="CA, server certificate, per-branch node and ledger keys, HE key ceremony"
+    )
+    fi.add_argument("--out", required=True, help="the federation directory to create")
+    fi.add_argument("--branches", required=True, help="comma-separated branch ids")
+    fi.add_argument(
+        "--server-address", required=True, help="HOST:PORT SuperNodes use to reach the SuperLink"
+    )
+    fi.add_argument(
+        "--extra-san", action="append", help="another DNS name or IP for the server certificate"
+    )
+    fi.add_argument("--no-he", action="store_true", help="skip the CKKS key ceremony")
+    fi.add_argument("--cert-days", type=int, default=365)
+    fi.add_argument("--overwrite", action="store_true")
+    _handler(fi, cmd_init)
+
+    fc = fsub.add_parser("cert", help="re-issue the server certificate (expired, new address)")
+    fc.add_argument("--federation", required=True)
+    fc.add_argument("--server-address", help="new HOST:PORT (default: the federation's)")
+    fc.add_argument("--extra-san", action="append")
+    fc.add_argument("--days", type=int, default=365)
+    _handler(fc, cmd_cert)
+
+    fn = fsub.add_parser(
+        "connection", help="add the SuperLink to $FLWR_HOME/config.toml for `flwr run`"
+    )
+    fn.add_argument("--federation", required=True)
+    fn.add_argument("--name", default="fedcrm", help="connection name (default: fedcrm)")
+    fn.add_argument("--flwr-home", help="default: $FLWR_HOME or ~/.flwr")
+    _handler(fn, cmd_connection)
+
+    # `fedcrm server start`
+    server = sub.add_parser("server", help="central team: start the SuperLink")
+    ssub = server.add_subparsers(dest="server_cmd", required=True)
+    ss = ssub.add_parser("start", help="check certificates, then exec flower-superlink")
+    ss.add_argument("--federation", required=True)
+    ss.add_argument(
+        "--host", help="bind address (default: the address's host if an IP, else 0.0.0.0)"
+    )
+    ss.add_argument("--port", type=int, help="port (default: the federation's)")
+    ss.add_argument("--ssl-ca-certfile")
+    ss.add_argument("--ssl-certfile")
+    ss.add_argument("--ssl-keyfile")
+    ss.add_argument(
+        "--database",
+        help="SuperLink state file (default: server/superlink.db; ':memory:' keeps none, and "
+        "registrations are then lost on restart)",
+    )
+    ss.add_argument("--check-only", action="store_true", help="print the command, do not start")
+    ss.add_argument("flower_args", nargs="*", help="after --: passed to flower-superlink")
+    _handler(ss, cmd_server_start)
+
+    # `fedcrm node start` joins the existing `node` group when there is one.
+    node = sub.choices.get("node") if hasattr(sub, "choices") else None
+    nsub = _subparsers_of(node) if node is not None else None
+    if nsub is None:
+        node = sub.add_parser("node", help="branch IT")
+        nsub = node.add_subparsers(dest="node_cmd", required=True)
+    ns = nsub.add_parser(
+        "start", help="check keys, data and node config, then exec flower-supernode"
+    )
+    ns.add_argument("--federation", required=True)
+    ns.add_argument("--branch-id", required=True)
+    ns.add_argument("--data-path", required=True, help="the branch export directory")
+    ns.add_argument("--epsilon-ceiling", help="most epsilon this branch will ever spend (DP)")
+    ns.add_argument("--delta", help="the branch's delta (DP; default below 1/n)")
+    ns.add_argument("--ledger-path", help="default: the branch folder's ledger.jsonl")
+    ns.add_argument("--model-dir", help="default: the branch folder's models/")
+    ns.add_argument("--signing-key", help="default: the branch folder's signing key")
+    ns.add_argument("--he-secret-context", help="default: the branch folder's he_secret.ctx")
+    ns.add_argument("--root-certificates", help="default: the branch folder's ca.crt")
+    ns.add_argument("--auth-key", help="node auth private key (default: branch folder's)")
+    ns.add_argument("--superlink", help="HOST:PORT (default: the federation's address)")
+    ns.add_argument(
+        "--runtime-port",
+        type=int,
+        default=9094,
+        help="the SuperNode's local runtime API port; unique per SuperNode on a host",
+    )
+    ns.add_argument(
+        "--no-connect-check", action="store_true", help="skip the TLS handshake with the SuperLink"
+    )
+    ns.add_argument("--check-only", action="store_true", help="print the command, do not start")
+    ns.add_argument("flower_args", nargs="*", help="after --: passed to flower-supernode")
+    _handler(ns, cmd_node_start)

@@ -1,0 +1,269 @@
+"""``fedcrm server start`` / ``fedcrm node start`` refuse bad settings, naming the one to fix.
+
+Wrong CA, expired or mismatched certificate, a key not matching its
+certificate or readable by others, a missing key file, a wrong data path, an
+export breaking the data contract, malformed node-config values, a busy port.
+``--check-only`` prints the Flower command instead of exec'ing it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shlex
+import shutil
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from fedcrm.cli import build_parser
+from fedcrm.deploy.provision import (
+    _pem_key,
+    init_federation,
+    make_ca,
+    make_server_cert,
+    write_cert,
+    write_private,
+)
+from fedcrm.errors import ConfigError
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    assert args.cmd == "federation"
+    return int(args.handler(args))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fedcrm.data.synthetic import write_synthetic
+
+    return write_synthetic(tmp_path_factory.mktemp("crm") / "b1", branches=1, customers=40, seed=3)
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Path:
+    out = tmp_path / "fed"
+    init_federation(out, ["b1"], f"127.0.0.1:{_free_port()}", he=False)
+    return out
+
+
+def _server(fed: Path, *extra: str) -> int:
+    return _run(["server", "start", "--federation", str(fed), "--check-only", *extra])
+
+
+def _node(fed: Path, data: Path, *extra: str) -> int:
+    return _run(
+        ["node", "start", "--federation", str(fed), "--branch-id", "b1", "--data-path",
+         str(data), "--runtime-port", str(_free_port()), "--check-only", *extra]
+    )  # fmt: skip
+
+
+def _reissue(fed: Path, sans: list[str], **kw: object) -> None:
+    ca_key = serialization.load_pem_private_key((fed / "ca" / "ca.key").read_bytes(), None)
+    from cryptography import x509
+
+    ca = x509.load_pem_x509_certificate((fed / "ca" / "ca.crt").read_bytes())
+    key, cert = make_server_cert(ca_key, ca, sans, **kw)  # type: ignore[arg-type]
+    write_cert(fed / "server" / "server.pem", cert)
+    write_private(fed / "server" / "server.key", _pem_key(key))
+
+
+# ------------------------------------------------------------------ server
+def test_server_start_builds_the_tls_and_node_auth_command(
+    fed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _server(fed, "--", "--log-file", "x.log") == 0
+    cmd = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cmd[0] == "flower-superlink"
+    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--database"):
+        assert flag in cmd
+    assert "--enable-supernode-auth" in cmd and "--insecure" not in cmd
+    assert "--disable-runtime-dependency-installation" in cmd
+    assert cmd[-2:] == ["--log-file", "x.log"]
+
+
+def test_expired_server_certificate(fed: Path) -> None:
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
+    _reissue(fed, ["127.0.0.1"], days=2, not_before=past)
+    with pytest.raises(ConfigError, match=r"--ssl-certfile: .*expired"):
+        _server(fed)
+
+
+def test_certificate_not_covering_the_address(fed: Path) -> None:
+    _reissue(fed, ["10.9.9.9", "other.example.com"])
+    with pytest.raises(ConfigError, match=r"--ssl-certfile: .*10.9.9.9 but SuperNodes connect to"):
+        _server(fed)
+
+
+def test_fedcrm_federation_cert_reissues_a_fixed_certificate(fed: Path) -> None:
+    _reissue(fed, ["10.9.9.9"])
+    assert _run(["federation", "cert", "--federation", str(fed)]) == 0
+    assert _server(fed) == 0
+
+
+def test_wrong_ca(fed: Path) -> None:
+    _, other = make_ca("another CA")
+    write_cert(fed / "server" / "ca.crt", other)
+    with pytest.raises(ConfigError, match=r"--ssl-ca-certfile: .*did not sign"):
+        _server(fed)
+
+
+def test_key_not_matching_the_certificate(fed: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    init_federation(other, ["x"], "127.0.0.1:1", he=False)
+    shutil.copyfile(other / "server" / "server.key", fed / "server" / "server.key")
+    with pytest.raises(ConfigError, match=r"--ssl-keyfile: .*is not the key of"):
+        _server(fed)
+
+
+def test_key_readable_by_others(fed: Path) -> None:
+    os.chmod(fed / "server" / "server.key", 0o644)
+    with pytest.raises(ConfigError, match=r"--ssl-keyfile: .*chmod 600"):
+        _server(fed)
+
+
+def test_missing_federation_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--federation"):
+        _server(tmp_path / "nothing")
+
+
+def test_port_in_use(fed: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError, match=r"--port: .*in use"):
+            _server(fed, "--port", str(port))
+
+
+# -------------------------------------------------------------------- node
+def test_node_start_builds_the_supernode_command(
+    fed: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _node(fed, data_dir, "--epsilon-ceiling", "8", "--no-connect-check") == 0
+    cmd = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cmd[0] == "flower-supernode" and "--insecure" not in cmd
+    assert cmd[cmd.index("--root-certificates") + 1].endswith("branches/b1/ca.crt")
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1].endswith("b1/node_auth_key")
+    from flwr.common.config import parse_config_args
+
+    node_config = parse_config_args([cmd[cmd.index("--node-config") + 1]])
+    assert node_config["branch-id"] == "b1" and node_config["epsilon-ceiling"] == 8.0
+    assert Path(node_config["data-path"]) == data_dir.resolve()
+    for key in ("ledger-path", "signing-key", "model-dir"):
+        assert key in node_config
+
+
+def test_missing_node_auth_key(fed: Path, data_dir: Path) -> None:
+    (fed / "branches" / "b1" / "node_auth_key").unlink()
+    with pytest.raises(ConfigError, match=r"--auth-key: .*does not exist"):
+        _node(fed, data_dir, "--no-connect-check")
+
+
+def test_node_auth_key_in_the_wrong_format(fed: Path, data_dir: Path) -> None:
+    shutil.copyfile(fed / "server" / "server.key", fed / "branches" / "b1" / "node_auth_key")
+    with pytest.raises(ConfigError, match=r"--auth-key: .*OpenSSH"):
+        _node(fed, data_dir, "--no-connect-check")
+
+
+def test_wrong_data_path(fed: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--data-path: .*does not exist"):
+        _node(fed, tmp_path / "missing", "--no-connect-check")
+
+
+def test_export_breaking_the_data_contract(fed: Path, data_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(data_dir, bad)
+    lines = (bad / "events.csv").read_text().splitlines()
+    fields = lines[3].split(",")
+    fields[2] = "teleport"  # event_type outside the contract's vocabulary
+    lines[3] = ",".join(fields)
+    (bad / "events.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"--data-path: .*data contract") as exc:
+        _node(fed, bad, "--no-connect-check")
+    assert "teleport" not in str(exc.value)  # problems never quote field values
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--epsilon-ceiling", "abc"), ("--epsilon-ceiling", "-1"), ("--delta", "2")]
+)
+def test_malformed_node_config_values(fed: Path, data_dir: Path, flag: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{flag}: "):
+        _node(fed, data_dir, flag, value, "--no-connect-check")
+
+
+def test_unknown_branch(fed: Path, data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="--branch-id"):
+        _run(["node", "start", "--federation", str(fed), "--branch-id", "zz",
+              "--data-path", str(data_dir), "--check-only"])  # fmt: skip
+
+
+def test_runtime_port_in_use(fed: Path, data_dir: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError, match=r"--runtime-port: .*in use"):
+            _run(["node", "start", "--federation", str(fed), "--branch-id", "b1",
+                  "--data-path", str(data_dir), "--runtime-port", str(port),
+                  "--no-connect-check", "--check-only"])  # fmt: skip
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[str]:
+    """A TLS listener with the certificate of *another* federation."""
+    other = tmp_path / "other"
+    port = _free_port()
+    init_federation(other, ["x"], f"127.0.0.1:{port}", he=False)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(other / "server" / "server.pem", other / "server" / "server.key")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            try:
+                with ctx.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield f"127.0.0.1:{port}"
+    stop.set()
+    t.join(timeout=2)
+    sock.close()
+
+
+def test_wrong_ca_at_the_branch_is_caught_by_a_tls_handshake(
+    fed: Path, data_dir: Path, tls_server: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"--root-certificates: .*does not verify"):
+        _node(fed, data_dir, "--superlink", tls_server)
+
+
+def test_unreachable_superlink_is_only_a_note(
+    fed: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _node(fed, data_dir, "--superlink", f"127.0.0.1:{_free_port()}") == 0
+    assert "not reachable" in capsys.readouterr().err
