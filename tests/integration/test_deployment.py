@@ -128,7 +128,8 @@ def test_tls_node_auth_gbdt_run(deployment: Any, crm: dict[str, Path], tmp_path:
         dep.start_node(b, crm[b], "--epsilon-ceiling", "50")
     out = tmp_path / "runs"
     run_id = dep.run(
-        "model=gbdt model.n_estimators=3 model.max_depth=2 privacy=dp federation.min_branches=3 "
+        "model=gbdt model.mode=batched model.trees_per_exchange=3 model.n_estimators=3 "
+        "model.max_depth=2 privacy=dp federation.min_branches=3 "
         "federation.round_timeout=120 baseline=false",
         out,
     )
