@@ -56,28 +56,20 @@ def run_job(
     run_dir = RunDir(out_dir)
     he_context = load_server_context(cfg, keys_dir or cfg.privacy.keys_dir)
     run_id = run_id or uuid.uuid4().hex[:12]
-    if cfg.model.name != "lstm":
-        from fedcrm.server.gbdt_job import GBDTJob  # type: ignore[import-not-found]
+    job_class: Any = FedAvgJob
+    if cfg.model.name == "gbdt":
+        from fedcrm.server.gbdt_job import GBDTJob
 
-        job: Any = GBDTJob(
-            grid,
-            cfg,
-            run_dir,
-            run_id=run_id,
-            reporter=reporter,
-            he_context=he_context,
-            node_wait_s=node_wait_s,
-        )
-    else:
-        job = FedAvgJob(
-            grid,
-            cfg,
-            run_dir,
-            run_id=run_id,
-            reporter=reporter,
-            he_context=he_context,
-            node_wait_s=node_wait_s,
-        )
+        job_class = GBDTJob
+    job = job_class(
+        grid,
+        cfg,
+        run_dir,
+        run_id=run_id,
+        reporter=reporter,
+        he_context=he_context,
+        node_wait_s=node_wait_s,
+    )
     result = job.run()
     result["run_id"] = job.spec.run_id  # a resumed run keeps its first id
     result.setdefault("timings", {})["federated_total_s"] = time.perf_counter() - t0

@@ -42,16 +42,7 @@ def fit_predict(cfg: RunConfig, train: FeatureSet, test: FeatureSet, *, seed: in
     assert isinstance(cfg.model, GBDTModelConfig)
     from fedcrm.models.gbdt import HistGBDT
 
-    m = cfg.model
-    gbdt = HistGBDT(
-        n_estimators=m.n_estimators,
-        max_depth=m.max_depth,
-        learning_rate=m.learning_rate,
-        reg_lambda=m.reg_lambda,
-        gamma=m.gamma,
-        min_child_weight=m.min_child_weight,
-        max_bin=m.max_bin,
-    )
+    gbdt = HistGBDT.from_config(cfg.model)
     gbdt.fit(train.tabular, train.labels)
     return gbdt.predict_proba(test.tabular)[:, 1]
 
