@@ -143,8 +143,11 @@ class FedAvgJob(FederatedJob):
             },
         }
         if accepted < self.cfg.federation.min_branches:
-            exhausted = sum(1 for b in chosen if b.exhausted)
-            why = f" ({exhausted} refused: budget-exhausted)" if exhausted else ""
+            reasons = sorted(
+                {(b.last_problem or "").split(":")[0] for b in chosen if b.exhausted} - {""}
+            )
+            refused = sum(1 for b in chosen if b.exhausted)
+            why = f" ({refused} refused: {', '.join(reasons)})" if refused else ""
             self.stopped_reason = (
                 f"round {round_num}: only {accepted} branch update(s) could be aggregated{why}, "
                 f"federation.min_branches={self.cfg.federation.min_branches}"
