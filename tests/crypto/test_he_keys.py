@@ -14,31 +14,6 @@ from fedcrm.crypto import ckks
 from fedcrm.errors import EncryptionError, KeyFileError
 
 
-@pytest.fixture(scope="module")
-def keys_a(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return ckks.key_ceremony(tmp_path_factory.mktemp("keys_a"))
-
-
-@pytest.fixture(scope="module")
-def keys_b(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return ckks.key_ceremony(tmp_path_factory.mktemp("keys_b"))
-
-
-@pytest.fixture(scope="module")
-def secret_a(keys_a: tuple[Path, Path]) -> ckks.SecretContext:
-    return ckks.load_secret_context(keys_a[0])
-
-
-@pytest.fixture(scope="module")
-def public_a(keys_a: tuple[Path, Path]) -> ckks.PublicContext:
-    return ckks.load_public_context(keys_a[1])
-
-
-@pytest.fixture(scope="module")
-def secret_b(keys_b: tuple[Path, Path]) -> ckks.SecretContext:
-    return ckks.load_secret_context(keys_b[0])
-
-
 def test_ceremony_writes_files_and_params(keys_a: tuple[Path, Path]) -> None:
     secret, public = keys_a
     assert secret.name == "he_secret.ctx" and public.name == "he_public.ctx"

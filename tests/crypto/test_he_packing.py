@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,31 +15,6 @@ from fedcrm.errors import EncryptionError
 
 LENGTH = 9_000  # three ciphertexts, the last one partly filled
 WEIGHTS = {"b1": 120.0, "b2": 800.0, "b3": 45.0}
-
-
-@pytest.fixture(scope="module")
-def keys_a(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return ckks.key_ceremony(tmp_path_factory.mktemp("keys_a"))
-
-
-@pytest.fixture(scope="module")
-def keys_b(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return ckks.key_ceremony(tmp_path_factory.mktemp("keys_b"))
-
-
-@pytest.fixture(scope="module")
-def secret_a(keys_a: tuple[Path, Path]) -> ckks.SecretContext:
-    return ckks.load_secret_context(keys_a[0])
-
-
-@pytest.fixture(scope="module")
-def public_a(keys_a: tuple[Path, Path]) -> ckks.PublicContext:
-    return ckks.load_public_context(keys_a[1])
-
-
-@pytest.fixture(scope="module")
-def secret_b(keys_b: tuple[Path, Path]) -> ckks.SecretContext:
-    return ckks.load_secret_context(keys_b[0])
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
