@@ -146,28 +146,11 @@ class Deployment:
         self.address = f"127.0.0.1:{self.port}"
 
     # ------------------------------------------------------------ commands
-    def cli(
-        self, *args: str, check: bool = True, timeout: float = 120
+    def _run(
+        self, exe: Path | str, args: tuple[str, ...], check: bool, timeout: float
     ) -> subprocess.CompletedProcess:
-        """Run ``fedcrm ...`` (from the repository root)."""
         res = subprocess.run(
-            [FEDCRM, *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and res.returncode != 0:
-            pytest.fail(f"fedcrm {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
-        return res
-
-    def flwr(
-        self, *args: str, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess:
-        """Run ``flwr ...`` from the repository root (the app directory ``.``)."""
-        res = subprocess.run(
-            [FLWR, *args],
+            [exe, *args],
             cwd=REPO,
             env=self.env,
             capture_output=True,
@@ -176,9 +159,22 @@ class Deployment:
         )
         if check and res.returncode != 0:
             pytest.fail(
-                f"flwr {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+                f"{Path(exe).name} {' '.join(args)} failed ({res.returncode}):\n"
+                f"{res.stdout}\n{res.stderr}"
             )
         return res
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        """Run ``fedcrm ...`` (from the repository root)."""
+        return self._run(FEDCRM, args, check, timeout)
+
+    def flwr(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        """Run ``flwr ...`` from the repository root (the app directory ``.``)."""
+        return self._run(FLWR, args, check, timeout)
 
     def init(self, *extra: str) -> None:
         """``fedcrm federation init`` + ``fedcrm federation connection``."""
