@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from fedcrm import protocol as P
 from fedcrm.client.branch import BranchData, BranchSettings
+from fedcrm.client.privacy_gate import branch_delta, budget_refusal, delta_refusal, open_ledger
 from fedcrm.config import GBDTModelConfig, JobSpec
 from fedcrm.errors import BudgetExhaustedError, ConfigError, FedCRMError, PrivacyError
 from fedcrm.models.gbdt import HistGBDT, base_margin
@@ -646,7 +646,6 @@ def plan_dp(
     PrivacyError
         The branch's delta is not below 1 / its number of customers.
     """
-    from fedcrm.client.lstm_round import branch_delta
     from fedcrm.privacy.accounting import Mechanism, noise_multiplier_for
 
     cfg = gbdt_config(spec)
@@ -720,7 +719,6 @@ def dp_gate(
     is not paid twice; its noise is seeded by the branch's secret, so the
     repeated release is the same numbers and tells nothing new.
     """
-    from fedcrm.client.lstm_round import open_ledger
     from fedcrm.privacy.budget import BranchBudget
 
     ledger = open_ledger(settings)
@@ -743,16 +741,7 @@ def dp_gate(
         budget.check(mechanism)
     except BudgetExhaustedError as exc:
         log.warning("gbdt release refused: %s", exc)
-        return _Gate(
-            [],
-            {
-                "reason": P.REASON_BUDGET,
-                "message": str(exc),
-                "spent": exc.spent,
-                "ceiling": exc.ceiling,
-                "would_spend": exc.would_spend,
-            },
-        )
+        return _Gate([], budget_refusal(exc))
     entry = ledger.append(
         run_id=spec.run_id,
         round=round_num,
@@ -763,11 +752,6 @@ def dp_gate(
         extra=extra,
     )
     return _Gate([entry], None)
-
-
-def delta_refusal(exc: PrivacyError) -> dict[str, Any]:
-    """The typed refusal of a branch too small for its delta."""
-    return {"reason": P.REASON_DELTA, "message": str(exc)}
 
 
 __all__ = [

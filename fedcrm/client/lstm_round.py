@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedcrm.client.branch import BranchData, BranchSettings
+from fedcrm.client.privacy_gate import branch_delta, budget_refusal, delta_refusal, open_ledger
 from fedcrm.config import JobSpec, LSTMModelConfig
 from fedcrm.errors import BudgetExhaustedError, ConfigError, PrivacyError
 from fedcrm.models.lstm import build_model, get_weights, set_weights
@@ -80,15 +81,6 @@ def dp_round_plan(spec: JobSpec, n_train: int) -> tuple[float, int]:
     return sample_rate, steps
 
 
-def branch_delta(spec: JobSpec, settings: BranchSettings, n_train: int) -> float:
-    """The branch's delta: its own node config wins, then the job's, then a default below 1/n."""
-    from fedcrm.privacy.accounting import check_delta, default_delta
-
-    delta = settings.delta or spec.privacy.delta or default_delta(n_train)
-    check_delta(delta, n_train, settings.branch_id)
-    return delta
-
-
 def noise_for_run(spec: JobSpec, n_train: int, delta: float) -> float:
     """The noise multiplier: given, or derived so the whole run spends ``target_epsilon``."""
     from fedcrm.privacy.accounting import noise_multiplier_for
@@ -103,23 +95,6 @@ def noise_for_run(spec: JobSpec, n_train: int, delta: float) -> float:
         sample_rate=sample_rate,
         steps=steps * spec.rounds,
         accountant=spec.privacy.accountant,
-    )
-
-
-def open_ledger(settings: BranchSettings) -> Any:
-    """The branch's signed ledger (needs ``ledger-path`` and ``signing-key``)."""
-    from fedcrm.privacy.ledger import Ledger
-    from fedcrm.privacy.signing import load_private_key
-
-    if settings.ledger_path is None or settings.signing_key is None:
-        raise ConfigError(
-            "DP runs need `ledger-path` and `signing-key` in the node config "
-            "(create the key with `fedcrm node init`)"
-        )
-    return Ledger(
-        settings.ledger_path,
-        branch_id=settings.branch_id,
-        signing_key=load_private_key(settings.signing_key),
     )
 
 
@@ -147,7 +122,7 @@ def train_round(
         try:
             delta = branch_delta(spec, settings, n_train)
         except PrivacyError as exc:
-            return _refused("delta-too-large", str(exc), evaluation)
+            return _refused(delta_refusal(exc), evaluation)
         key = f"sigma:{spec.run_id}"
         if key not in state:
             state[key] = noise_for_run(spec, n_train, delta)
@@ -172,9 +147,11 @@ def train_round(
             cached = load_released_update(settings, spec.run_id, round_num)
             if cached is None:
                 return _refused(
-                    "round-already-spent",
-                    f"round {round_num} of run {spec.run_id} is in the ledger but "
-                    "its update is no longer cached",
+                    {
+                        "reason": "round-already-spent",
+                        "message": f"round {round_num} of run {spec.run_id} is in the ledger "
+                        "but its update is no longer cached",
+                    },
                     evaluation,
                 )
             return RoundOutcome(
@@ -197,14 +174,7 @@ def train_round(
         try:
             budget.check(mechanism)
         except BudgetExhaustedError as exc:
-            return _refused(
-                "budget-exhausted",
-                str(exc),
-                evaluation,
-                spent=exc.spent,
-                ceiling=exc.ceiling,
-                would_spend=exc.would_spend,
-            )
+            return _refused(budget_refusal(exc), evaluation)
         dp = DPSettings(
             noise_multiplier=sigma,
             max_grad_norm=spec.privacy.max_grad_norm,
@@ -283,12 +253,8 @@ def load_released_update(
         return [z[f"arr_{i}"] for i in range(n)]
 
 
-def _refused(reason: str, message: str, evaluation: dict[str, Any], **extra: Any) -> RoundOutcome:
-    log.warning("round refused: %s", message)
+def _refused(refusal: dict[str, Any], evaluation: dict[str, Any]) -> RoundOutcome:
+    log.warning("round refused: %s", refusal["message"])
     return RoundOutcome(
-        weights=None,
-        num_examples=0,
-        metrics={},
-        evaluation=evaluation,
-        refusal={"reason": reason, "message": message, **extra},
+        weights=None, num_examples=0, metrics={}, evaluation=evaluation, refusal=refusal
     )
