@@ -10,7 +10,6 @@ score histograms and confusion counts, pooled here.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -63,23 +62,7 @@ class FedAvgJob(FederatedJob):
             summary = unpack_summary(metrics)
             if summary:
                 evals.append((b, summary))
-            entries = [json.loads(s) for s in info.get("ledger_entries", [])]
-            try:
-                self.run_dir.copy_ledger_entries(b.branch_id, entries)
-            except FedCRMError as exc:
-                problems[b.branch_id] = f"ledger entries rejected: {exc}"
-            if entries:
-                b.epsilon = float(entries[-1]["epsilon"])
-                b.delta = float(entries[-1]["delta"])
-            if info.get("status") != P.STATUS_OK:
-                reason = str(info.get("reason", P.REASON_ERROR))
-                b.refused_rounds += 1
-                b.last_problem = f"{reason}: {info.get('message', '')}"
-                problems[b.branch_id] = b.last_problem
-                if reason == P.REASON_BUDGET or reason == P.REASON_DELTA:
-                    b.exhausted = True
-                    if "spent" in info:
-                        b.epsilon = float(info["spent"])
+            if not self._handle_status(b, info, problems):
                 continue
             try:
                 if self.he_context is not None:

@@ -151,27 +151,6 @@ class GBDTJob(FedAvgJob):
         b.last_problem = problems[b.branch_id] = why
         log.warning("branch %s excluded: %s", b.branch_id, why)
 
-    def _handle_status(
-        self, b: BranchState, info: dict[str, Any], problems: dict[str, str]
-    ) -> bool:
-        entries = [json.loads(s) for s in info.get("ledger_entries", [])]
-        try:
-            self.run_dir.copy_ledger_entries(b.branch_id, entries)
-        except FedCRMError as exc:
-            problems[b.branch_id] = f"ledger entries rejected: {exc}"
-        if entries:
-            b.epsilon, b.delta = float(entries[-1]["epsilon"]), float(entries[-1]["delta"])
-        if info.get("status") == P.STATUS_OK:
-            return True
-        reason = str(info.get("reason", P.REASON_ERROR))
-        b.refused_rounds += 1
-        b.last_problem = problems[b.branch_id] = f"{reason}: {info.get('message', '')}"
-        if reason in (P.REASON_BUDGET, P.REASON_DELTA):
-            b.exhausted = True
-            if "spent" in info:
-                b.epsilon = float(info["spent"])
-        return False
-
     # ---------------------------------------------------------------- steps
     def _ranges(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         active = self._active()

@@ -229,3 +229,29 @@ class FederatedJob:
             rec["trained_round"] = info["round"]
         self.run_dir.append_round(rec)
         self.reporter(rec)
+
+    def _handle_status(
+        self, b: BranchState, info: dict[str, Any], problems: dict[str, str]
+    ) -> bool:
+        """Copy the reply's ledger entries and apply its status; True when it is ok.
+
+        A refusal is counted and recorded; a budget or delta refusal retires the
+        branch from training for the rest of the run.
+        """
+        entries = [json.loads(s) for s in info.get("ledger_entries", [])]
+        try:
+            self.run_dir.copy_ledger_entries(b.branch_id, entries)
+        except FedCRMError as exc:
+            problems[b.branch_id] = f"ledger entries rejected: {exc}"
+        if entries:
+            b.epsilon, b.delta = float(entries[-1]["epsilon"]), float(entries[-1]["delta"])
+        if info.get("status") == P.STATUS_OK:
+            return True
+        reason = str(info.get("reason", P.REASON_ERROR))
+        b.refused_rounds += 1
+        b.last_problem = problems[b.branch_id] = f"{reason}: {info.get('message', '')}"
+        if reason in (P.REASON_BUDGET, P.REASON_DELTA):
+            b.exhausted = True
+            if "spent" in info:
+                b.epsilon = float(info["spent"])
+        return False
