@@ -59,8 +59,12 @@ def main() -> None:
     result["seconds_by_engine"] = {}
     for engine in [e for e in args.engines.split(",") if e]:
         s = run(
-            [*base, *dp, f"privacy.target_epsilon={args.engine_epsilon}",
-             f"privacy.engine={engine}"],
+            [
+                *base,
+                *dp,
+                f"privacy.target_epsilon={args.engine_epsilon}",
+                f"privacy.engine={engine}",
+            ],
             out / f"engine_{engine}",
         )
         result["seconds_by_engine"][engine] = s["timings"]["federated_s"]

@@ -3,23 +3,26 @@
 Measures, over TLS with SuperNode authentication (``fedcrm federation init``,
 ``fedcrm server start``, ``fedcrm node start``):
 
-1. ``exchange``: the round trip of one server -> branches -> server exchange of
-   a tiny message with 3 SuperNodes, using a small ping app, for
+1. The round trip of one server -> branches -> server exchange of a tiny
+   message with 3 SuperNodes, using a small ping app, for
    - ``pushpull``: fedcrm's push + 50 ms pull loop (``fedcrm.server.exchange``),
    - ``stock``: Flower's ``grid.send_and_receive`` (3 s between pulls),
-   each with ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` at 0.05 s (fedcrm's default)
-   and at Flower's default 1 s.
+   under ``exchange_warm`` (fedcrm's settings: warm SuperExec, task poll 0.1 s),
+   ``exchange_subprocess`` (Flower's SuperExec, one new Python per message, poll
+   0.1 s) and ``exchange_flower_defaults`` (Flower's SuperExec, poll 1 s).
 2. ``init_to_finished``: wall time from ``fedcrm federation init`` to a
-   finished 2-round LSTM run with 3 branches (the real fedcrm app).
+   finished 2-round DP-LSTM run with 3 branches (the real fedcrm app), and
+   ``init_to_finished_subprocess_executor``, the same with Flower's SuperExec.
 3. ``ten_supernodes``: a 1-round LSTM run with 10 SuperNodes on this machine.
 
-Usage: ``python bench/latency.py [--reps 5] [--skip-ten] [--skip-stock]``.
-Never part of the test run.
+Usage: ``python bench/latency.py [--reps 5] [--skip-ten] [--skip-stock]
+[--skip-subprocess] [--keep DIR]``. Never part of the test run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -54,18 +57,24 @@ def main(grid: Grid, context: Context) -> None:
                         message_type="query.ping") for n in nodes]
     out = {"nodes": len(nodes)}
     for mode in str(cfg["modes"]).split(","):
-        times = []
+        times, there, back = [], [], []
         for i in range(int(cfg["reps"]) + 1):  # the first one warms up (FAB install)
-            t0 = time.perf_counter()
+            t0, w0 = time.perf_counter(), time.time()
             if mode == "pushpull":
-                replies = exchange(grid, msgs(), timeout=120)
-                ok = sum(r.ok for r in replies)
+                got = [r.message for r in exchange(grid, msgs(), timeout=120) if r.ok]
             else:
-                ok = sum(not r.has_error() for r in grid.send_and_receive(msgs(), timeout=120))
+                got = [r for r in grid.send_and_receive(msgs(), timeout=120) if not r.has_error()]
+            w1 = time.time()
             if i:
                 times.append(time.perf_counter() - t0)
-            assert ok == len(nodes), (mode, ok)
+                # Same clock (loopback): when the slowest branch ran its handler.
+                handled = max(float(m.content["c"]["t"]) for m in got)
+                there.append(handled - w0)
+                back.append(w1 - handled)
+            assert len(got) == len(nodes), (mode, len(got))
         out[mode] = times
+        out[mode + "_there"] = there
+        out[mode + "_back"] = back
     with open(str(cfg["out"]), "w") as fh:
         json.dump(out, fh)
 
@@ -73,7 +82,7 @@ client = ClientApp()
 
 @client.query("ping")
 def ping(message: Message, context: Context) -> Message:
-    return Message(RecordDict({"c": ConfigRecord({"ok": 1})}), reply_to=message)
+    return Message(RecordDict({"c": ConfigRecord({"t": time.time()})}), reply_to=message)
 """
 
 PING_PYPROJECT = """
@@ -110,8 +119,8 @@ def free_port() -> int:
 class Local:
     """A federation on loopback: SuperLink + SuperNodes as process groups."""
 
-    def __init__(self, root: Path, branches: list[str], poll: str) -> None:
-        self.root, self.branches = root, branches
+    def __init__(self, root: Path, branches: list[str], poll: str, executor: str = "warm") -> None:
+        self.root, self.branches, self.executor = root, branches, executor
         self.fed = root / "federation"
         self.procs: list[subprocess.Popen] = []
         self.env = dict(os.environ)
@@ -168,7 +177,8 @@ class Local:
             self.spawn(f"node-{b}", [fedcrm, "node", "start", "--federation", str(self.fed),
                                      "--branch-id", b, "--data-path", str(data[b]),
                                      "--epsilon-ceiling", "50", "--runtime-port",
-                                     str(free_port()), "--no-connect-check"])  # fmt: skip
+                                     str(free_port()), "--no-connect-check",
+                                     "--executor", self.executor])  # fmt: skip
 
     def run(self, app: Path | str, run_config: str) -> int:
         out = self.sh(str(BIN / "flwr"), "run", str(app), "fedcrm", "--run-config", run_config,
@@ -232,15 +242,17 @@ def summarize(times: list[float]) -> dict[str, float]:
     }
 
 
-def bench_exchange(tmp: Path, data: dict[str, Path], poll: str, modes: str, reps: int) -> dict:
-    app = tmp / f"pingapp-{poll}"
+def bench_exchange(
+    tmp: Path, data: dict[str, Path], poll: str, modes: str, reps: int, executor: str = "warm"
+) -> dict:
+    app = tmp / f"pingapp-{poll}-{executor}"
     app.mkdir()
     (app / "pingapp.py").write_text(PING_APP)
     (app / "pyproject.toml").write_text(PING_PYPROJECT)
-    local = Local(tmp / f"exchange-{poll}", sorted(data), poll)
+    local = Local(tmp / f"exchange-{poll}-{executor}", sorted(data), poll, executor)
     try:
         local.up(data)
-        out = tmp / f"ping-{poll}.json"
+        out = tmp / f"ping-{poll}-{executor}.json"
         rid = local.run(app, f"nodes=3 reps={reps} modes='{modes}' out='{out}'")
         status = local.wait(rid, timeout=900)
         if status != "finished:completed":
@@ -248,12 +260,21 @@ def bench_exchange(tmp: Path, data: dict[str, Path], poll: str, modes: str, reps
         raw = json.loads(out.read_text())
     finally:
         local.down()
-    return {m: summarize(raw[m]) for m in modes.split(",")}
+    out = {}
+    for m in modes.split(","):
+        out[m] = summarize(raw[m])
+        # Split of the round trip: server push -> the slowest branch's handler runs,
+        # and that handler -> the server holds every reply.
+        out[m]["to_branch_median_s"] = round(statistics.median(raw[m + "_there"]), 3)
+        out[m]["back_median_s"] = round(statistics.median(raw[m + "_back"]), 3)
+    return out
 
 
-def bench_end_to_end(tmp: Path, data: dict[str, Path], rounds: int, name: str) -> dict[str, Any]:
+def bench_end_to_end(
+    tmp: Path, data: dict[str, Path], rounds: int, name: str, executor: str = "warm"
+) -> dict[str, Any]:
     t0 = time.perf_counter()
-    local = Local(tmp / name, sorted(data), "0.05")
+    local = Local(tmp / name, sorted(data), "0.1", executor)
     try:
         local.up(data)
         t_up = time.perf_counter() - t0
@@ -276,6 +297,7 @@ def bench_end_to_end(tmp: Path, data: dict[str, Path], rounds: int, name: str) -
         local.down()
     return {
         "status": status,
+        "executor": executor,
         "branches": len(data),
         "rounds": summary["rounds"],
         "total_s": round(total, 1),
@@ -296,27 +318,45 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-ten", action="store_true")
     ap.add_argument("--skip-stock", action="store_true", help="skip the 1 s poll interval runs")
+    ap.add_argument(
+        "--skip-subprocess",
+        action="store_true",
+        help="skip the runs with Flower's own subprocess executor (fedcrm's default is warm)",
+    )
     ap.add_argument("--only-ten", action="store_true", help="only the 10-SuperNode run")
+    ap.add_argument("--keep", type=Path, help="keep logs and run directories here")
     args = ap.parse_args()
     result: dict[str, Any] = {"load_average_at_start": os.getloadavg()[0], "cpus": os.cpu_count()}
-    with tempfile.TemporaryDirectory(prefix="fedcrm-latency-") as t:
-        tmp = Path(t)
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            tmp = args.keep
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedcrm-latency-")))
         data3 = crm(tmp / "crm3", 3, 150)
         if args.only_ten:
-            args.skip_stock = True
+            args.skip_stock = args.skip_subprocess = True
         if not args.only_ten:
-            log("exchange latency, poll interval 0.05 s")
-            result["exchange_poll_0.05s"] = bench_exchange(
-                tmp, data3, "0.05", "pushpull,stock", args.reps
+            log("exchange latency, fedcrm's settings: warm executor, poll interval 0.1 s")
+            result["exchange_warm"] = bench_exchange(tmp, data3, "0.1", "pushpull,stock", args.reps)
+        if not args.skip_subprocess:
+            log("exchange latency, Flower's subprocess executor, poll interval 0.1 s")
+            result["exchange_subprocess"] = bench_exchange(
+                tmp, data3, "0.1", "pushpull,stock", args.reps, executor="subprocess"
             )
         if not args.skip_stock:
-            log("exchange latency, Flower's default poll interval 1 s")
-            result["exchange_poll_1s"] = bench_exchange(
-                tmp, data3, "1.0", "pushpull,stock", args.reps
+            log("exchange latency, Flower's subprocess executor, default poll interval 1 s")
+            result["exchange_flower_defaults"] = bench_exchange(
+                tmp, data3, "1.0", "pushpull,stock", args.reps, executor="subprocess"
             )
         if not args.only_ten:
             log("federation init -> finished 2-round LSTM run, 3 branches")
             result["init_to_finished"] = bench_end_to_end(tmp, data3, 2, "e2e3")
+        if not args.skip_subprocess:
+            log("the same with Flower's subprocess executor")
+            result["init_to_finished_subprocess_executor"] = bench_end_to_end(
+                tmp, data3, 2, "e2e3-subprocess", executor="subprocess"
+            )
         if not args.skip_ten:
             log("10 SuperNodes, 1-round LSTM run")
             data10 = crm(tmp / "crm10", 10, 60)

@@ -175,7 +175,11 @@ class FedAvgJob(FederatedJob):
         if self.cfg.resume:
             rounds_done, global_state = self._resume(global_state)
             last_plain = global_state if isinstance(global_state, list) else None
-        for r in range(rounds_done + 1, self.cfg.federation.rounds + 1):
+        first_round = rounds_done + 1
+        for r in range(first_round, self.cfg.federation.rounds + 1):
+            joined = self.admit_new_nodes() if r > first_round else []
+            if joined:
+                log.info("round %d: branch(es) %s joined", r, ", ".join(joined))
             if (
                 len([b for b in self.branches.values() if not b.exhausted])
                 < self.cfg.federation.min_branches
@@ -186,6 +190,8 @@ class FedAvgJob(FederatedJob):
                 )
                 break
             new_state = self.train_round(r, global_state, like)
+            if joined:
+                self.round_info["joined"] = joined
             evaluation = self.pending_eval
             self._report(evaluation, self.round_info)
             if new_state is None:

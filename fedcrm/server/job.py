@@ -91,6 +91,8 @@ class FederatedJob:
         self.he_context = he_context
         self.node_wait_s = node_wait_s
         self.branches: dict[int, BranchState] = {}
+        # Nodes asked once that could not take part (not asked again this run).
+        self.left_out: set[int] = set()
         self.stopped_reason: str | None = None
         self.bytes_up = 0
         self.timings: dict[str, float] = {}
@@ -115,12 +117,46 @@ class FederatedJob:
                 f"only {len(nodes)} branch(es) connected within {self.node_wait_s:.0f} s; "
                 f"federation.min_branches={fed.min_branches}"
             )
-        replies = exchange(
+        self._admit(self._info(nodes))
+        if len(self.branches) < fed.min_branches:
+            raise FedCRMError(
+                f"only {len(self.branches)} branch(es) could take part; "
+                f"federation.min_branches={fed.min_branches}"
+            )
+        tabular = {b.n_tabular for b in self.branches.values()}
+        if len(tabular) != 1:
+            raise FedCRMError(f"branches disagree on the number of tabular features: {tabular}")
+
+    def admit_new_nodes(self) -> list[str]:
+        """Admit SuperNodes that connected since the last look; returns their branch ids.
+
+        A branch that starts late, or whose SuperNode restarted under a new node
+        id, takes part from the next round on (a restart under its old node id
+        needs nothing: it is still a member). A node that was asked once and
+        could not take part is not asked again in this run.
+        """
+        try:
+            nodes = sorted(set(self.grid.get_node_ids()) - set(self.branches) - self.left_out)
+        except Exception as exc:  # noqa: BLE001 - a SuperLink hiccup must not end the run
+            log.warning("could not list SuperNodes: %s", type(exc).__name__)
+            return []
+        if not nodes:
+            return []
+        return self._admit(self._info(nodes))
+
+    def _info(self, nodes: list[int]) -> list[Reply]:
+        return exchange(
             self.grid,
             [self._message(n, P.INFO, 0, {}) for n in nodes],
-            timeout=fed.round_timeout,
+            timeout=self.cfg.federation.round_timeout,
         )
+
+    def _admit(self, replies: list[Reply]) -> list[str]:
+        """Add the branches of ``query.info`` replies that can take part."""
+        admitted = []
+        tabular = {b.n_tabular for b in self.branches.values()}
         for reply in replies:
+            self.left_out.add(reply.node_id)
             if not reply.ok:
                 log.warning("node %s left out: %s", reply.node_id, reply.error)
                 continue
@@ -137,9 +173,28 @@ class FederatedJob:
                 )
                 continue
             m = dict(reply.message.content[P.METRICS])  # type: ignore[union-attr]
+            if tabular and int(m["n_tabular"]) not in tabular:
+                log.warning(
+                    "branch %s left out: %s tabular features, the federation has %s",
+                    branch["branch_id"],
+                    m["n_tabular"],
+                    sorted(tabular),
+                )
+                continue
+            self.left_out.discard(reply.node_id)
+            branch_id = str(branch["branch_id"])
+            known = next((b for b in self.branches.values() if b.branch_id == branch_id), None)
+            if known is not None:
+                # Same branch, new SuperNode: keep its counters and ledger copy.
+                log.info("branch %s is back as node %s", branch_id, reply.node_id)
+                del self.branches[known.node_id]
+                known.node_id = reply.node_id
+                self.branches[reply.node_id] = known
+                admitted.append(branch_id)
+                continue
             state = BranchState(
                 node_id=reply.node_id,
-                branch_id=str(branch["branch_id"]),
+                branch_id=branch_id,
                 train_customers=int(m["train_customers"]),
                 test_customers=int(m["test_customers"]),
                 excluded_customers=int(m["excluded_customers"]),
@@ -148,18 +203,12 @@ class FederatedJob:
             ceiling = float(branch.get("epsilon_ceiling", -1.0))
             state.extra["ceiling"] = ceiling if ceiling > 0 else None
             self.branches[reply.node_id] = state
+            admitted.append(branch_id)
             history = [json.loads(s) for s in branch.get("ledger_history", [])]
             if history:
                 self.run_dir.copy_ledger_entries(state.branch_id, history)
                 state.epsilon = float(history[-1]["epsilon"])
-        if len(self.branches) < fed.min_branches:
-            raise FedCRMError(
-                f"only {len(self.branches)} branch(es) could take part; "
-                f"federation.min_branches={fed.min_branches}"
-            )
-        tabular = {b.n_tabular for b in self.branches.values()}
-        if len(tabular) != 1:
-            raise FedCRMError(f"branches disagree on the number of tabular features: {tabular}")
+        return admitted
 
     def _sample(self, round_num: int) -> list[BranchState]:
         able = [b for b in self.branches.values() if not b.exhausted]

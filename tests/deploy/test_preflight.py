@@ -166,6 +166,29 @@ def test_node_start_builds_the_supernode_command(
         assert key in node_config
 
 
+def test_node_start_runs_the_warm_superexec_by_default(
+    fed: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _node(fed, data_dir, "--no-connect-check") == 0
+    exec_line, node_line = capsys.readouterr().out.strip().splitlines()[-2:]
+    node = shlex.split(node_line)
+    assert node[node.index("--isolation") + 1] == "process"
+    warm = shlex.split(exec_line)
+    assert warm[1:3] == ["-m", "fedcrm.deploy.warm_exec"]
+    port = node[node.index("--port") + 1]
+    assert warm[warm.index("--runtime-api-address") + 1] == f"127.0.0.1:{port}"
+    assert int(warm[warm.index("--parent-pid") + 1]) == os.getpid()  # exec keeps the pid
+
+
+def test_node_start_with_flowers_own_executor(
+    fed: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _node(fed, data_dir, "--no-connect-check", "--executor", "subprocess") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "--isolation" not in shlex.split(lines[-1])
+    assert not any("warm_exec" in line for line in lines)
+
+
 def test_missing_node_auth_key(fed: Path, data_dir: Path) -> None:
     (fed / "branches" / "b1" / "node_auth_key").unlink()
     with pytest.raises(ConfigError, match=r"--auth-key: .*does not exist"):

@@ -46,7 +46,10 @@ def _start_all(dep: Any, crm: dict[str, Path]) -> dict[str, Any]:
 
 
 def test_supernodes_killed_mid_round(deployment: Any, crm: dict[str, Path], tmp_path: Path) -> None:
-    """One SuperNode gets SIGTERM and another SIGKILL in round 1; the run finishes."""
+    """One SuperNode gets SIGTERM and another SIGKILL in round 1; the run finishes.
+
+    The SIGTERM'd branch is started again and takes part in round 2.
+    """
     dep = deployment
     procs = _start_all(dep, crm)
     victims = {dep.branches[-1]: signal.SIGKILL, dep.branches[-2]: signal.SIGTERM}
@@ -68,6 +71,9 @@ def test_supernodes_killed_mid_round(deployment: Any, crm: dict[str, Path], tmp_
     for victim in victims:
         node = procs["nodes"][victim]
         dep.wait_for(lambda node=node: not node.alive(), 30, "the SuperNode to exit")
+    # The SIGTERM'd branch comes back with the same command and trains round 2.
+    back = dep.branches[-2]
+    dep.start_node(back, crm[back], "--epsilon-ceiling", "50", name=f"node-{back}-again")
 
     assert dep.wait_run(run_id, timeout=400) == "finished:completed", dep.log(run_id)[-4000:]
     run_dir = dep.run_dir(out, run_id)
@@ -78,14 +84,17 @@ def test_supernodes_killed_mid_round(deployment: Any, crm: dict[str, Path], tmp_
     first = next(r for r in rounds if r.get("trained_round") == 1)
     assert first["branches_aggregated"] == len(survivors)
     for victim in victims:
-        assert per[victim]["failed_rounds"] >= 1 and per[victim]["rounds_trained"] == 0, per
+        rejoined = victim == back
+        assert per[victim]["failed_rounds"] >= 1, per
+        assert per[victim]["rounds_trained"] == (1 if rejoined else 0), per
         assert per[victim]["last_problem"].startswith("round ")
         assert "round 1" in first["problems"][victim]
         # No ledger entry for a round the victim did not finish: not at the server,
         # not at the branch (it was killed before paying for round 1).
-        assert _ledger(run_dir / "ledger" / f"{victim}.jsonl") == []
+        want = [2] if rejoined else []
+        assert [e["round"] for e in _ledger(run_dir / "ledger" / f"{victim}.jsonl")] == want
         own = _ledger(dep.fed / "branches" / victim / "ledger.jsonl")
-        assert [e["round"] for e in own if e["run_id"] == str(run_id)] == [], own
+        assert [e["round"] for e in own if e["run_id"] == str(run_id)] == want, own
     for b in survivors:
         assert per[b]["rounds_trained"] == 2 and per[b]["failed_rounds"] == 0, per
         assert sorted(e["round"] for e in _ledger(run_dir / "ledger" / f"{b}.jsonl")) == [1, 2]

@@ -1,0 +1,314 @@
+"""A warm SuperExec for a branch's SuperNode: one fork per message, not one new Python.
+
+Flower's SuperNode hands every message to a SuperExec, which by default starts a
+new ``flwr-clientapp`` Python per message; that process re-imports flwr, torch,
+opacus, tenseal and pandas before it can run a single line of the ClientApp (1.5-4 s
+on two busy cores, paid on every exchange). This SuperExec imports those
+libraries once and, per message, forks a child that runs Flower's own
+``run_clientapp`` - the body of ``flwr-clientapp`` - with the task's token.
+
+Isolation is unchanged: every message still runs in a fresh process with its own
+memory, pulls its Message and Context through the Runtime API and exits. The
+ClientApp's own code (``fedcrm``) is *not* preloaded: the child imports it from the
+FAB the server shipped, exactly as ``flwr-clientapp`` does.
+
+No Flower code is changed: the SuperNode runs with ``--isolation process`` (its
+documented mode for an externally run SuperExec) and this process implements
+Flower's ``Executor`` protocol behind Flower's ``AutoExecPlugin``, the extension
+point Flower's own executors (subprocess, Kubernetes) use.
+
+Run by ``fedcrm node start`` (``--executor warm``, the default); by hand:
+``python -m fedcrm.deploy.warm_exec --runtime-api-address 127.0.0.1:9095 --insecure``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from types import FrameType
+from typing import NoReturn
+
+# What a fedcrm ClientApp imports, including its lazy imports (torch, opacus, tenseal:
+# about 10 s of imports on two busy cores); loaded once here so forked children start
+# warm. fedcrm itself is dropped again after the import (see ``preload``).
+PRELOAD = (
+    "fedcrm.client.app",
+    "fedcrm.client.lstm_round",
+    "fedcrm.client.gbdt_app",
+    "fedcrm.crypto.packing",
+    "fedcrm.crypto.ckks",
+    "fedcrm.privacy.ledger",
+    "fedcrm.models.dp_opacus",
+    "fedcrm.models.dp_lstm_fast",
+)
+POLL_INTERVAL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+DEFAULT_POLL_INTERVAL = 0.1
+
+
+def preload(modules: Sequence[str] = PRELOAD, keep_prefix: str = "fedcrm") -> list[str]:
+    """Import ``modules`` and their dependencies, then forget ``keep_prefix``'s own modules.
+
+    The third-party libraries stay in ``sys.modules`` (so a forked child does not
+    import them again); the app's own package is removed, so each child imports it
+    from the FAB directory Flower puts first on ``sys.path``. Returns the module
+    names that stay loaded.
+    """
+    for name in modules:
+        importlib.import_module(name)
+    for name in list(sys.modules):
+        if name == keep_prefix or name.startswith(keep_prefix + "."):
+            del sys.modules[name]
+    return sorted(sys.modules)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ForkExecutor:
+    """Flower ``Executor`` that forks this warm process once per ClientApp task.
+
+    Task types other than ClientApp (none are expected on a SuperNode) go to
+    Flower's ordinary ``SubprocessExecutor``.
+    """
+
+    def __init__(self) -> None:
+        from flwr.supercore.superexec.executor import SubprocessExecutor
+
+        self._fallback = SubprocessExecutor()
+        self.children: set[int] = set()
+        self.launched = 0
+
+    def get_eligible_capacity(
+        self,
+        supported_task_types: set,
+        *,
+        insecure: bool = False,
+        root_certificates_path: str | None = None,
+    ) -> tuple[set, set[str]]:
+        """Every supported task type can start at once (as with subprocesses)."""
+        del insecure, root_certificates_path
+        return supported_task_types, set()
+
+    def wait_for_capacity(self, task_type: object = None, **_: object) -> None:
+        """No capacity gate: a fork is always possible."""
+
+    def launch(self, spec: object) -> object:
+        """Fork a child that runs Flower's ``run_clientapp`` for ``spec.token``."""
+        from flwr.supercore.constant import TaskType
+        from flwr.supercore.superexec.executor import LaunchResult
+
+        if spec.task_type != TaskType.CLIENT_APP:  # type: ignore[attr-defined]
+            return self._fallback.launch(spec)  # type: ignore[arg-type]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError as err:
+            return LaunchResult.failed(f"fork failed: {err}")
+        if pid == 0:  # pragma: no cover - runs in the child, which _exits
+            _run_child(spec)
+        self.children.add(pid)
+        self.launched += 1
+        return LaunchResult.accepted()
+
+    def reconcile(self) -> None:
+        """Reap finished children so none lingers as a zombie."""
+        for pid in list(self.children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.children.discard(pid)
+
+    def close(self) -> None:
+        """Children finish their task on their own (they watch this process)."""
+        self.reconcile()
+
+
+def _run_child(spec: object) -> NoReturn:  # pragma: no cover - exercised in a child process
+    """Body of one forked task process: Flower's ``flwr-clientapp`` main, then ``_exit``."""
+    code = 1
+    t0 = time.perf_counter()
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        from flwr.supercore.tls import validate_and_resolve_root_certificates
+        from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+        run_clientapp(
+            runtime_api_address=spec.runtime_api_address,  # type: ignore[attr-defined]
+            token=spec.token,  # type: ignore[attr-defined]
+            insecure=spec.insecure,  # type: ignore[attr-defined]
+            certificates=validate_and_resolve_root_certificates(
+                spec.root_certificates_path,  # type: ignore[attr-defined]
+                spec.insecure,  # type: ignore[attr-defined]
+            ),
+            parent_pid=spec.parent_pid,  # type: ignore[attr-defined]
+            runtime_dependency_install=spec.runtime_dependency_install,  # type: ignore[attr-defined]
+        )
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:  # noqa: BLE001 - a child must never return into the parent's loop
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            print(
+                f"fedcrm warm SuperExec: task {spec.task_id} ended in "  # type: ignore[attr-defined]
+                f"{time.perf_counter() - t0:.2f} s (exit {code})",
+                file=sys.stderr,
+            )
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def poll_interval() -> float:
+    """Seconds between task polls: ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` or 0.1."""
+    raw = os.environ.get(POLL_INTERVAL_ENV)
+    if raw is None:
+        return DEFAULT_POLL_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{POLL_INTERVAL_ENV} must be a number of seconds, got {raw!r}") from None
+    if not 0.01 <= value <= 60:
+        raise SystemExit(f"{POLL_INTERVAL_ENV} must be between 0.01 and 60 s, got {value}")
+    return value
+
+
+def serve(
+    runtime_api_address: str,
+    *,
+    insecure: bool,
+    root_certificates_path: str | None = None,
+    parent_pid: int | None = None,
+    preload_modules: Sequence[str] = PRELOAD,
+    stop: threading.Event | None = None,
+) -> ForkExecutor:
+    """Acquire tasks from the SuperNode's Runtime API and fork one child per task.
+
+    Returns when ``stop`` is set, on SIGTERM/SIGINT, or when ``parent_pid``
+    (the SuperNode) has gone.
+    """
+    interval = poll_interval()
+    t0 = time.perf_counter()
+    kept = preload(preload_modules) if preload_modules else sorted(sys.modules)
+    print(
+        f"fedcrm warm SuperExec: {len(kept)} modules preloaded in "
+        f"{time.perf_counter() - t0:.1f} s; serving {runtime_api_address}",
+        file=sys.stderr,
+        flush=True,
+    )
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supercore.superexec.plugin import AutoExecPlugin
+    from flwr.supercore.tls import validate_and_resolve_root_certificates
+
+    stop = stop or threading.Event()
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, _stop)
+
+    executor = ForkExecutor()
+    client = RuntimeHttpClient.from_server_address(
+        server_address=runtime_api_address,
+        insecure=insecure,
+        root_certificates=validate_and_resolve_root_certificates(root_certificates_path, insecure),
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+    plugin = AutoExecPlugin(
+        runtime_api_address=runtime_api_address,
+        insecure=insecure,
+        root_certificates_path=root_certificates_path,
+        runtime_dependency_install=False,
+        executor=executor,
+    )
+    try:
+        while not stop.is_set():
+            if parent_pid is not None and not _pid_alive(parent_pid):
+                break
+            executor.reconcile()
+            types, fab_hashes = executor.get_eligible_capacity(set(plugin.supported_task_types))
+            try:
+                res = client.AcquireTask(
+                    AcquireTaskRequest(supported_task_types=types, agentapp_fab_hashes=fab_hashes)
+                )
+            except Exception as err:  # noqa: BLE001 - the SuperNode may be restarting
+                print(f"fedcrm warm SuperExec: Runtime API: {err}", file=sys.stderr, flush=True)
+                stop.wait(1.0)
+                continue
+            if res.HasField("task") and res.token:
+                result = plugin.launch_task(token=res.token, task=res.task)
+                if str(getattr(result, "status", "accepted")) != "accepted":
+                    print(
+                        f"fedcrm warm SuperExec: task {res.task.task_id} not launched: "
+                        f"{result.message}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                continue  # another task may be waiting: ask again at once
+            stop.wait(interval)
+    finally:
+        client.close()
+        executor.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return executor
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m fedcrm.deploy.warm_exec --runtime-api-address HOST:PORT``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fedcrm.deploy.warm_exec",
+        description="Warm SuperExec for a SuperNode started with --isolation process.",
+    )
+    parser.add_argument("--runtime-api-address", required=True)
+    tls = parser.add_mutually_exclusive_group(required=True)
+    tls.add_argument("--insecure", action="store_true")
+    tls.add_argument("--root-certificates")
+    parser.add_argument(
+        "--parent-pid", type=int, help="exit when this process (the SuperNode) ends"
+    )
+    parser.add_argument(
+        "--preload",
+        default=",".join(PRELOAD),
+        help="comma-separated modules whose dependencies to import once (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    serve(
+        args.runtime_api_address,
+        insecure=args.insecure,
+        root_certificates_path=args.root_certificates,
+        parent_pid=args.parent_pid,
+        preload_modules=[m for m in args.preload.split(",") if m],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Branches that connect late, or come back under a new SuperNode id, join the job.
+
+A hand-made Grid answers ``query.info`` for each node as a branch would; the
+job logic under test is ``FederatedJob.connect`` / ``admit_new_nodes``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedcrm import protocol as P
+from fedcrm.config import compose
+from fedcrm.server.job import FederatedJob
+from fedcrm.server.run_dir import RunDir
+
+
+class InfoGrid:
+    """Nodes answer ``query.info`` with their branch (or not at all when ``None``)."""
+
+    def __init__(self, nodes: dict[int, dict[str, Any] | None]) -> None:
+        self.nodes = nodes
+        self.asked: list[int] = []
+        self._replies: dict[str, Message] = {}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        ids = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            self.asked.append(node)
+            msg.metadata.__dict__["_message_id"] = msg.object_id
+            ids.append(msg.metadata.message_id)
+            branch = self.nodes[node]
+            if branch is None:
+                continue
+            reply = Message(
+                RecordDict(
+                    {
+                        P.BRANCH: ConfigRecord(
+                            {"branch_id": branch["id"], "status": P.STATUS_OK, "ledger_history": []}
+                        ),
+                        P.METRICS: MetricRecord(
+                            {
+                                "train_customers": 80,
+                                "test_customers": 20,
+                                "excluded_customers": 0,
+                                "n_tabular": branch.get("n_tabular", 6),
+                            }
+                        ),
+                    }
+                ),
+                reply_to=msg,
+            )
+            self._replies[msg.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, ids: list[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in ids if i in self._replies]
+
+
+@pytest.fixture
+def job_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # What a ServerApp process is given by Flower before it builds messages.
+    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, attr, value)
+
+    def make(grid: InfoGrid) -> FederatedJob:
+        cfg = compose(["federation.min_branches=2", "federation.round_timeout=1"])
+        return FederatedJob(grid, cfg, RunDir(tmp_path / "run"), run_id="r1", node_wait_s=1)  # type: ignore[arg-type]
+
+    return make
+
+
+def test_late_branch_joins_and_a_restarted_branch_keeps_its_record(job_for: Any) -> None:
+    grid = InfoGrid({1: {"id": "a"}, 2: {"id": "b"}})
+    job = job_for(grid)
+    job.connect()
+    assert sorted(b.branch_id for b in job.branches.values()) == ["a", "b"]
+    assert job.admit_new_nodes() == []  # nothing new: no exchange at all
+    assert grid.asked == [1, 2]
+
+    job.branches[1].rounds_trained = 3
+    grid.nodes[3] = {"id": "c"}  # started late
+    grid.nodes[4] = {"id": "a"}  # a's SuperNode restarted under a new node id
+    del grid.nodes[1]
+    assert sorted(job.admit_new_nodes()) == ["a", "c"]
+    by_id = {b.branch_id: b for b in job.branches.values()}
+    assert sorted(by_id) == ["a", "b", "c"]
+    assert by_id["a"].node_id == 4 and by_id["a"].rounds_trained == 3
+    assert sorted(job.branches) == [2, 3, 4]
+
+
+def test_a_node_that_cannot_take_part_is_asked_once(job_for: Any) -> None:
+    grid = InfoGrid({1: {"id": "a"}, 2: {"id": "b"}})
+    job = job_for(grid)
+    job.connect()
+    grid.nodes[5] = {"id": "odd", "n_tabular": 9}  # another feature set
+    grid.nodes[6] = None  # never answers
+    assert job.admit_new_nodes() == []
+    assert job.admit_new_nodes() == []
+    assert grid.asked.count(5) == 1 and grid.asked.count(6) == 1
+    assert sorted(b.branch_id for b in job.branches.values()) == ["a", "b"]
