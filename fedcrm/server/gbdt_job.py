@@ -47,6 +47,7 @@ from fedcrm.models.gbdt import HistGBDT
 from fedcrm.models.gbdt_tree import Tree
 from fedcrm.server.exchange import exchange
 from fedcrm.server.fedavg import BranchState, FedAvgJob, unpack_summary
+from fedcrm.server.run_dir import TreeState
 
 log = logging.getLogger(__name__)
 
@@ -340,13 +341,31 @@ class GBDTJob(FedAvgJob):
         self.exchanges = 1  # query.info
         self.connect()
         self.timings["connect_s"] = time.perf_counter() - t_start
-        lo, hi, names = self._ranges()
-        arrays: dict[str, np.ndarray] | None = {"lo": lo, "hi": hi, "level": np.array([0])}
+        arrays: dict[str, np.ndarray] | None
+        names: list[str] = []
+        n_trees, resumed = 0, None
+        if self.cfg.resume:
+            n_trees, resumed = self._resume(None)
         t_trees = time.perf_counter()
-        arrays, step, pending, _ = self._step(P.GBDT_BINS, arrays, None, 0)
+        if resumed is not None:
+            # Branches keep nothing between messages and pay each tree's release once
+            # (their ledgers dedupe by run and round), so sending the checkpointed
+            # model and aggregate again continues the protocol where it stopped.
+            saved = self.resumed_state or {}
+            arrays, pending, step = resumed.arrays, resumed.pending, resumed.step
+            names = list(saved.get("feature_names", []))
+            self.exchanges = int(saved.get("exchanges", self.exchanges))
+        else:
+            lo, hi, names = self._ranges()
+            arrays = {"lo": lo, "hi": hi, "level": np.array([0])}
+            arrays, step, pending, _ = self._step(P.GBDT_BINS, arrays, None, 0)
+            self._tree_checkpoint(n_trees, arrays, pending, step, names)
         mtype = P.GBDT_BATCH if self.gbdt.mode == "batched" else P.GBDT_LEVEL
-        n_trees, last_t = 0, time.perf_counter()
+        last_t = time.perf_counter()
         while arrays is not None and self.stopped_reason is None and not self._is_last(step):
+            if step.get("stage") == "done":
+                pending = None
+                break
             new, step, pending, info = self._step(mtype, arrays, pending, n_trees + 1)
             if new is None:
                 break
@@ -358,9 +377,8 @@ class GBDTJob(FedAvgJob):
                 n_trees = done
                 info.pop("evals", None)
                 self._report({"round": n_trees}, {**info, "round": n_trees})
-            if step.get("stage") == "done":
-                pending = None
-                break
+            if self.stopped_reason is None:
+                self._tree_checkpoint(n_trees, arrays, pending, step, names)
         self.timings["trees_s"] = time.perf_counter() - t_trees
         if self.stopped_reason is not None:
             pending = None
@@ -377,6 +395,20 @@ class GBDTJob(FedAvgJob):
         self.timings["final_evaluation_s"] = time.perf_counter() - t_eval
         self.timings["federated_s"] = time.perf_counter() - t_start
         return self._tree_result(final, arrays, names)
+
+    def _tree_checkpoint(
+        self,
+        n_trees: int,
+        arrays: dict[str, np.ndarray] | None,
+        pending: Any,
+        step: dict[str, Any],
+        names: list[str],
+    ) -> None:
+        """Save where the protocol stands after an exchange (``resume=true`` continues there)."""
+        if arrays is None:
+            return
+        extra = {"exchanges": self.exchanges, "feature_names": list(names)}
+        self._checkpoint(n_trees, TreeState(dict(arrays), pending, dict(step)), extra)
 
     def _tree_result(self, final: dict[str, Any], arrays: Any, names: list[str]) -> dict[str, Any]:
         trees, edges = trees_of(arrays) if arrays is not None else ([], [])

@@ -24,7 +24,7 @@ from fedcrm.config import JobSpec, RunConfig
 from fedcrm.errors import FedCRMError
 from fedcrm.models.metrics import metrics_from_summaries
 from fedcrm.server.exchange import Reply, exchange, wait_for_nodes
-from fedcrm.server.run_dir import RunDir
+from fedcrm.server.run_dir import RunDir, TreeState
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class FederatedJob:
         self.stopped_reason: str | None = None
         self.bytes_up = 0
         self.timings: dict[str, float] = {}
+        self.resumed_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------ messages
     def _message(self, node: int, mtype: str, round_num: int, payload: dict[str, Any]) -> Message:
@@ -229,8 +230,11 @@ class FederatedJob:
             **{k: pooled.get(k) for k in ("auc", "f1", "logloss", "accuracy")},
         }
 
-    def _checkpoint(self, round_num: int, global_state: Any) -> None:
+    def _checkpoint(
+        self, round_num: int, global_state: Any, extra: dict[str, Any] | None = None
+    ) -> None:
         state = {
+            **(extra or {}),
             "run_id": self.spec.run_id,
             "round": round_num,
             "bytes_up": self.bytes_up,
@@ -243,6 +247,7 @@ class FederatedJob:
                     "epsilon": b.epsilon,
                     "delta": b.delta,
                     "last_problem": b.last_problem,
+                    "excluded": bool(b.extra.get("excluded", False)),
                 }
                 for b in self.branches.values()
             },
@@ -258,6 +263,13 @@ class FederatedJob:
             )
             return 0, fresh_state
         state, global_state = loaded
+        is_trees = isinstance(global_state, TreeState)
+        if is_trees != (self.cfg.model.name != "lstm"):
+            kind = "a tree job" if is_trees else "an LSTM job"
+            raise FedCRMError(
+                f"resume=true: the checkpoint in {self.run_dir.path} is from {kind}, "
+                f"this job is model={self.cfg.model.name}; use the run's own output_dir"
+            )
         self.spec = self.spec.model_copy(update={"run_id": state["run_id"]})
         self.bytes_up = int(state.get("bytes_up", 0))
         by_id = {b.branch_id: b for b in self.branches.values()}
@@ -266,7 +278,11 @@ class FederatedJob:
             if b is None:
                 continue
             for key, value in saved.items():
-                setattr(b, key, value)
+                if key == "excluded":
+                    b.extra["excluded"] = value
+                else:
+                    setattr(b, key, value)
+        self.resumed_state = state
         self.run_dir.truncate_rounds(int(state["round"]))
         log.info("resuming run %s after round %s", state["run_id"], state["round"])
         return int(state["round"]), global_state

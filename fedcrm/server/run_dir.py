@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,20 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+@dataclass
+class TreeState:
+    """Where a tree job stands after an exchange: what a resumed job sends next.
+
+    ``arrays`` is the agreed model (bin edges, finished trees, the tree being
+    grown), ``pending`` the aggregate of the last release (plain, encrypted or
+    None) and ``step`` the branches' description of that release.
+    """
+
+    arrays: dict[str, np.ndarray]
+    pending: Any
+    step: dict[str, Any] = field(default_factory=dict)
 
 
 class RunDir:
@@ -92,7 +107,11 @@ class RunDir:
 
     # ---------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: dict[str, Any], global_state: Any) -> None:
-        """Atomically replace ``checkpoint/`` with ``state`` and the global model."""
+        """Atomically replace ``checkpoint/`` with ``state`` and the global model.
+
+        ``global_state`` is the LSTM's weights (a list of arrays), its encrypted
+        sum, or a :class:`TreeState` (trees so far, the pending aggregate, the step).
+        """
         import shutil
 
         final = self.path / "checkpoint"
@@ -100,7 +119,19 @@ class RunDir:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        if isinstance(global_state, list):
+        if isinstance(global_state, TreeState):
+            np.savez(tmp / "trees.npz", **global_state.arrays)
+            pending = global_state.pending
+            if pending is None:
+                kind = "none"
+            elif isinstance(pending, np.ndarray):
+                np.save(tmp / "pending.npy", pending)
+                kind = "plaintext"
+            else:
+                save_records(tmp / "pending_encrypted", pending.to_records())
+                kind = "encrypted"
+            state = {**state, "global": "trees", "pending": kind, "step": global_state.step}
+        elif isinstance(global_state, list):
             np.savez(tmp / "global.npz", *global_state)
             state = {**state, "global": "plaintext"}
         else:
@@ -124,6 +155,17 @@ class RunDir:
             if not (final / "state.json").exists():
                 return None
         state = json.loads((final / "state.json").read_text())
+        if state["global"] == "trees":
+            with np.load(final / "trees.npz") as z:
+                arrays = {k: z[k] for k in z.files}
+            pending: Any = None
+            if state["pending"] == "plaintext":
+                pending = np.load(final / "pending.npy")
+            elif state["pending"] == "encrypted":
+                from fedcrm.crypto.packing import EncryptedUpdate
+
+                pending = EncryptedUpdate.from_records(load_records(final / "pending_encrypted"))
+            return state, TreeState(arrays, pending, dict(state["step"]))
         if state["global"] == "plaintext":
             with np.load(final / "global.npz") as z:
                 weights = [z[f"arr_{i}"] for i in range(len(z.files))]

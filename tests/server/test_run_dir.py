@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from fedcrm.server.run_dir import RunDir, load_records, save_records
+from fedcrm.server.run_dir import RunDir, TreeState, load_records, save_records
 
 
 def test_checkpoint_round_trip_plaintext(tmp_path: Path) -> None:
@@ -19,6 +20,25 @@ def test_checkpoint_round_trip_plaintext(tmp_path: Path) -> None:
     for a, b in zip(weights, loaded, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not (tmp_path / "checkpoint.tmp").exists()
+
+
+@pytest.mark.parametrize("pending", [None, np.linspace(-1, 1, 12)])
+def test_checkpoint_round_trip_trees(tmp_path: Path, pending: np.ndarray | None) -> None:
+    rd = RunDir(tmp_path)
+    arrays = {"edges": np.arange(5.0), "tree_sizes": np.array([3, 3]), "level": np.array([1])}
+    step = {"stage": "level", "tree": 2, "level": 1, "shape": [3, 4]}
+    rd.save_checkpoint(
+        {"round": 2, "run_id": "r1", "branches": {}}, TreeState(arrays, pending, step)
+    )
+    state, loaded = rd.load_checkpoint()  # type: ignore[misc]
+    assert state["global"] == "trees" and isinstance(loaded, TreeState)
+    assert loaded.step == step and sorted(loaded.arrays) == sorted(arrays)
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(loaded.arrays[k], v)
+    if pending is None:
+        assert loaded.pending is None
+    else:
+        np.testing.assert_array_equal(loaded.pending, pending)
 
 
 def test_no_checkpoint(tmp_path: Path) -> None:
