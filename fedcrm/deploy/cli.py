@@ -22,28 +22,30 @@ from typing import Any
 
 from fedcrm.errors import ConfigError
 
-# Flower's SuperExec polls for new tasks every second by default; 0.1 s takes
-# ~0.9 s off each exchange (FLOWER_NOTES "Latency"). Each poll is an HTTP call of
-# ~20 ms CPU, so shorter intervals cost a core-share per SuperNode for ~0.03 s
-# of latency. Overridable from the environment.
-DEFAULT_TASK_POLL_INTERVAL = "0.1"
+# Flower's SuperExec polls for new tasks every second by default. On a SuperNode,
+# 0.1 s takes ~0.9 s off each exchange (FLOWER_NOTES "Latency"); the warm SuperExec
+# polls at this interval only just after a message (warm_exec.poll_delay). The
+# SuperLink's SuperExec only starts ServerApps, so it keeps Flower's 1 s: each poll
+# is an HTTP call costing the SuperLink CPU. Overridable from the environment.
+NODE_TASK_POLL_INTERVAL = "0.1"
+SERVER_TASK_POLL_INTERVAL = "1.0"
 
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _flower_env() -> dict[str, str]:
+def _flower_env(task_poll: str = NODE_TASK_POLL_INTERVAL) -> dict[str, str]:
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)
     # flower-superlink/-supernode start flower-superexec and flwr-*app from PATH.
     if bindir not in env.get("PATH", "").split(os.pathsep):
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", DEFAULT_TASK_POLL_INTERVAL)
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", task_poll)
     return env
 
 
-def _exec(cmd: list[str], *, dry_run: bool) -> int:
+def _exec(cmd: list[str], *, dry_run: bool, task_poll: str = NODE_TASK_POLL_INTERVAL) -> int:
     line = shlex.join(cmd)
     if dry_run:
         print(line, flush=True)
@@ -51,7 +53,7 @@ def _exec(cmd: list[str], *, dry_run: bool) -> int:
     _say(f"exec {line}")
     sys.stdout.flush()
     sys.stderr.flush()
-    env = _flower_env()
+    env = _flower_env(task_poll)
     try:
         os.execvpe(cmd[0], cmd, env)
     except FileNotFoundError:
@@ -175,7 +177,7 @@ def cmd_server_start(args: argparse.Namespace) -> int:
     if args.check_only:
         _say("preflight checks passed")
         return _exec(cmd, dry_run=True)
-    return _exec(cmd, dry_run=False)
+    return _exec(cmd, dry_run=False, task_poll=SERVER_TASK_POLL_INTERVAL)
 
 
 def node_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Path | None]]:

@@ -72,6 +72,41 @@ def test_fork_executor_reaps_children_and_counts_launches(monkeypatch: pytest.Mo
         ex.reconcile()
         time.sleep(0.05)
     assert not ex.children, "finished children were not reaped"
+    assert ex.last_exit > 0
+
+
+def test_polls_fast_only_after_a_task_ended() -> None:
+    fast = 0.05
+    assert warm_exec.poll_delay(fast, last_exit=100.0, now=100.5) == fast
+    assert warm_exec.poll_delay(fast, last_exit=100.0, now=100.0 + warm_exec.BURST_S + 1) == (
+        warm_exec.IDLE_POLL_S
+    )
+    assert warm_exec.poll_delay(2.0, last_exit=0.0, now=1e6) == 2.0  # a slower setting wins
+
+
+def test_children_cache_bytecode_outside_the_source_tree(tmp_path: Path) -> None:
+    """With PYTHONDONTWRITEBYTECODE set, a child still leaves bytecode for the next one."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "warmmod.py").write_text("X = 1\n")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(src)!r})
+        from fedcrm.deploy.warm_exec import _cache_bytecode
+        _cache_bytecode()
+        import warmmod
+        """
+    )
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", warm_exec.PYCACHE_ENV: str(cache)}
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert res.returncode == 0, res.stderr
+    assert list(cache.rglob("warmmod*.pyc")), "no bytecode cached"
+    assert not list(src.rglob("*.pyc")), "bytecode written into the source tree"
 
 
 @pytest.mark.parametrize("value", ["abc", "0.001", "100"])
