@@ -142,6 +142,9 @@ class FederationConfig(_Strict):
     num_cpus_per_branch: float = Field(1, gt=0)
     ray_address: str | None = None
     round_timeout: float = Field(600, gt=0)
+    # Deployment only: the longest a standby message holds a branch's SuperNode so
+    # that it asks for its next message instead of sleeping 3 s (0 turns it off).
+    keep_warm_s: float = Field(10, ge=0, le=60)
 
 
 class BranchConfig(_Strict):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 # Message types
 INFO = "query.info"  # branch metadata (sizes, feature count), no customer data
+# Deployment only: keeps a SuperNode from its 3 s idle sleep between exchanges; the
+# branch answers at once with an empty reply and reads nothing (server/exchange.py).
+STANDBY = "query.standby"
 TRAIN = "train"  # one FedAvg round: evaluate the incoming global model, train locally
 EVALUATE = "evaluate"  # evaluate the final global model (and release it when asked)
 

@@ -24,6 +24,7 @@ from flwr.clientapp import ClientApp
 
 from fedcrm import protocol as P
 from fedcrm.client.branch import BranchData, BranchSettings, load_branch_data
+from fedcrm.client.standby import register_standby
 from fedcrm.config import JobSpec
 from fedcrm.errors import FedCRMError
 
@@ -162,6 +163,8 @@ def make_client_app(
     from fedcrm.client.gbdt_app import register_gbdt_handlers
 
     register_gbdt_handlers(app, guarded)
+
+    register_standby(app)
 
     @app.query("info")
     @guarded

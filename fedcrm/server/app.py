@@ -23,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedcrm.config import RunConfig, compose
 from fedcrm.errors import FedCRMError
+from fedcrm.server.exchange import KeepWarm
 from fedcrm.server.fedavg import FedAvgJob, Reporter
 from fedcrm.server.outputs import write_outputs
 from fedcrm.server.run_dir import RunDir
@@ -41,6 +42,12 @@ def load_server_context(cfg: RunConfig, keys_dir: str | Path | None) -> Any:
     return load_public_context(Path(keys_dir) / "he_public.ctx")
 
 
+def keep_warm_policy(cfg: RunConfig) -> KeepWarm | None:
+    """The standby policy of a deployment run (``None`` when ``keep_warm_s=0``)."""
+    hold = cfg.federation.keep_warm_s
+    return KeepWarm(max_hold_s=hold) if hold > 0 else None
+
+
 def run_job(
     grid: Grid,
     cfg: RunConfig,
@@ -50,8 +57,13 @@ def run_job(
     reporter: Reporter | None = None,
     keys_dir: str | Path | None = None,
     node_wait_s: float = 120.0,
+    deployment: bool = False,
 ) -> dict[str, Any]:
-    """Run a configured job on ``grid`` and write its run directory."""
+    """Run a configured job on ``grid`` and write its run directory.
+
+    ``deployment`` turns on keeping SuperNodes warm between exchanges
+    (``federation.keep_warm_s``); simulated nodes never sleep.
+    """
     t0 = time.perf_counter()
     run_dir = RunDir(out_dir)
     he_context = load_server_context(cfg, keys_dir or cfg.privacy.keys_dir)
@@ -69,8 +81,11 @@ def run_job(
         reporter=reporter,
         he_context=he_context,
         node_wait_s=node_wait_s,
+        keep_warm=keep_warm_policy(cfg) if deployment else None,
     )
     result = job.run()
+    if deployment:
+        result["standby_messages"] = job.courier.standby_sent
     result["run_id"] = job.spec.run_id  # a resumed run keeps its first id
     result.setdefault("timings", {})["federated_total_s"] = time.perf_counter() - t0
     return result
@@ -138,5 +153,5 @@ def main(grid: Grid, context: Context) -> None:
         resume=cfg.resume,
     )
     log.info("fedcrm job %s writing to %s", context.run_id, out_dir)
-    result = run_job(grid, cfg, out_dir, run_id=str(context.run_id))
+    result = run_job(grid, cfg, out_dir, run_id=str(context.run_id), deployment=True)
     write_outputs(Path(out_dir), cfg, result)

@@ -21,7 +21,6 @@ from fedcrm.errors import FedCRMError, UpdateRejectedError
 from fedcrm.models.lstm import build_model, get_weights
 from fedcrm.models.metrics import metrics_from_summaries
 from fedcrm.server.aggregate import check_update, weighted_average
-from fedcrm.server.exchange import exchange
 from fedcrm.server.job import BranchState, FederatedJob, Reporter, reply_branch, unpack_summary
 
 log = logging.getLogger(__name__)
@@ -44,8 +43,7 @@ class FedAvgJob(FederatedJob):
         chosen = self._sample(round_num)
         t0 = time.perf_counter()
         payload = self._payload(global_state)
-        replies = exchange(
-            self.grid,
+        replies = self.courier.exchange(
             [self._message(b.node_id, P.TRAIN, round_num, payload) for b in chosen],
             timeout=self.cfg.federation.round_timeout,
         )
@@ -142,8 +140,7 @@ class FedAvgJob(FederatedJob):
         """Score the final global model at every branch; collect a released model."""
         nodes = sorted(self.branches.values(), key=lambda b: b.branch_id)
         payload = self._payload(global_state)
-        replies = exchange(
-            self.grid,
+        replies = self.courier.exchange(
             [
                 self._message(b.node_id, P.EVALUATE, self.cfg.federation.rounds, payload)
                 for b in nodes

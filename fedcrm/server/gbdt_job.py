@@ -45,7 +45,6 @@ from fedcrm.config import GBDTModelConfig
 from fedcrm.errors import FedCRMError
 from fedcrm.models.gbdt import HistGBDT
 from fedcrm.models.gbdt_tree import Tree
-from fedcrm.server.exchange import exchange
 from fedcrm.server.fedavg import BranchState, FedAvgJob, unpack_summary
 from fedcrm.server.run_dir import TreeState
 
@@ -155,8 +154,7 @@ class GBDTJob(FedAvgJob):
     # ---------------------------------------------------------------- steps
     def _ranges(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         active = self._active()
-        replies = exchange(
-            self.grid,
+        replies = self.courier.exchange(
             [self._message(b.node_id, P.GBDT_RANGES, 0, {}) for b in active],
             timeout=self.cfg.federation.round_timeout,
         )
@@ -202,8 +200,7 @@ class GBDTJob(FedAvgJob):
         t0 = time.perf_counter()
         active = self._active()
         payload = self._payload(arrays, pending)
-        replies = exchange(
-            self.grid,
+        replies = self.courier.exchange(
             [self._message(b.node_id, mtype, round_num, payload) for b in active],
             timeout=self.cfg.federation.round_timeout,
         )

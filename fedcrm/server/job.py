@@ -23,7 +23,7 @@ from fedcrm import protocol as P
 from fedcrm.config import JobSpec, RunConfig
 from fedcrm.errors import FedCRMError
 from fedcrm.models.metrics import metrics_from_summaries
-from fedcrm.server.exchange import Reply, exchange, wait_for_nodes
+from fedcrm.server.exchange import Courier, KeepWarm, Reply, wait_for_nodes
 from fedcrm.server.run_dir import RunDir, TreeState
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,12 @@ class FederatedJob:
         reporter: Reporter | None = None,
         he_context: Any | None = None,
         node_wait_s: float = 120.0,
+        keep_warm: KeepWarm | None = None,
     ) -> None:
         if cfg.privacy.he and he_context is None:
             raise FedCRMError("privacy mode needs the CKKS public context on the server")
         self.grid = grid
+        self.courier = Courier(grid, keep_warm)
         self.cfg = cfg
         self.run_dir = run_dir
         self.spec = JobSpec.from_run(cfg, run_id)
@@ -146,8 +148,7 @@ class FederatedJob:
         return self._admit(self._info(nodes))
 
     def _info(self, nodes: list[int]) -> list[Reply]:
-        return exchange(
-            self.grid,
+        return self.courier.exchange(
             [self._message(n, P.INFO, 0, {}) for n in nodes],
             timeout=self.cfg.federation.round_timeout,
         )
