@@ -5,18 +5,22 @@ Measures, over TLS with SuperNode authentication (``fedcrm federation init``,
 
 1. The round trip of one server -> branches -> server exchange of a tiny
    message with 3 SuperNodes, using a small ping app, for
-   - ``pushpull``: fedcrm's push + 50 ms pull loop (``fedcrm.server.exchange``),
+   - ``keepwarm``: fedcrm's courier with standby messages (deployment default),
+   - ``pushpull``: the courier's push + backing-off pull loop alone,
    - ``stock``: Flower's ``grid.send_and_receive`` (3 s between pulls),
    under ``exchange_warm`` (fedcrm's settings: warm SuperExec, task poll 0.1 s),
-   ``exchange_subprocess`` (Flower's SuperExec, one new Python per message, poll
-   0.1 s) and ``exchange_flower_defaults`` (Flower's SuperExec, poll 1 s).
+   ``exchange_warm_one_node`` (the same with one SuperNode, as when each branch
+   has its own machine), ``exchange_subprocess`` (Flower's SuperExec, one new
+   Python per message, poll 0.1 s) and ``exchange_flower_defaults`` (Flower's
+   SuperExec, poll 1 s). ``to_branch`` / ``back`` split each round trip at the
+   moment the slowest branch ran its handler.
 2. ``init_to_finished``: wall time from ``fedcrm federation init`` to a
    finished 2-round DP-LSTM run with 3 branches (the real fedcrm app), and
    ``init_to_finished_subprocess_executor``, the same with Flower's SuperExec.
 3. ``ten_supernodes``: a 1-round LSTM run with 10 SuperNodes on this machine.
 
 Usage: ``python bench/latency.py [--reps 5] [--skip-ten] [--skip-stock]
-[--skip-subprocess] [--keep DIR]``. Never part of the test run.
+[--skip-subprocess] [--skip-e2e] [--keep DIR]``. Never part of the test run.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ import json, time
 from flwr.app import ConfigRecord, Message, RecordDict, Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from fedcrm.server.exchange import exchange, wait_for_nodes
+from fedcrm.client.standby import register_standby
+from fedcrm.server.exchange import Courier, KeepWarm, wait_for_nodes
 
 app = ServerApp()
 
@@ -57,11 +62,12 @@ def main(grid: Grid, context: Context) -> None:
                         message_type="query.ping") for n in nodes]
     out = {"nodes": len(nodes)}
     for mode in str(cfg["modes"]).split(","):
+        courier = Courier(grid, KeepWarm() if mode == "keepwarm" else None)
         times, there, back = [], [], []
         for i in range(int(cfg["reps"]) + 1):  # the first one warms up (FAB install)
             t0, w0 = time.perf_counter(), time.time()
-            if mode == "pushpull":
-                got = [r.message for r in exchange(grid, msgs(), timeout=120) if r.ok]
+            if mode in ("pushpull", "keepwarm"):
+                got = [r.message for r in courier.exchange(msgs(), timeout=120) if r.ok]
             else:
                 got = [r for r in grid.send_and_receive(msgs(), timeout=120) if not r.has_error()]
             w1 = time.time()
@@ -79,6 +85,7 @@ def main(grid: Grid, context: Context) -> None:
         json.dump(out, fh)
 
 client = ClientApp()
+register_standby(client)
 
 @client.query("ping")
 def ping(message: Message, context: Context) -> Message:
@@ -143,10 +150,12 @@ class Local:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}")
         return res.stdout
 
-    def spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def spawn(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         logs = self.root / "logs"
         p = subprocess.Popen(
-            cmd, cwd=REPO, env=self.env, start_new_session=True,
+            cmd, cwd=REPO, env=env or self.env, start_new_session=True,
             stdout=(logs / f"{name}.out").open("wb"), stderr=(logs / f"{name}.err").open("wb"),
         )  # fmt: skip
         self.procs.append(p)
@@ -157,7 +166,12 @@ class Local:
         self.sh(fedcrm, "federation", "init", "--out", str(self.fed), "--branches",
                 ",".join(self.branches), "--server-address", self.address)  # fmt: skip
         self.sh(fedcrm, "federation", "connection", "--federation", str(self.fed))
-        self.spawn("superlink", [fedcrm, "server", "start", "--federation", str(self.fed)])
+        # The SuperLink's SuperExec only starts ServerApps: Flower's 1 s poll is plenty.
+        self.spawn(
+            "superlink",
+            [fedcrm, "server", "start", "--federation", str(self.fed)],
+            env={**self.env, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"},
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             out = subprocess.run(
@@ -179,14 +193,26 @@ class Local:
                                      "--epsilon-ceiling", "50", "--runtime-port",
                                      str(free_port()), "--no-connect-check",
                                      "--executor", self.executor])  # fmt: skip
+        if self.executor == "warm":
+            # Measure exchanges, not the warm SuperExecs' one-off imports (~10 s of CPU each).
+            deadline = time.monotonic() + 300
+            logs = [self.root / "logs" / f"node-{b}.err" for b in self.branches]
+            while time.monotonic() < deadline and not all(
+                p.exists() and b"; serving " in p.read_bytes() for p in logs
+            ):
+                time.sleep(0.5)
 
     def run(self, app: Path | str, run_config: str) -> int:
         out = self.sh(str(BIN / "flwr"), "run", str(app), "fedcrm", "--run-config", run_config,
                       "--format", "json")  # fmt: skip
         return int(json.loads(out)["run-id"])
 
-    def wait(self, run_id: int, timeout: float = 1800) -> str:
+    def wait(self, run_id: int, timeout: float = 1800, until_file: Path | None = None) -> str:
+        # Each `flwr ls` is a new Python process (about a second of CPU): polling it
+        # often would load the very machine whose latency is measured.
         deadline = time.monotonic() + timeout
+        while until_file is not None and not until_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
         while time.monotonic() < deadline:
             out = subprocess.run(
                 [str(BIN / "flwr"), "ls", "fedcrm", "--run-id", str(run_id), "--format", "json"],
@@ -198,7 +224,7 @@ class Local:
                 status = ""
             if status.startswith("finished"):
                 return status
-            time.sleep(0.5)
+            time.sleep(3.0)
         return "timeout"
 
     def down(self) -> None:
@@ -243,18 +269,26 @@ def summarize(times: list[float]) -> dict[str, float]:
 
 
 def bench_exchange(
-    tmp: Path, data: dict[str, Path], poll: str, modes: str, reps: int, executor: str = "warm"
+    tmp: Path,
+    data: dict[str, Path],
+    poll: str,
+    modes: str,
+    reps: int,
+    executor: str = "warm",
+    nodes: int = 3,
 ) -> dict:
-    app = tmp / f"pingapp-{poll}-{executor}"
+    name = f"{poll}-{executor}-{nodes}"
+    app = tmp / f"pingapp-{name}"
     app.mkdir()
     (app / "pingapp.py").write_text(PING_APP)
     (app / "pyproject.toml").write_text(PING_PYPROJECT)
-    local = Local(tmp / f"exchange-{poll}-{executor}", sorted(data), poll, executor)
+    branches = sorted(data)[:nodes]
+    local = Local(tmp / f"exchange-{name}", branches, poll, executor)
     try:
-        local.up(data)
-        out = tmp / f"ping-{poll}-{executor}.json"
-        rid = local.run(app, f"nodes=3 reps={reps} modes='{modes}' out='{out}'")
-        status = local.wait(rid, timeout=900)
+        local.up({b: data[b] for b in branches})
+        out = tmp / f"ping-{name}.json"
+        rid = local.run(app, f"nodes={nodes} reps={reps} modes='{modes}' out='{out}'")
+        status = local.wait(rid, timeout=900, until_file=out)
         if status != "finished:completed":
             raise RuntimeError(f"ping run {status}")
         raw = json.loads(out.read_text())
@@ -324,6 +358,7 @@ def main() -> None:
         help="skip the runs with Flower's own subprocess executor (fedcrm's default is warm)",
     )
     ap.add_argument("--only-ten", action="store_true", help="only the 10-SuperNode run")
+    ap.add_argument("--skip-e2e", action="store_true", help="skip the init-to-finished runs")
     ap.add_argument("--keep", type=Path, help="keep logs and run directories here")
     args = ap.parse_args()
     result: dict[str, Any] = {"load_average_at_start": os.getloadavg()[0], "cpus": os.cpu_count()}
@@ -338,7 +373,13 @@ def main() -> None:
             args.skip_stock = args.skip_subprocess = True
         if not args.only_ten:
             log("exchange latency, fedcrm's settings: warm executor, poll interval 0.1 s")
-            result["exchange_warm"] = bench_exchange(tmp, data3, "0.1", "pushpull,stock", args.reps)
+            result["exchange_warm"] = bench_exchange(
+                tmp, data3, "0.1", "keepwarm,pushpull,stock", args.reps
+            )
+            log("the same with one SuperNode (no other branch competing for the cores)")
+            result["exchange_warm_one_node"] = bench_exchange(
+                tmp, data3, "0.1", "keepwarm,pushpull", args.reps, nodes=1
+            )
         if not args.skip_subprocess:
             log("exchange latency, Flower's subprocess executor, poll interval 0.1 s")
             result["exchange_subprocess"] = bench_exchange(
@@ -349,10 +390,10 @@ def main() -> None:
             result["exchange_flower_defaults"] = bench_exchange(
                 tmp, data3, "1.0", "pushpull,stock", args.reps, executor="subprocess"
             )
-        if not args.only_ten:
+        if not (args.only_ten or args.skip_e2e):
             log("federation init -> finished 2-round LSTM run, 3 branches")
             result["init_to_finished"] = bench_end_to_end(tmp, data3, 2, "e2e3")
-        if not args.skip_subprocess:
+        if not (args.skip_subprocess or args.skip_e2e):
             log("the same with Flower's subprocess executor")
             result["init_to_finished_subprocess_executor"] = bench_end_to_end(
                 tmp, data3, 2, "e2e3-subprocess", executor="subprocess"
