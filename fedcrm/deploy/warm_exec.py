@@ -60,6 +60,7 @@ DEFAULT_POLL_INTERVAL = 0.05
 # BURST_S after a child ends, every IDLE_POLL_S otherwise, and not at all while a
 # child runs (a SuperNode hands out one message at a time).
 BURST_S = 2.0
+RUNTIME_API_RETRY_S = 5.0
 IDLE_POLL_S = 0.5
 CHILD_CHECK_S = 0.02
 
@@ -83,13 +84,19 @@ def preload(modules: Sequence[str] = PRELOAD, keep_prefix: str = "fedcrm") -> li
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, not yet reaped by its parent) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): kill(0) is all there is
+    return state not in (b"Z", b"X")
 
 
 class ForkExecutor:
@@ -279,6 +286,9 @@ def serve(
             previous[signum] = signal.signal(signum, _stop)
 
     executor = ForkExecutor()
+    # Flower's invoker retries for ever; bounded, a vanished SuperNode is noticed.
+    retry_invoker = make_simple_http_retry_invoker()
+    retry_invoker.max_time = RUNTIME_API_RETRY_S
     pycache = tempfile.mkdtemp(prefix="fedcrm-warm-pycache-")
     os.environ[PYCACHE_ENV] = pycache
     client = RuntimeHttpClient.from_server_address(
@@ -286,7 +296,7 @@ def serve(
         insecure=insecure,
         root_certificates=validate_and_resolve_root_certificates(root_certificates_path, insecure),
         interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
-        retry_invoker=make_simple_http_retry_invoker(),
+        retry_invoker=retry_invoker,
     )
     plugin = AutoExecPlugin(
         runtime_api_address=runtime_api_address,

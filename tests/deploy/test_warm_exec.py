@@ -75,6 +75,33 @@ def test_fork_executor_reaps_children_and_counts_launches(monkeypatch: pytest.Mo
     assert ex.last_exit > 0
 
 
+def test_a_zombie_supernode_counts_as_gone() -> None:
+    """An exited SuperNode nobody has reaped yet must not keep its SuperExec alive."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(f"/proc/{child.pid}/stat", "rb") as fh:
+            if fh.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                break
+        time.sleep(0.05)
+    try:
+        assert not warm_exec._pid_alive(child.pid)
+    finally:
+        child.wait()
+    assert warm_exec._pid_alive(os.getpid())
+
+
+def test_exits_when_the_supernode_dies_while_its_runtime_api_is_unreachable() -> None:
+    """Flower's retries would wait for ever; the SuperExec gives up and checks its parent."""
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    t0 = time.monotonic()
+    ex = warm_exec.serve(
+        "127.0.0.1:9", insecure=True, parent_pid=parent.pid, preload_modules=[]
+    )
+    parent.wait()
+    assert ex.launched == 0 and time.monotonic() - t0 < 60
+
+
 def test_polls_fast_only_after_a_task_ended() -> None:
     fast = 0.05
     assert warm_exec.poll_delay(fast, last_exit=100.0, now=100.5) == fast
