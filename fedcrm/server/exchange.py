@@ -251,7 +251,3 @@ class Courier:
             self.planner.done(mtype, max(answered_at.values()))
         return [replies[node] for node in nodes]
 
-
-def exchange(grid: Grid, messages: Sequence[Message], *, timeout: float) -> list[Reply]:
-    """One exchange without keep-warm (see :meth:`Courier.exchange`)."""
-    return Courier(grid).exchange(messages, timeout=timeout)
