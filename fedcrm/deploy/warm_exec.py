@@ -57,8 +57,9 @@ DEFAULT_POLL_INTERVAL = 0.05
 # Each poll is an HTTP call costing the SuperNode and this process ~10 ms of CPU, so
 # polling fast all the time costs a fifth of a core per branch. A SuperNode takes its
 # next message right after a reply (when one is queued), so polls are fast only for
-# BURST_S after a child ends, every IDLE_POLL_S otherwise, and not at all while a
-# child runs (a SuperNode hands out one message at a time).
+# BURST_S after a child ends and every IDLE_POLL_S otherwise, also while a child runs
+# (a child stuck on a dead run's task must not keep the next task waiting); between
+# polls the loop only reaps children, so a child's end is noticed within CHILD_CHECK_S.
 BURST_S = 2.0
 RUNTIME_API_RETRY_S = 5.0
 IDLE_POLL_S = 0.5
@@ -305,14 +306,20 @@ def serve(
         runtime_dependency_install=False,
         executor=executor,
     )
+    next_poll = 0.0
     try:
         while not stop.is_set():
             if parent_pid is not None and not _pid_alive(parent_pid):
                 break
+            ended = executor.last_exit
             executor.reconcile()
-            if executor.children:
-                stop.wait(CHILD_CHECK_S)  # a waitpid, no HTTP call
+            now = time.monotonic()
+            if executor.last_exit != ended:  # a child just ended: its successor is near
+                next_poll = min(next_poll, now + interval)
+            if now < next_poll:
+                stop.wait(min(CHILD_CHECK_S, next_poll - now))  # a waitpid, no HTTP call
                 continue
+            next_poll = now + poll_delay(interval, executor.last_exit, now)
             types, fab_hashes = executor.get_eligible_capacity(set(plugin.supported_task_types))
             try:
                 res = client.AcquireTask(
@@ -339,8 +346,7 @@ def serve(
                         file=sys.stderr,
                         flush=True,
                     )
-                continue  # another task may be waiting: ask again at once
-            stop.wait(poll_delay(interval, executor.last_exit, time.monotonic()))
+                next_poll = 0.0  # another task may be waiting: ask again at once
     finally:
         client.close()
         executor.close()
