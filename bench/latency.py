@@ -5,7 +5,7 @@ Measures, over TLS with SuperNode authentication (``fedcrm federation init``,
 
 1. The round trip of one server -> branches -> server exchange of a tiny
    message with 3 SuperNodes, using a small ping app, for
-   - ``keepwarm``: fedcrm's courier with standby messages (deployment default),
+   - ``keepwarm``: fedcrm's courier with standby messages (``federation.keep_warm_s``),
    - ``pushpull``: the courier's push + backing-off pull loop alone,
    - ``stock``: Flower's ``grid.send_and_receive`` (3 s between pulls),
    under ``exchange_warm`` (fedcrm's settings: warm SuperExec, task poll 0.1 s),
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -209,23 +210,29 @@ class Local:
 
     def wait(self, run_id: int, timeout: float = 1800, until_file: Path | None = None) -> str:
         # Each `flwr ls` is a new Python process (about a second of CPU): polling it
-        # often would load the very machine whose latency is measured.
+        # often would load the very machine whose latency is measured. Until
+        # ``until_file`` appears it runs only every 10 s (to catch a failed run).
         deadline = time.monotonic() + timeout
-        while until_file is not None and not until_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        last_ls = -math.inf
         while time.monotonic() < deadline:
-            out = subprocess.run(
-                [str(BIN / "flwr"), "ls", "fedcrm", "--run-id", str(run_id), "--format", "json"],
-                cwd=REPO, env=self.env, capture_output=True, text=True,
-            ).stdout  # fmt: skip
-            try:
-                status = json.loads(out)["runs"][0]["status"]
-            except (ValueError, KeyError, IndexError):
-                status = ""
-            if status.startswith("finished"):
-                return status
-            time.sleep(3.0)
+            ready = until_file is None or until_file.exists()
+            if ready or time.monotonic() - last_ls >= 10.0:
+                last_ls = time.monotonic()
+                status = self.status(run_id)
+                if status.startswith("finished"):
+                    return status
+            time.sleep(3.0 if ready else 0.2)
         return "timeout"
+
+    def status(self, run_id: int) -> str:
+        out = subprocess.run(
+            [str(BIN / "flwr"), "ls", "fedcrm", "--run-id", str(run_id), "--format", "json"],
+            cwd=REPO, env=self.env, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        try:
+            return str(json.loads(out)["runs"][0]["status"])
+        except (ValueError, KeyError, IndexError):
+            return ""
 
     def down(self) -> None:
         for p in reversed(self.procs):

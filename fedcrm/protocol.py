@@ -9,8 +9,9 @@ from __future__ import annotations
 
 # Message types
 INFO = "query.info"  # branch metadata (sizes, feature count), no customer data
-# Deployment only: keeps a SuperNode from its 3 s idle sleep between exchanges; the
-# branch answers at once with an empty reply and reads nothing (server/exchange.py).
+# Deployment only (federation.keep_warm_s): keeps a SuperNode from its 3 s idle sleep
+# between exchanges; the branch reads nothing and answers with an empty reply at the
+# deadline the server sets (server/exchange.py, client/standby.py).
 STANDBY = "query.standby"
 TRAIN = "train"  # one FedAvg round: evaluate the incoming global model, train locally
 EVALUATE = "evaluate"  # evaluate the final global model (and release it when asked)

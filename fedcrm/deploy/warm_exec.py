@@ -53,7 +53,7 @@ PRELOAD = (
 )
 POLL_INTERVAL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 PYCACHE_ENV = "FEDCRM_WARM_PYCACHE"  # set by serve(): the children's bytecode cache
-DEFAULT_POLL_INTERVAL = 0.05
+DEFAULT_POLL_INTERVAL = 0.1  # what `fedcrm node start` sets (deploy/cli.py)
 # Each poll is an HTTP call costing the SuperNode and this process ~10 ms of CPU, so
 # polling fast all the time costs a fifth of a core per branch. A SuperNode takes its
 # next message right after a reply (when one is queued), so polls are fast only for
@@ -219,7 +219,7 @@ def _run_child(spec: object) -> NoReturn:  # pragma: no cover - exercised in a c
 
 
 def poll_interval() -> float:
-    """Seconds between task polls after a task: ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` or 0.05."""
+    """Seconds between task polls after a task: ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` or 0.1."""
     raw = os.environ.get(POLL_INTERVAL_ENV)
     if raw is None:
         return DEFAULT_POLL_INTERVAL

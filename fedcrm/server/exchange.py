@@ -245,9 +245,9 @@ class Courier:
         for mid in pending:
             node = by_id[mid]
             replies[node] = Reply(node, None, f"no reply within {timeout:.0f} s")
-        if self.keep_warm is not None:
+        if self.planner is not None:
             self._forget_old_standby()
-        if self.planner is not None and answered_at:
-            self.planner.done(mtype, max(answered_at.values()))
+            if answered_at:
+                self.planner.done(mtype, max(answered_at.values()))
         return [replies[node] for node in nodes]
 
