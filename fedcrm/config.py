@@ -143,9 +143,9 @@ class FederationConfig(_Strict):
     ray_address: str | None = None
     round_timeout: float = Field(600, gt=0)
     # Deployment only: the longest a standby message holds a branch's SuperNode so
-    # that it asks for its next message instead of sleeping 3 s. 0 (default) is off:
-    # see the README's Latency section for why it is opt-in.
-    keep_warm_s: float = Field(0, ge=0, le=60)
+    # that it asks for its next message instead of sleeping 3 s; 0 turns standby
+    # messages off (see the README's Latency section).
+    keep_warm_s: float = Field(10, ge=0, le=60)
 
 
 class BranchConfig(_Strict):

@@ -90,6 +90,8 @@ def test_tls_node_auth_lstm_run_refuses_unregistered_node_and_leaks_no_ids(
         assert info["rounds_trained"] == 2 and info["failed_rounds"] == 0, (b, info)
         assert summary["privacy"]["per_branch"][b]["epsilon"] > 0
     assert summary["encrypted"] is True
+    # Standby messages are on by default in deployment (federation.keep_warm_s=10).
+    assert summary["standby_messages"] > 0, summary
     rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["trained_round"] for r in rounds if "trained_round" in r] == [1, 2]
     assert all(r["branches_aggregated"] == 3 for r in rounds if "trained_round" in r)
