@@ -13,14 +13,20 @@ Measures, over TLS with SuperNode authentication (``fedcrm federation init``,
    has its own machine), ``exchange_subprocess`` (Flower's SuperExec, one new
    Python per message, poll 0.1 s) and ``exchange_flower_defaults`` (Flower's
    SuperExec, poll 1 s). ``to_branch`` / ``back`` split each round trip at the
-   moment the slowest branch ran its handler.
+   moment the slowest branch ran its handler. The SuperLink keeps its state in
+   memory (fedcrm's default); ``exchange_warm_sqlite_state`` repeats
+   ``exchange_warm`` with ``fedcrm server start --database`` (Flower's SQLite
+   state), side by side: ``sqlite_over_memory`` holds the ratios of SuperLink
+   CPU per exchange and of the standby round trip.
 2. ``init_to_finished``: wall time from ``fedcrm federation init`` to a
    finished 2-round DP-LSTM run with 3 branches (the real fedcrm app), and
    ``init_to_finished_subprocess_executor``, the same with Flower's SuperExec.
-3. ``ten_supernodes``: a 1-round LSTM run with 10 SuperNodes on this machine.
+3. ``ten_supernodes``: a 2-round (``--ten-rounds``) LSTM run with 10 SuperNodes
+   on this machine.
 
 Usage: ``python bench/latency.py [--reps 5] [--skip-ten] [--skip-stock]
-[--skip-subprocess] [--skip-e2e] [--keep DIR]``. Never part of the test run.
+[--skip-subprocess] [--skip-sqlite] [--skip-e2e] [--only-ten] [--keep DIR]``.
+Never part of the test run.
 """
 
 from __future__ import annotations
@@ -127,8 +133,16 @@ def free_port() -> int:
 class Local:
     """A federation on loopback: SuperLink + SuperNodes as process groups."""
 
-    def __init__(self, root: Path, branches: list[str], poll: str, executor: str = "warm") -> None:
+    def __init__(
+        self,
+        root: Path,
+        branches: list[str],
+        poll: str,
+        executor: str = "warm",
+        database: bool = False,
+    ) -> None:
         self.root, self.branches, self.executor = root, branches, executor
+        self.database = database  # SQLite state instead of Flower's in-memory default
         self.fed = root / "federation"
         self.procs: list[subprocess.Popen] = []
         self.env = dict(os.environ)
@@ -167,27 +181,22 @@ class Local:
         self.sh(fedcrm, "federation", "init", "--out", str(self.fed), "--branches",
                 ",".join(self.branches), "--server-address", self.address)  # fmt: skip
         self.sh(fedcrm, "federation", "connection", "--federation", str(self.fed))
+        # Admitted before the start: `fedcrm server start` registers them once the
+        # SuperLink answers.
+        self.sh(fedcrm, "server", "register", "--federation", str(self.fed), "--all")
         # The SuperLink's SuperExec only starts ServerApps: Flower's 1 s poll is plenty.
+        server_cmd = [fedcrm, "server", "start", "--federation", str(self.fed)]
+        if self.database:
+            server_cmd += ["--database", str(self.root / "superlink.db")]
         self.spawn(
-            "superlink",
-            [fedcrm, "server", "start", "--federation", str(self.fed)],
-            env={**self.env, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"},
+            "superlink", server_cmd, env={**self.env, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"}
         )
         deadline = time.monotonic() + 120
+        logs = self.root / "logs" / "superlink.err"
         while time.monotonic() < deadline:
-            out = subprocess.run(
-                [str(BIN / "flwr"), "ls", "fedcrm", "--format", "json"],
-                cwd=REPO, env=self.env, capture_output=True, text=True,
-            ).stdout  # fmt: skip
-            try:
-                if json.loads(out).get("success"):
-                    break
-            except ValueError:
-                pass
+            if logs.exists() and b"registered the admitted" in logs.read_bytes():
+                break
             time.sleep(0.3)
-        for b in self.branches:
-            pub = str(self.fed / "public" / "nodes" / f"{b}.pub")
-            self.sh(str(BIN / "flwr"), "supernode", "register", pub, "fedcrm", "--name", b)
         for b in self.branches:
             self.spawn(f"node-{b}", [fedcrm, "node", "start", "--federation", str(self.fed),
                                      "--branch-id", b, "--data-path", str(data[b]),
@@ -275,6 +284,22 @@ def summarize(times: list[float]) -> dict[str, float]:
     }
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds of every live process in process group ``pgid`` (with reaped children)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields[2] is the process group
+            total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+    return total
+
+
 def bench_exchange(
     tmp: Path,
     data: dict[str, Path],
@@ -283,25 +308,35 @@ def bench_exchange(
     reps: int,
     executor: str = "warm",
     nodes: int = 3,
+    database: bool = False,
 ) -> dict:
-    name = f"{poll}-{executor}-{nodes}"
+    name = f"{poll}-{executor}-{nodes}" + ("-sqlite" if database else "")
     app = tmp / f"pingapp-{name}"
     app.mkdir()
     (app / "pingapp.py").write_text(PING_APP)
     (app / "pyproject.toml").write_text(PING_PYPROJECT)
     branches = sorted(data)[:nodes]
-    local = Local(tmp / f"exchange-{name}", branches, poll, executor)
+    local = Local(tmp / f"exchange-{name}", branches, poll, executor, database=database)
     try:
         local.up({b: data[b] for b in branches})
         out = tmp / f"ping-{name}.json"
+        superlink = local.procs[0].pid  # its own process group: supervisor + SuperLink
+        cpu0 = group_cpu_s(superlink)
         rid = local.run(app, f"nodes={nodes} reps={reps} modes='{modes}' out='{out}'")
         status = local.wait(rid, timeout=900, until_file=out)
+        cpu = group_cpu_s(superlink) - cpu0
         if status != "finished:completed":
             raise RuntimeError(f"ping run {status}")
         raw = json.loads(out.read_text())
     finally:
         local.down()
-    out = {}
+    exchanges = len(modes.split(",")) * (reps + 1)
+    out: dict[str, Any] = {
+        "superlink_state": "sqlite" if database else "memory",
+        # The SuperLink (with its SuperExec and the ping ServerApp) over the whole ping
+        # run, per exchange (every mode, warm-up included).
+        "superlink_cpu_s_per_exchange": round(cpu / exchanges, 3),
+    }
     for m in modes.split(","):
         out[m] = summarize(raw[m])
         # Split of the round trip: server push -> the slowest branch's handler runs,
@@ -366,6 +401,12 @@ def main() -> None:
     )
     ap.add_argument("--only-ten", action="store_true", help="only the 10-SuperNode run")
     ap.add_argument("--skip-e2e", action="store_true", help="skip the init-to-finished runs")
+    ap.add_argument(
+        "--skip-sqlite",
+        action="store_true",
+        help="skip the 3-SuperNode exchange with the SuperLink's state in SQLite",
+    )
+    ap.add_argument("--ten-rounds", type=int, default=2, help="rounds of the 10-SuperNode run")
     ap.add_argument("--keep", type=Path, help="keep logs and run directories here")
     args = ap.parse_args()
     result: dict[str, Any] = {"load_average_at_start": os.getloadavg()[0], "cpus": os.cpu_count()}
@@ -383,6 +424,22 @@ def main() -> None:
             result["exchange_warm"] = bench_exchange(
                 tmp, data3, "0.1", "keepwarm,pushpull,stock", args.reps
             )
+            if not args.skip_sqlite:
+                log("the same with the SuperLink's state in SQLite (`server start --database`)")
+                result["exchange_warm_sqlite_state"] = bench_exchange(
+                    tmp, data3, "0.1", "keepwarm,pushpull,stock", args.reps, database=True
+                )
+                mem, sql = result["exchange_warm"], result["exchange_warm_sqlite_state"]
+                result["sqlite_over_memory"] = {
+                    "superlink_cpu": round(
+                        sql["superlink_cpu_s_per_exchange"]
+                        / max(mem["superlink_cpu_s_per_exchange"], 1e-9),
+                        2,
+                    ),
+                    "keepwarm_median": round(
+                        sql["keepwarm"]["median_s"] / mem["keepwarm"]["median_s"], 2
+                    ),
+                }
             log("the same with one SuperNode (no other branch competing for the cores)")
             result["exchange_warm_one_node"] = bench_exchange(
                 tmp, data3, "0.1", "keepwarm,pushpull", args.reps, nodes=1
@@ -406,9 +463,9 @@ def main() -> None:
                 tmp, data3, 2, "e2e3-subprocess", executor="subprocess"
             )
         if not args.skip_ten:
-            log("10 SuperNodes, 1-round LSTM run")
+            log(f"10 SuperNodes, {args.ten_rounds}-round LSTM run")
             data10 = crm(tmp / "crm10", 10, 60)
-            result["ten_supernodes"] = bench_end_to_end(tmp, data10, 1, "e2e10")
+            result["ten_supernodes"] = bench_end_to_end(tmp, data10, args.ten_rounds, "e2e10")
     result["load_average_at_end"] = os.getloadavg()[0]
     print(json.dumps(result, sort_keys=True))
 

@@ -8,10 +8,10 @@ writes (paths relative to ``DIR``; private keys mode 0600, their folders 0700)::
     server/                         ship to the central team (the SuperLink host)
         ca.crt server.pem server.key  TLS certificate (SANs cover HOST) and key
         he_public.ctx he_params.json  CKKS public context (no secret key)
-        superlink.db                  SuperLink state (written by `fedcrm server start`)
+        admitted.json                 branches the SuperLink admits (`fedcrm server register`)
     he/                             the key ceremony's output; he_secret.ctx is for
                                     branches only: keep it offline, never on the server
-    public/nodes/<b>.pub            node authentication public keys (`flwr supernode register`)
+    public/nodes/<b>.pub            node authentication public keys (`fedcrm server register`)
     public/signing/<b>.pub          ledger signing public keys (`fedcrm privacy verify --keys`)
     branches/<b>/                   ship to branch <b>
         ca.crt                        verifies the SuperLink (`--root-certificates`)
@@ -451,7 +451,6 @@ def init_federation(
             "cert": "server/server.pem",
             "key": "server/server.key",
             "sans": sans,
-            "database": "server/superlink.db",
         },
         "he": {"enabled": bool(he)},
         "public": {"nodes": "public/nodes", "signing": "public/signing"},
@@ -524,16 +523,12 @@ def next_steps(fed: Federation) -> str:
         f"       fedcrm server start --federation {d}",
         f"     (runs flower-superlink --ssl-ca-certfile {d}/server/ca.crt "
         f"--ssl-certfile {d}/server/server.pem --ssl-keyfile {d}/server/server.key "
-        "--enable-supernode-auth)",
+        "--enable-supernode-auth, and registers the admitted branches at every start)",
         "  2. Central team: add the connection to $FLWR_HOME/config.toml (default ~/.flwr):\n"
-        "       [superlink.fedcrm]\n"
-        f'       address = "{fed.server_address}"\n'
-        f'       root-certificates = "{d}/ca/ca.crt"',
-        "  3. Central team: register every branch's node key:",
-        *[
-            f"       flwr supernode register {d}/public/nodes/{b}.pub fedcrm --name {b}"
-            for b in sorted(fed.branches)
-        ],
+        f"       fedcrm federation connection --federation {d}",
+        "  3. Central team: admit and register every branch's node key "
+        f"(kept in {d}/{'server/admitted.json'}):\n"
+        f"       fedcrm server register --federation {d} --all",
         f"  4. Ship {d}/branches/<branch>/ to each branch (and nothing else); "
         f"keep {d}/ca/ca.key" + (f" and {d}/he/he_secret.ctx" if fed.he else "") + " offline.",
         "  5. Branch IT: validate the export and start the SuperNode, e.g.\n"
@@ -556,8 +551,8 @@ def branch_steps(fed: Federation, branch_id: str) -> str:
         [
             f"Branch {branch_id} added to {fed.root} (files in {files['dir']}).",
             "Next steps:",
-            f"  1. Central team: flwr supernode register {files['node_auth_public_key']} "
-            f"<connection> --name {branch_id}",
+            f"  1. Central team: fedcrm server register --federation {fed.root} "
+            f"--branch-id {branch_id}",
             f"  2. Branch IT: fedcrm node start --federation {fed.root} --branch-id {branch_id} "
             "--data-path /path/to/export --epsilon-ceiling 8",
         ]

@@ -3,7 +3,7 @@
 Wrong CA, expired or mismatched certificate, a key not matching its
 certificate or readable by others, a missing key file, a wrong data path, an
 export breaking the data contract, malformed node-config values, a busy port.
-``--check-only`` prints the Flower command instead of exec'ing it.
+``--check-only`` prints the Flower command instead of running it.
 """
 
 from __future__ import annotations
@@ -87,11 +87,20 @@ def test_server_start_builds_the_tls_and_node_auth_command(
     assert _server(fed, "--", "--log-file", "x.log") == 0
     cmd = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
     assert cmd[0] == "flower-superlink"
-    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--database"):
+    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"):
         assert flag in cmd
+    assert "--database" not in cmd  # Flower's in-memory state; registrations from admitted.json
     assert "--enable-supernode-auth" in cmd and "--insecure" not in cmd
     assert "--disable-runtime-dependency-installation" in cmd
     assert cmd[-2:] == ["--log-file", "x.log"]
+
+
+def test_server_start_can_keep_state_in_sqlite(
+    fed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _server(fed, "--database", str(tmp_path / "state.db")) == 0
+    cmd = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cmd[cmd.index("--database") + 1] == str(tmp_path / "state.db")
 
 
 def test_expired_server_certificate(fed: Path) -> None:
@@ -177,7 +186,8 @@ def test_node_start_runs_the_warm_superexec_by_default(
     assert warm[1:3] == ["-m", "fedcrm.deploy.warm_exec"]
     port = node[node.index("--port") + 1]
     assert warm[warm.index("--runtime-api-address") + 1] == f"127.0.0.1:{port}"
-    assert int(warm[warm.index("--parent-pid") + 1]) == os.getpid()  # exec keeps the pid
+    # The supervisor's pid: the SuperExec outlives SuperNode restarts, not `node start`.
+    assert int(warm[warm.index("--parent-pid") + 1]) == os.getpid()
 
 
 def test_node_start_with_flowers_own_executor(

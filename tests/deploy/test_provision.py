@@ -126,7 +126,7 @@ def test_cli_init_prints_next_steps(tmp_path: Path, capsys: pytest.CaptureFixtur
     )
     assert rc == 0
     text = capsys.readouterr().out
-    assert "--enable-supernode-auth" in text and "flwr supernode register" in text
+    assert "--enable-supernode-auth" in text and "fedcrm server register" in text
     assert "fedcrm node start" in text and "flwr run . fedcrm" in text
     # An existing federation is not overwritten by accident.
     assert (
@@ -163,7 +163,7 @@ def test_cli_node_init_with_federation_onboards(
         ]
     )
     assert rc == 0
-    assert "flwr supernode register" in capsys.readouterr().out
+    assert "fedcrm server register" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("bad", ["localhost", "host:0", "host:99999", ":9092", "h:x"])

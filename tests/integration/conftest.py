@@ -2,9 +2,10 @@
 
 Every test gets its own federation directory (``fedcrm federation init``),
 free ports, and ``FLWR_HOME``; the SuperLink and SuperNodes are started with
-``fedcrm server start`` / ``fedcrm node start`` (which exec the Flower
-processes), each in its own process group, and every group is killed in the
-fixture's teardown.
+``fedcrm server start`` / ``fedcrm node start`` (which run the Flower
+processes under a supervisor), each in its own process group, and every group
+is killed in the fixture's teardown. Branches are admitted with ``fedcrm server
+register``.
 """
 
 from __future__ import annotations
@@ -226,13 +227,13 @@ class Deployment:
         wait_for(up, 60, "the SuperLink", interval=0.5)
         return proc
 
-    def register(self, branch: str, pub: Path | None = None) -> dict:
-        """``flwr supernode register`` for a branch's node key."""
-        key = pub or self.fed / "public" / "nodes" / f"{branch}.pub"
-        res = self.flwr(
-            "supernode", "register", str(key), "fedcrm", "--name", branch, "--format", "json"
-        )
-        return json.loads(res.stdout)
+    def register(self, branch: str) -> dict:
+        """``fedcrm server register``: admitted, and registered if the SuperLink is up."""
+        res = self.cli(
+            "server", "register", "--federation", str(self.fed), "--branch-id", branch,
+            "--format", "json",
+        )  # fmt: skip
+        return dict(json.loads(res.stdout.strip().splitlines()[-1]))
 
     def start_node(self, branch: str, data: Path, *extra: str, name: str | None = None) -> Proc:
         """``fedcrm node start`` for ``branch`` (own runtime port)."""

@@ -1,11 +1,13 @@
 """TLS + SuperNode authentication with real Flower processes (issue 7, faults 1, 2 and 6).
 
 One deployment: ``fedcrm federation init``; ``fedcrm server start`` (TLS,
-``--enable-supernode-auth``); ``flwr supernode register`` for 3 branches; a
+``--enable-supernode-auth``); ``fedcrm server register`` for 3 branches; a
 4th SuperNode with a key nobody registered; ``fedcrm node start`` for all;
 ``flwr run . fedcrm`` a 2-round DP LSTM job. The unregistered node is refused
-and the run completes with the 3 others; no customer id of any branch appears
-in the SuperLink's output, ``flwr log`` or the run directory.
+(and keeps asking, as ``fedcrm node start`` restarts it) and the run completes
+with the 3 others; no customer id of any branch appears in the SuperLink's
+output, ``flwr log`` or the run directory. Afterwards ``fedcrm server
+unregister`` shuts a branch out.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def test_tls_node_auth_lstm_run_refuses_unregistered_node_and_leaks_no_ids(
         str(tmp_path / "rogue"),
     )
     rogue = dep.start_node("rogue", crm[dep.branches[0]], "--epsilon-ceiling", "50")
-    dep.wait_for(lambda: not rogue.alive(), 60, "the unregistered SuperNode to be refused")
+    dep.wait_for(
+        lambda: "starting it again" in rogue.text(), 90, "the unregistered SuperNode's refusal"
+    )
     assert "2004" in rogue.text() or "Failed to activate" in rogue.text(), rogue.text()[-2000:]
 
     out = tmp_path / "runs"
@@ -118,6 +122,17 @@ def test_tls_node_auth_lstm_run_refuses_unregistered_node_and_leaks_no_ids(
     assert not scan_for_ids(texts, customer_ids(crm))
     for proc in nodes.values():
         assert proc.alive()
+
+    # Unregistered: the SuperLink drops the branch's SuperNode and refuses it from then on.
+    gone = dep.branches[-1]
+    dep.cli("server", "unregister", "--federation", str(dep.fed), "--branch-id", gone)
+    node = nodes[gone]
+    dep.wait_for(lambda: "Failed to activate" in node.text(), 120, f"{gone} to be shut out")
+    admitted = json.loads((dep.fed / "server" / "admitted.json").read_text())["branches"]
+    assert sorted(admitted) == sorted(dep.branches[:-1])
+    # Registering a branch the running SuperLink knows already is harmless.
+    again = dep.register(dep.branches[0])
+    assert again["success"] and again["branches"][dep.branches[0]]["registered"], again
 
 
 def test_tls_node_auth_gbdt_run(deployment: Any, crm: dict[str, Path], tmp_path: Path) -> None:
