@@ -15,6 +15,8 @@ key                  meaning
 ``delta``            the branch's delta (optional; default below 1/n)
 ``he-secret-context`` CKKS secret context (HE runs), from ``fedcrm keys init``
 ``model-dir``        where the branch exports models it keeps locally
+``cache-dir``        where the branch keeps its computed features between
+                     messages (optional; see :func:`load_branch_data`)
 ==================== =======================================================
 """
 
@@ -45,6 +47,7 @@ KNOWN_KEYS = (
     "delta",
     "he-secret-context",
     "model-dir",
+    "cache-dir",
 )
 # Keys Flower itself puts into node configs.
 _FLOWER_KEYS = ("partition-id", "num-partitions")
@@ -62,6 +65,7 @@ class BranchSettings:
     delta: float | None = None
     he_secret_context: Path | None = None
     model_dir: Path | None = None
+    cache_dir: Path | None = None
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> BranchSettings:
@@ -115,6 +119,7 @@ class BranchSettings:
             delta=positive("delta", upper=1.0),
             he_secret_context=path("he-secret-context"),
             model_dir=path("model-dir", must_exist=False),
+            cache_dir=path("cache-dir", must_exist=False),
         )
 
 
@@ -147,42 +152,64 @@ def load_branch_data(settings: BranchSettings, task: TaskConfig, seed: int) -> B
     """Load (once per process) the branch's features for ``task``.
 
     A prepared feature cache is used as is; an export directory is validated,
-    consent-filtered and featurised here, at the branch.
+    consent-filtered and featurised here, at the branch. In deployment every
+    message runs in a fresh process, so with ``cache-dir`` set the features are
+    also kept on disk (:mod:`fedcrm.client.feature_cache`) and the export is
+    read again only when it, the task or the featurising code changed.
     """
     key = (str(settings.data_path), task.model_dump_json(), seed)
     if key in _CACHE:
         return _CACHE[key]
     cache = settings.data_path
     if (cache / "train.npz").exists() and (cache / "test.npz").exists():
-        excluded = json.loads((cache / "excluded.json").read_text())["excluded_customers"]
-        data = BranchData(
-            FeatureSet.load(str(cache / "train.npz")),
-            FeatureSet.load(str(cache / "test.npz")),
-            int(excluded),
-        )
-    else:
-        from fedcrm.data.features import build_features, stratified_split
-        from fedcrm.data.loader import load_crm
+        data = _read_prepared(cache)
+    elif settings.cache_dir is not None:
+        from fedcrm.client.feature_cache import cached_features
 
-        crm = load_crm(settings.data_path)
-        branches = crm.branches()
-        if settings.branch_id in branches:
-            crm = crm.branch(settings.branch_id)
-        elif len(branches) != 1:
-            raise ConfigError(
-                f"node config `branch-id`: the export at `data-path` holds {len(branches)} "
-                "branches and none has this id"
-            )
-        fs = build_features(
-            crm, cutoff=task.cutoff, horizon_days=task.horizon_days, max_events=task.max_events
-        )
-        train_idx, test_idx = stratified_split(fs, test_fraction=task.test_fraction, seed=seed)
-        data = BranchData(
-            fs.subset(train_idx), fs.subset(test_idx), int(sum(crm.excluded.values()))
-        )
+        data = cached_features(
+            settings.cache_dir,
+            settings.data_path,
+            fingerprint={"branch": settings.branch_id, "task": task.model_dump(mode="json"),
+                         "seed": seed},
+            compute=lambda: _featurise(settings, task, seed),
+            read=_read_prepared,
+            write=lambda out, d: write_feature_cache(out, d.train, d.test, d.excluded_customers),
+        )  # fmt: skip
+    else:
+        data = _featurise(settings, task, seed)
     if len(data.train) == 0 or len(data.test) == 0:
         raise ConfigError("the branch has no customers left for training or testing")
     if not np.isfinite(data.train.tabular).all():
         raise ConfigError("the branch's features contain non-finite values")
     _CACHE[key] = data
     return data
+
+
+def _read_prepared(directory: Path) -> BranchData:
+    excluded = json.loads((directory / "excluded.json").read_text())["excluded_customers"]
+    return BranchData(
+        FeatureSet.load(str(directory / "train.npz")),
+        FeatureSet.load(str(directory / "test.npz")),
+        int(excluded),
+    )
+
+
+def _featurise(settings: BranchSettings, task: TaskConfig, seed: int) -> BranchData:
+    """Validate, consent-filter and featurise the branch export; split train/test."""
+    from fedcrm.data.features import build_features, stratified_split
+    from fedcrm.data.loader import load_crm
+
+    crm = load_crm(settings.data_path)
+    branches = crm.branches()
+    if settings.branch_id in branches:
+        crm = crm.branch(settings.branch_id)
+    elif len(branches) != 1:
+        raise ConfigError(
+            f"node config `branch-id`: the export at `data-path` holds {len(branches)} "
+            "branches and none has this id"
+        )
+    fs = build_features(
+        crm, cutoff=task.cutoff, horizon_days=task.horizon_days, max_events=task.max_events
+    )
+    train_idx, test_idx = stratified_split(fs, test_fraction=task.test_fraction, seed=seed)
+    return BranchData(fs.subset(train_idx), fs.subset(test_idx), int(sum(crm.excluded.values())))

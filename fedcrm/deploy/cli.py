@@ -277,6 +277,7 @@ def node_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[s
         "ledger-path": str(pick(args.ledger_path, "ledger_path") or ""),
         "signing-key": str(pick(args.signing_key, "signing_key") or ""),
         "model-dir": str(pick(args.model_dir, "model_dir") or ""),
+        "cache-dir": str(pick(args.cache_dir, "cache_dir") or _default_cache(files)),
     }
     he = pick(args.he_secret_context, "he_secret_context")
     if he is not None:
@@ -293,6 +294,11 @@ def node_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[s
         "auth_key": pick(args.auth_key, "node_auth_private_key"),
     }
     return fed, node_config, resolved
+
+
+def _default_cache(files: dict[str, Path | None]) -> str:
+    """The branch folder's ``cache/`` (federations provisioned before ``cache_dir`` existed)."""
+    return str(files["dir"] / "cache") if files.get("dir") else ""
 
 
 def cmd_node_start(args: argparse.Namespace) -> int:
@@ -504,6 +510,11 @@ def add_federation_parser(sub: Any) -> None:
     ns.add_argument("--delta", help="the branch's delta (DP; default below 1/n)")
     ns.add_argument("--ledger-path", help="default: the branch folder's ledger.jsonl")
     ns.add_argument("--model-dir", help="default: the branch folder's models/")
+    ns.add_argument(
+        "--cache-dir",
+        help="where the branch keeps its computed features between messages (private; "
+        "default: the branch folder's cache/)",
+    )
     ns.add_argument("--signing-key", help="default: the branch folder's signing key")
     ns.add_argument("--he-secret-context", help="default: the branch folder's he_secret.ctx")
     ns.add_argument("--root-certificates", help="default: the branch folder's ca.crt")

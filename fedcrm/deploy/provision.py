@@ -18,7 +18,8 @@ writes (paths relative to ``DIR``; private keys mode 0600, their folders 0700)::
         node_auth_key(.pub)           EC P-384 key pair, OpenSSH format (Flower node auth)
         signing/<b>.key(.pub)         Ed25519 ledger signing key (fedcrm.privacy.signing)
         he_secret.ctx he_params.json  CKKS secret context (HE runs)
-        ledger.jsonl  models/         written by the branch at run time
+        ledger.jsonl  models/ cache/  written by the branch at run time (cache/: its
+                                    computed features, private)
 
 Branch IT does not need the CA key or other branches' files; the central team
 needs only ``server/`` and ``public/``. Whoever runs ``federation init`` holds
@@ -378,6 +379,7 @@ def _provision_branch(fed: Federation, branch_id: str, bdir: Path) -> dict[str, 
         "signing_public_key": _rel(root, sign_pub),
         "ledger_path": _rel(root, bdir / "ledger.jsonl"),
         "model_dir": _rel(root, bdir / "models"),
+        "cache_dir": _rel(root, bdir / "cache"),
     }
     if fed.he:
         secret = fed.path(fed.data["he"]["secret_context"])

@@ -173,6 +173,7 @@ def test_node_start_builds_the_supernode_command(
     assert Path(node_config["data-path"]) == data_dir.resolve()
     for key in ("ledger-path", "signing-key", "model-dir"):
         assert key in node_config
+    assert node_config["cache-dir"].endswith("branches/b1/cache")
 
 
 def test_node_start_runs_the_warm_superexec_by_default(
