@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +197,31 @@ def test_no_mechanism_spends_nothing() -> None:
     assert compute_epsilon([], delta=DELTA, accountant="prv") == 0.0
     with pytest.raises(PrivacyError, match="unknown accountant"):
         compute_epsilon([sgd(1.0)], delta=DELTA, accountant="gdp")  # type: ignore[arg-type]
+
+
+def test_rdp_vectors_kept_on_disk_are_opacus_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployed branch's fresh processes share per-step RDP vectors (FEDCRM_RDP_CACHE)."""
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    from fedcrm.deploy import warm_exec
+    from fedcrm.privacy import composition
+
+    assert warm_exec.RDP_CACHE_ENV == composition.RDP_CACHE_ENV
+    monkeypatch.setenv(composition.RDP_CACHE_ENV, str(tmp_path))
+    sigma, q = 1.2345, 0.0321
+    want = rdp_analysis.compute_rdp(
+        q=q, noise_multiplier=sigma, steps=1, orders=list(composition.RDP_ORDERS)
+    )
+    composition._rdp_per_step.cache_clear()
+    first = composition._rdp_per_step(sigma, q)
+    (stored,) = tmp_path.glob("rdp-*.npy")
+    composition._rdp_per_step.cache_clear()  # as in the next message's process
+    np.testing.assert_array_equal(composition._rdp_per_step(sigma, q), want)
+    np.testing.assert_array_equal(first, want)
+    # A damaged file is not trusted: the vector is computed again.
+    np.save(stored, np.zeros(3))
+    composition._rdp_per_step.cache_clear()
+    np.testing.assert_array_equal(composition._rdp_per_step(sigma, q), want)
+    composition._rdp_per_step.cache_clear()
