@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -259,24 +259,71 @@ def noise_multiplier_for(
             f"target epsilon {target_epsilon:g} unreachable with {steps} steps: the branch "
             f"has already spent epsilon {spent:.4g}; raise the target or use fresh data"
         )
-    low, high = 0.0, 1.0
-    eps_high = epsilon(high)
-    while eps_high > target_epsilon:
-        low, high = high, 2 * high
-        if high > MAX_NOISE_MULTIPLIER:
-            raise PrivacyError(
-                f"target epsilon {target_epsilon:g} unreachable with {steps} steps at sample "
-                f"rate {sample_rate:g}: even noise multiplier {MAX_NOISE_MULTIPLIER:g} spends "
-                f"more (already spent {spent:.4g}); raise the target or run fewer rounds"
-            )
-        eps_high = epsilon(high)
-    while target_epsilon - eps_high > tolerance and high - low > 1e-6 * high:
+    return _solve_decreasing(epsilon, target_epsilon, tolerance, spent=spent, steps=steps,
+                             sample_rate=sample_rate)  # fmt: skip
+
+
+def _solve_decreasing(
+    epsilon: Callable[[float], float],
+    target: float,
+    tolerance: float,
+    *,
+    spent: float,
+    steps: int,
+    sample_rate: float,
+) -> float:
+    """Smallest ``sigma`` found with ``target - tolerance <= epsilon(sigma) <= target``.
+
+    ``epsilon`` decreases in ``sigma`` and is close to a power law, so after
+    bracketing the root (doubling or halving from 1) the search interpolates in
+    log-log space (regula falsi with the Illinois correction, falling back to
+    bisection), keeping ``epsilon(high) <= target`` at every step: about half
+    the accountant calls of plain bisection, each 0.1-0.5 s.
+    """
+    low, high = 1.0, 1.0
+    eps_low = eps_high = epsilon(1.0)
+    if eps_high > target:
+        while eps_high > target:
+            low, eps_low = high, eps_high
+            high *= 2
+            if high > MAX_NOISE_MULTIPLIER:
+                raise PrivacyError(
+                    f"target epsilon {target:g} unreachable with {steps} steps at sample "
+                    f"rate {sample_rate:g}: even noise multiplier {MAX_NOISE_MULTIPLIER:g} "
+                    f"spends more (already spent {spent:.4g}); raise the target or run "
+                    "fewer rounds"
+                )
+            eps_high = epsilon(high)
+    else:
+        while eps_low <= target:
+            if target - eps_low <= tolerance:
+                return low
+            high, eps_high = low, eps_low
+            low /= 2
+            eps_low = epsilon(low)
+    weight_low = weight_high = 1.0  # Illinois: halve a side's weight when it is kept twice
+    side = 0
+    aim = target - tolerance / 2  # the middle of the acceptance band, not its edge
+    while target - eps_high > tolerance and high - low > 1e-6 * high:
         mid = (low + high) / 2
+        if math.isfinite(eps_low) and eps_low > 0 and eps_high > 0:
+            f_low = weight_low * math.log(eps_low / aim)
+            f_high = weight_high * math.log(eps_high / aim)
+            if f_low > f_high:
+                x = math.log(low) + f_low * (math.log(high) - math.log(low)) / (f_low - f_high)
+                if low < math.exp(x) < high:
+                    mid = math.exp(x)
         eps_mid = epsilon(mid)
-        if eps_mid <= target_epsilon:
+        if eps_mid <= target:
             high, eps_high = mid, eps_mid
+            weight_high = 1.0
+            weight_low = weight_low / 2 if side == 1 else 1.0
+            side = 1
         else:
-            low = mid
+            low, eps_low = mid, eps_mid
+            weight_low = 1.0
+            weight_high = weight_high / 2 if side == -1 else 1.0
+            side = -1
     return high
 
 

@@ -122,6 +122,32 @@ def test_noise_multiplier_round_trip(accountant: str) -> None:
     assert 2.0 - 0.011 <= epsilon <= 2.0
 
 
+@pytest.mark.parametrize(
+    ("target", "q", "steps", "accountant"),
+    [(0.5, 0.5, 1, "rdp"), (8, 0.2, 4, "prv"), (1, 0.001, 1, "prv"), (4, 0.032, 160, "prv"),
+     (0.3, 0.2, 1000, "prv"), (4, 1.0, 4, "rdp"), (8, 0.01, 1000, "prv")],
+)  # fmt: skip
+def test_noise_search_lands_in_the_band_with_few_accountant_calls(
+    target: float, q: float, steps: int, accountant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call costs 0.1-0.5 s in a deployed branch's first round: interpolate, not bisect."""
+    from fedcrm.privacy import accounting
+
+    calls: list[float] = []
+
+    def counted(mechanisms: list, **kw: object) -> float:
+        calls.append(mechanisms[-1].noise_multiplier)
+        return compute_epsilon(mechanisms, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(accounting, "compute_epsilon", counted)
+    sigma = noise_multiplier_for(
+        target_epsilon=target, delta=DELTA, sample_rate=q, steps=steps, accountant=accountant
+    )
+    epsilon = compute_epsilon([sgd(sigma, q=q, steps=steps)], delta=DELTA, accountant=accountant)
+    assert target - 0.01 <= epsilon <= target
+    assert len(calls) <= 10, calls  # bisection took 7-14 on such cases (delta 1e-5)
+
+
 def test_noise_multiplier_accounts_for_prior_runs() -> None:
     prior = [sgd(1.0, steps=50)]
     spent = compute_epsilon(prior, delta=DELTA, accountant="rdp")
