@@ -449,7 +449,9 @@ def add_federation_parser(sub: Any) -> None:
     _handler(fn, cmd_connection)
 
     # `fedcrm server start`
-    server = sub.add_parser("server", help="central team: start the SuperLink")
+    server = sub.add_parser(
+        "server", help="central team: start the SuperLink, admit and shut out branches"
+    )
     ssub = server.add_subparsers(dest="server_cmd", required=True)
     ss = ssub.add_parser(
         "start", help="check certificates, run flower-superlink, register the admitted branches"
