@@ -1,8 +1,8 @@
 """Run a Flower process as a child and keep it running: ``server start`` / ``node start``.
 
-The SuperLink keeps its state in memory (Flower's default, and about a third of
-the CPU of its SQLite state; see the README, Latency). Two things follow, and
-this module handles both:
+The SuperLink keeps its state in memory (Flower's default; its SQLite state
+costs the SuperLink about 2.4 times the CPU per message, see the README,
+Latency). Two things follow, and this module handles both:
 
 * After a SuperLink restart the registrations are gone, so ``fedcrm server
   start`` registers the federation's admitted branches again as soon as the

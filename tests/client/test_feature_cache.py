@@ -40,6 +40,15 @@ class Counter:
         (entry / "v.txt").write_text(str(value["value"]))
 
 
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """An export directory with one file."""
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "events.csv").write_text("a\n")
+    return out
+
+
 def _cached(cache: Path, data: Path, counter: Counter, **fingerprint: object) -> dict[str, int]:
     return cached_features(
         cache,
@@ -51,20 +60,14 @@ def _cached(cache: Path, data: Path, counter: Counter, **fingerprint: object) ->
     )
 
 
-def test_second_load_reads_the_cache(tmp_path: Path) -> None:
-    data = tmp_path / "export"
-    data.mkdir()
-    (data / "events.csv").write_text("a\n")
+def test_second_load_reads_the_cache(tmp_path: Path, data: Path) -> None:
     counter = Counter()
     assert _cached(tmp_path / "cache", data, counter) == {"value": 42}
     assert _cached(tmp_path / "cache", data, counter) == {"value": 42}
     assert counter.calls == 1
 
 
-def test_a_changed_export_or_task_is_featurised_again(tmp_path: Path) -> None:
-    data = tmp_path / "export"
-    data.mkdir()
-    (data / "events.csv").write_text("a\n")
+def test_a_changed_export_or_task_is_featurised_again(tmp_path: Path, data: Path) -> None:
     counter = Counter()
     _cached(tmp_path / "cache", data, counter)
     (data / "events.csv").write_text("a changed export\n")
@@ -74,18 +77,14 @@ def test_a_changed_export_or_task_is_featurised_again(tmp_path: Path) -> None:
     assert counter.calls == 3
 
 
-def test_only_the_newest_entries_are_kept(tmp_path: Path) -> None:
-    data = tmp_path / "export"
-    data.mkdir()
+def test_only_the_newest_entries_are_kept(tmp_path: Path, data: Path) -> None:
     counter = Counter()
     for i in range(KEEP + 3):
         _cached(tmp_path / "cache", data, counter, task=i)
     assert len(list((tmp_path / "cache").glob(PREFIX + "*"))) == KEEP
 
 
-def test_the_cache_is_private(tmp_path: Path) -> None:
-    data = tmp_path / "export"
-    data.mkdir()
+def test_the_cache_is_private(tmp_path: Path, data: Path) -> None:
     _cached(tmp_path / "cache", data, Counter())
     cache = tmp_path / "cache"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
@@ -94,9 +93,7 @@ def test_the_cache_is_private(tmp_path: Path) -> None:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
 
 
-def test_a_broken_entry_is_recomputed(tmp_path: Path) -> None:
-    data = tmp_path / "export"
-    data.mkdir()
+def test_a_broken_entry_is_recomputed(tmp_path: Path, data: Path) -> None:
     counter = Counter()
     _cached(tmp_path / "cache", data, counter)
     (entry,) = (tmp_path / "cache").glob(PREFIX + "*")
@@ -105,9 +102,7 @@ def test_a_broken_entry_is_recomputed(tmp_path: Path) -> None:
     assert counter.calls == 2
 
 
-def test_a_cache_path_that_is_a_file_is_bypassed(tmp_path: Path) -> None:
-    data = tmp_path / "export"
-    data.mkdir()
+def test_a_cache_path_that_is_a_file_is_bypassed(tmp_path: Path, data: Path) -> None:
     (tmp_path / "cache").write_text("not a directory")
     counter = Counter()
     assert _cached(tmp_path / "cache", data, counter) == {"value": 42}
