@@ -259,8 +259,9 @@ def noise_multiplier_for(
             f"target epsilon {target_epsilon:g} unreachable with {steps} steps: the branch "
             f"has already spent epsilon {spent:.4g}; raise the target or use fresh data"
         )
-    return _solve_decreasing(epsilon, target_epsilon, tolerance, spent=spent, steps=steps,
-                             sample_rate=sample_rate)  # fmt: skip
+    return _solve_decreasing(
+        epsilon, target_epsilon, tolerance, spent=spent, steps=steps, sample_rate=sample_rate
+    )
 
 
 def _solve_decreasing(
@@ -272,7 +273,7 @@ def _solve_decreasing(
     steps: int,
     sample_rate: float,
 ) -> float:
-    """Smallest ``sigma`` found with ``target - tolerance <= epsilon(sigma) <= target``.
+    """A ``sigma`` with ``target - tolerance <= epsilon(sigma) <= target`` (never above).
 
     ``epsilon`` decreases in ``sigma`` and is close to a power law, so after
     bracketing the root (doubling or halving from 1) the search interpolates in
@@ -303,7 +304,7 @@ def _solve_decreasing(
             eps_low = epsilon(low)
     weight_low = weight_high = 1.0  # Illinois: halve a side's weight when it is kept twice
     side = 0
-    aim = target - tolerance / 2  # the middle of the acceptance band, not its edge
+    aim = target - min(tolerance, target) / 2  # inside the acceptance band, not at its edge
     while target - eps_high > tolerance and high - low > 1e-6 * high:
         mid = (low + high) / 2
         if math.isfinite(eps_low) and eps_low > 0 and eps_high > 0:
