@@ -166,15 +166,19 @@ def load_branch_data(settings: BranchSettings, task: TaskConfig, seed: int) -> B
     elif settings.cache_dir is not None:
         from fedcrm.client.feature_cache import cached_features
 
+        fingerprint = {
+            "branch": settings.branch_id,
+            "task": task.model_dump(mode="json"),
+            "seed": seed,
+        }
         data = cached_features(
             settings.cache_dir,
             settings.data_path,
-            fingerprint={"branch": settings.branch_id, "task": task.model_dump(mode="json"),
-                         "seed": seed},
+            fingerprint=fingerprint,
             compute=lambda: _featurise(settings, task, seed),
             read=_read_prepared,
             write=lambda out, d: write_feature_cache(out, d.train, d.test, d.excluded_customers),
-        )  # fmt: skip
+        )
     else:
         data = _featurise(settings, task, seed)
     if len(data.train) == 0 or len(data.test) == 0:

@@ -31,6 +31,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +64,7 @@ def export_files(data_path: Path) -> list[list[Any]]:
     return out
 
 
+@lru_cache(maxsize=1)
 def code_digest() -> str:
     """SHA-256 of the featurising code's source (changes with every fedcrm change to it)."""
     h = hashlib.sha256()

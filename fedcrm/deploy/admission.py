@@ -20,7 +20,8 @@ import datetime as dt
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,8 @@ def admitted_path(fed: Federation) -> Path:
     return fed.root / ADMITTED_FILE
 
 
-def load_admitted(fed: Federation) -> dict[str, str]:
-    """Branch id -> OpenSSH public key of every admitted branch (empty when none yet).
+def _entries(fed: Federation) -> dict[str, dict[str, str]]:
+    """The validated ``branches`` of the admission list (empty when there is none yet).
 
     Raises
     ------
@@ -67,13 +68,26 @@ def load_admitted(fed: Federation) -> dict[str, str]:
         branches = data["branches"]
         if data.get("format") != FORMAT or not isinstance(branches, dict):
             raise ValueError("not format 1")
-        return {str(b): str(entry["public_key"]) for b, entry in branches.items()}
+        for entry in branches.values():
+            str(entry["public_key"])
+        return dict(branches)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
             f"{path} is not a fedcrm admission list ({type(exc).__name__}); it was left "
             "untouched: restore it from a backup, or move it away and register the branches "
             "again with `fedcrm server register`"
         ) from None
+
+
+def load_admitted(fed: Federation) -> dict[str, str]:
+    """Branch id -> OpenSSH public key of every admitted branch (empty when none yet).
+
+    Raises
+    ------
+    ConfigError
+        When the file exists but is not a fedcrm admission list; it is left as it is.
+    """
+    return {str(b): str(entry["public_key"]) for b, entry in _entries(fed).items()}
 
 
 def _save(fed: Federation, branches: dict[str, dict[str, str]]) -> Path:
@@ -83,14 +97,6 @@ def _save(fed: Federation, branches: dict[str, dict[str, str]]) -> Path:
     tmp.write_text(json.dumps({"format": FORMAT, "branches": branches}, indent=2, sort_keys=True))
     tmp.replace(path)
     return path
-
-
-def _entries(fed: Federation) -> dict[str, dict[str, str]]:
-    path = admitted_path(fed)
-    load_admitted(fed)  # validates
-    if not path.exists():
-        return {}
-    return dict(json.loads(path.read_text())["branches"])
 
 
 def key_bytes(openssh: str, source: str) -> bytes:
@@ -217,16 +223,21 @@ def _already_registered(message: str) -> bool:
     return "already in use" in message.lower()
 
 
-def register_with_superlink(
-    fed: Federation, branches: dict[str, str], *, client: Any | None = None
-) -> list[Registration]:
+@contextmanager
+def _connected(fed: Federation) -> Iterator[Any]:
+    client = control_client(fed)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def register_with_superlink(fed: Federation, branches: dict[str, str]) -> list[Registration]:
     """Register each branch's key on the running SuperLink (already registered is fine)."""
     from flwr.proto.control_pb2 import RegisterNodeRequest
 
-    own = client is None
-    client = client or control_client(fed)
     out = []
-    try:
+    with _connected(fed) as client:
         for branch_id, openssh in sorted(branches.items()):
             try:
                 res = client.RegisterNode(
@@ -242,44 +253,32 @@ def register_with_superlink(
                     out.append(Registration(branch_id, None))
                 else:
                     out.append(Registration(branch_id, None, why))
-    finally:
-        if own:
-            client.close()
     return out
 
 
-def unregister_from_superlink(fed: Federation, openssh: str, *, client: Any | None = None) -> int:
+def unregister_from_superlink(fed: Federation, openssh: str) -> int:
     """Unregister the SuperNode with this key from the running SuperLink; its node id (0: none)."""
     from flwr.proto.control_pb2 import ListNodesRequest, UnregisterNodeRequest
 
-    own = client is None
-    client = client or control_client(fed)
     wanted = key_bytes(openssh, ADMITTED_FILE)
-    try:
+    with _connected(fed) as client:
         for info in client.ListNodes(ListNodesRequest()).nodes_info:
             if bytes(info.public_key) == wanted:
                 client.UnregisterNode(UnregisterNodeRequest(node_id=info.node_id))
                 return int(info.node_id)
-        return 0
-    finally:
-        if own:
-            client.close()
+    return 0
 
 
-def superlink_answers(fed: Federation, *, client: Any | None = None) -> str | None:
+def superlink_answers(fed: Federation) -> str | None:
     """``None`` when the SuperLink's Control API answers, else why not."""
     from flwr.proto.control_pb2 import ListNodesRequest
 
-    own = client is None
     try:
-        client = client or control_client(fed)
-        client.ListNodes(ListNodesRequest())
+        with _connected(fed) as client:
+            client.ListNodes(ListNodesRequest())
         return None
     except Exception as exc:  # noqa: BLE001 - the reason is the answer
         return _flower_error(exc)
-    finally:
-        if own and client is not None:
-            client.close()
 
 
 def register_when_up(
