@@ -187,7 +187,11 @@ class FederatedJob:
             branch_id = str(branch["branch_id"])
             known = next((b for b in self.branches.values() if b.branch_id == branch_id), None)
             if known is not None:
-                # Same branch, new SuperNode: keep its counters and ledger copy.
+                # Same branch, new SuperNode: keep its counters and extend the ledger
+                # copy. The branch may have paid for a round whose reply never arrived
+                # (it died after training): without that entry the copy's chain breaks.
+                if not self._copy_history(known, branch):
+                    continue
                 log.info("branch %s is back as node %s", branch_id, reply.node_id)
                 del self.branches[known.node_id]
                 known.node_id = reply.node_id
@@ -204,13 +208,27 @@ class FederatedJob:
             )
             ceiling = float(branch.get("epsilon_ceiling", -1.0))
             state.extra["ceiling"] = ceiling if ceiling > 0 else None
+            if not self._copy_history(state, branch):
+                continue
             self.branches[reply.node_id] = state
             admitted.append(branch_id)
-            history = [json.loads(s) for s in branch.get("ledger_history", [])]
-            if history:
-                self.run_dir.copy_ledger_entries(state.branch_id, history)
-                state.epsilon = float(history[-1]["epsilon"])
         return admitted
+
+    def _copy_history(self, state: BranchState, branch: dict[str, Any]) -> bool:
+        """Extend the server's copy with the branch's ledger; False leaves it out.
+
+        Entries the copy holds are skipped, so a branch that comes back sends
+        its whole ledger again and the copy gains only what it missed.
+        """
+        try:
+            history = [json.loads(s) for s in branch.get("ledger_history", [])]
+            self.run_dir.copy_ledger_entries(state.branch_id, history)
+        except (FedCRMError, ValueError, TypeError, KeyError) as exc:
+            log.warning("branch %s left out: its ledger does not verify: %s", state.branch_id, exc)
+            return False
+        if history:
+            state.epsilon = float(history[-1]["epsilon"])
+        return True
 
     def _sample(self, round_num: int) -> list[BranchState]:
         able = [b for b in self.branches.values() if not b.exhausted]
@@ -302,13 +320,18 @@ class FederatedJob:
         """Copy the reply's ledger entries and apply its status; True when it is ok.
 
         A refusal is counted and recorded; a budget or delta refusal retires the
-        branch from training for the rest of the run.
+        branch from training for the rest of the run. A reply whose ledger
+        entries do not extend the server's copy is a failed round: an update
+        whose privacy spend the copy cannot show is not aggregated.
         """
-        entries = [json.loads(s) for s in info.get("ledger_entries", [])]
         try:
+            entries = [json.loads(s) for s in info.get("ledger_entries", [])]
             self.run_dir.copy_ledger_entries(b.branch_id, entries)
-        except FedCRMError as exc:
-            problems[b.branch_id] = f"ledger entries rejected: {exc}"
+        except (FedCRMError, ValueError, TypeError, KeyError) as exc:
+            b.failed_rounds += 1
+            b.last_problem = problems[b.branch_id] = f"ledger entries rejected: {exc}"
+            log.warning("branch %s: %s", b.branch_id, b.last_problem)
+            return False
         if entries:
             b.epsilon, b.delta = float(entries[-1]["epsilon"]), float(entries[-1]["delta"])
         if info.get("status") == P.STATUS_OK:

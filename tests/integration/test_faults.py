@@ -60,14 +60,18 @@ def test_supernodes_killed_mid_round(deployment: Any, crm: dict[str, Path], tmp_
         f"federation.round_timeout=45 {dep.TINY}",
         out,
     )
-    for victim, sig in victims.items():
-        node = procs["nodes"][victim]
-        dep.wait_for(
-            lambda node=node: "Receiving: train message" in node.text(),
-            180,
-            "round 1 at the victim",
-        )
-        node.signal(sig)
+    # Each victim is signalled the moment its round-1 message arrives, so that it
+    # is usually killed while training (see the ledger check below for the rest).
+    pending = dict(victims)
+
+    def signal_arrived() -> bool:
+        for victim in list(pending):
+            node = procs["nodes"][victim]
+            if "Receiving: train message" in node.text():
+                node.signal(pending.pop(victim))
+        return not pending
+
+    dep.wait_for(signal_arrived, 180, "round 1 at the victims", interval=0.05)
     for victim in victims:
         node = procs["nodes"][victim]
         dep.wait_for(lambda node=node: not node.alive(), 30, "the SuperNode to exit")
@@ -89,12 +93,19 @@ def test_supernodes_killed_mid_round(deployment: Any, crm: dict[str, Path], tmp_
         assert per[victim]["rounds_trained"] == (1 if rejoined else 0), per
         assert per[victim]["last_problem"].startswith("round ")
         assert "round 1" in first["problems"][victim]
-        # No ledger entry for a round the victim did not finish: not at the server,
-        # not at the branch (it was killed before paying for round 1).
-        want = [2] if rejoined else []
-        assert [e["round"] for e in _ledger(run_dir / "ledger" / f"{victim}.jsonl")] == want
-        own = _ledger(dep.fed / "branches" / victim / "ledger.jsonl")
-        assert [e["round"] for e in own if e["run_id"] == str(run_id)] == want, own
+        # No ledger entry for a round the victim did not finish. A victim killed
+        # while training has none for round 1; one that finished training (and paid)
+        # an instant before the signal keeps that entry, since its update may have
+        # been on its way. Either way round 1 was aggregated without it (above), and
+        # the server's copy is the branch's own ledger once it is back.
+        own = [
+            e["round"]
+            for e in _ledger(dep.fed / "branches" / victim / "ledger.jsonl")
+            if e["run_id"] == str(run_id)
+        ]
+        copy = [e["round"] for e in _ledger(run_dir / "ledger" / f"{victim}.jsonl")]
+        assert own in (([2], [1, 2]) if rejoined else ([], [1])), own
+        assert copy == (own if rejoined else []), (copy, own)
     for b in survivors:
         assert per[b]["rounds_trained"] == 2 and per[b]["failed_rounds"] == 0, per
         assert sorted(e["round"] for e in _ledger(run_dir / "ledger" / f"{b}.jsonl")) == [1, 2]

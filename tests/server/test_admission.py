@@ -6,6 +6,7 @@ job logic under test is ``FederatedJob.connect`` / ``admit_new_nodes``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedcrm import protocol as P
 from fedcrm.config import compose
+from fedcrm.privacy.accounting import Mechanism
+from fedcrm.privacy.ledger import Ledger
+from fedcrm.privacy.signing import generate_signing_key
 from fedcrm.server.job import FederatedJob
 from fedcrm.server.run_dir import RunDir
 
@@ -43,7 +47,11 @@ class InfoGrid:
                 RecordDict(
                     {
                         P.BRANCH: ConfigRecord(
-                            {"branch_id": branch["id"], "status": P.STATUS_OK, "ledger_history": []}
+                            {
+                                "branch_id": branch["id"],
+                                "status": P.STATUS_OK,
+                                "ledger_history": branch.get("history", []),
+                            }
                         ),
                         P.METRICS: MetricRecord(
                             {
@@ -108,3 +116,84 @@ def test_a_node_that_cannot_take_part_is_asked_once(job_for: Any) -> None:
     assert job.admit_new_nodes() == []
     assert grid.asked.count(5) == 1 and grid.asked.count(6) == 1
     assert sorted(b.branch_id for b in job.branches.values()) == ["a", "b"]
+
+
+def _history(tmp_path: Path, branch: str, rounds: int) -> list[str]:
+    """A branch's ledger after ``rounds`` DP-SGD rounds, as ``query.info`` sends it."""
+    key = tmp_path / "keys" / f"{branch}.key"
+    if not key.exists():
+        generate_signing_key(tmp_path / "keys", branch)
+    ledger = Ledger(tmp_path / f"{branch}.jsonl", branch_id=branch, signing_key=key)
+    mech = Mechanism("dp-sgd", noise_multiplier=1.5, sample_rate=0.05, steps=20, max_grad_norm=1.0)
+    for _ in range(rounds - len(ledger.entries())):
+        ledger.append(
+            run_id="r1",
+            round=len(ledger.entries()) + 1,
+            model="lstm",
+            mechanism=mech,
+            delta=1e-5,
+            accountant="rdp",
+        )
+    return [json.dumps(e, sort_keys=True) for e in ledger.entries()]
+
+
+def _copy(job: FederatedJob, branch: str) -> list[int]:
+    path = job.run_dir.ledger_path(branch)
+    if not path.exists():
+        return []
+    return [json.loads(x)["round"] for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_a_branch_back_after_a_lost_reply_fills_the_gap_in_the_copy(
+    job_for: Any, tmp_path: Path
+) -> None:
+    """It paid for round 2 and died before replying: its new SuperNode sends that entry."""
+    grid = InfoGrid({1: {"id": "a", "history": _history(tmp_path, "a", 1)}, 2: {"id": "b"}})
+    job = job_for(grid)
+    job.connect()
+    assert _copy(job, "a") == [1]
+    del grid.nodes[1]
+    grid.nodes[4] = {"id": "a", "history": _history(tmp_path, "a", 2)}
+    assert job.admit_new_nodes() == ["a"]
+    assert _copy(job, "a") == [1, 2]
+    back = job.branches[4]
+    assert back.epsilon == pytest.approx(json.loads(_history(tmp_path, "a", 2)[-1])["epsilon"])
+    # Round 3's reply now extends the copy instead of breaking its chain.
+    entry = _history(tmp_path, "a", 3)[-1]
+    problems: dict[str, str] = {}
+    assert job._handle_status(back, {"status": P.STATUS_OK, "ledger_entries": [entry]}, problems)
+    assert _copy(job, "a") == [1, 2, 3] and problems == {}
+
+
+def test_a_reply_whose_ledger_entries_do_not_chain_is_not_aggregated(
+    job_for: Any, tmp_path: Path
+) -> None:
+    grid = InfoGrid({1: {"id": "a", "history": _history(tmp_path, "a", 1)}, 2: {"id": "b"}})
+    job = job_for(grid)
+    job.connect()
+    skipped = _history(tmp_path, "a", 3)[-1]  # seq 2: the copy holds seq 0 only
+    a = job.branches[1]
+    problems: dict[str, str] = {}
+    ok = job._handle_status(a, {"status": P.STATUS_OK, "ledger_entries": [skipped]}, problems)
+    assert not ok
+    assert a.failed_rounds == 1 and a.rounds_trained == 0
+    assert problems["a"].startswith("ledger entries rejected") and "seq" in problems["a"]
+    assert _copy(job, "a") == [1]  # nothing written
+    garbled = {"status": P.STATUS_OK, "ledger_entries": ["{not json"]}
+    assert not job._handle_status(a, garbled, problems) and a.failed_rounds == 2
+
+
+def test_a_branch_whose_ledger_history_is_tampered_is_left_out(
+    job_for: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    history = [json.loads(x) for x in _history(tmp_path, "c", 2)]
+    history[1]["epsilon"] = 0.01  # rewrites the spend: the entry hash no longer matches
+    grid = InfoGrid({1: {"id": "a"}, 2: {"id": "b"}})
+    job = job_for(grid)
+    job.connect()
+    grid.nodes[3] = {"id": "c", "history": [json.dumps(e, sort_keys=True) for e in history]}
+    with caplog.at_level("WARNING"):
+        assert job.admit_new_nodes() == []
+    assert "branch c left out: its ledger does not verify" in caplog.text
+    assert sorted(b.branch_id for b in job.branches.values()) == ["a", "b"]
+    assert _copy(job, "c") == []
