@@ -13,8 +13,23 @@ from fedcrm.cli import main
 
 def test_data_synth_then_validate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "crm"
-    assert main(["data", "synth", "--branches", "2", "--customers", "50", "--seed", "1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--branches",
+                "2",
+                "--customers",
+                "50",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert main(["data", "validate", str(out)]) == 0
 
 
@@ -22,8 +37,9 @@ def test_data_validate_reports_problems_without_values(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "crm"
-    main(["data", "synth", "--branches", "1", "--customers", "20", "--seed", "1", "--out",
-          str(out)])
+    main(
+        ["data", "synth", "--branches", "1", "--customers", "20", "--seed", "1", "--out", str(out)]
+    )
     events = out / "events.csv"
     lines = events.read_text().splitlines()
     header = lines[0].split(",")

@@ -15,8 +15,10 @@ from fedcrm.sweeps import privacy_utility_plot
 def _run(path: Path, auc: float, eps: float | None) -> None:
     path.mkdir(parents=True)
     per_branch = {} if eps is None else {"b1": {"epsilon": eps}, "b2": {"epsilon": eps * 0.9}}
-    summary = {"final": {"auc": auc}, "privacy": {"mode": "dp" if eps else "none",
-                                                  "per_branch": per_branch}}
+    summary = {
+        "final": {"auc": auc},
+        "privacy": {"mode": "dp" if eps else "none", "per_branch": per_branch},
+    }
     (path / "summary.json").write_text(json.dumps(summary))
 
 

@@ -63,14 +63,18 @@ def _resolve(source: str | Path | None) -> Path:
         if path.is_dir():
             path = path / FILE_NAME
         if not path.is_file():
-            raise ConfigError(f"CDNOW source {path} is not a file; pass the path of {FILE_NAME} "
-                              "with --source (data.source)")
+            raise ConfigError(
+                f"CDNOW source {path} is not a file; pass the path of {FILE_NAME} "
+                "with --source (data.source)"
+            )
         return path
     found = find_cdnow()
     if found is None:
-        raise ConfigError(f"{FILE_NAME} not found: install the optional dependency with "
-                          "`pip install fedcrm[cdnow]` (it ships inside `lifetimes`) or pass the "
-                          "file with --source (data.source)")
+        raise ConfigError(
+            f"{FILE_NAME} not found: install the optional dependency with "
+            "`pip install fedcrm[cdnow]` (it ships inside `lifetimes`) or pass the "
+            "file with --source (data.source)"
+        )
     return found
 
 
@@ -89,30 +93,40 @@ def load_cdnow(source: str | Path | None = None) -> CRMData:
         When the file cannot be found.
     """
     path = _resolve(source)
-    raw = pd.read_csv(path, sep=r"\s+", header=None, skiprows=1, dtype=str,
-                      names=["customer_id", "date", "number_of_cds", "dollar_value"])
+    raw = pd.read_csv(
+        path,
+        sep=r"\s+",
+        header=None,
+        skiprows=1,
+        dtype=str,
+        names=["customer_id", "date", "number_of_cds", "dollar_value"],
+    )
     ts = pd.to_datetime(raw["date"], format="%Y%m%d").astype("datetime64[ns]")
     cid = raw["customer_id"].astype(str)
     first = ts.groupby(cid.to_numpy()).transform("min")
     branch = first.dt.strftime("%Y-%m")
-    events = pd.DataFrame({
-        "customer_id": cid,
-        "timestamp": ts,
-        "event_type": pd.array(np.full(len(raw), "purchase", dtype=object), dtype=str),
-        "amount": pd.to_numeric(raw["dollar_value"]).astype(np.float64),
-        "channel": pd.array(np.full(len(raw), "web", dtype=object), dtype=str),
-        "product_category": pd.array(np.full(len(raw), "cd", dtype=object), dtype=str),
-        "branch_id": branch.astype(str),
-    })
+    events = pd.DataFrame(
+        {
+            "customer_id": cid,
+            "timestamp": ts,
+            "event_type": pd.array(np.full(len(raw), "purchase", dtype=object), dtype=str),
+            "amount": pd.to_numeric(raw["dollar_value"]).astype(np.float64),
+            "channel": pd.array(np.full(len(raw), "web", dtype=object), dtype=str),
+            "product_category": pd.array(np.full(len(raw), "cd", dtype=object), dtype=str),
+            "branch_id": branch.astype(str),
+        }
+    )
     events = sort_events(events)
     firsts = events.drop_duplicates("customer_id", keep="first")
-    customers = pd.DataFrame({
-        "customer_id": firsts["customer_id"].to_numpy(),
-        "branch_id": firsts["branch_id"].to_numpy(),
-        "signup_date": firsts["timestamp"].dt.normalize().to_numpy(),
-        "consent_analytics": True,
-        "ccpa_opt_out": False,
-    }).astype({"customer_id": str, "branch_id": str})
+    customers = pd.DataFrame(
+        {
+            "customer_id": firsts["customer_id"].to_numpy(),
+            "branch_id": firsts["branch_id"].to_numpy(),
+            "signup_date": firsts["timestamp"].dt.normalize().to_numpy(),
+            "consent_analytics": True,
+            "ccpa_opt_out": False,
+        }
+    ).astype({"customer_id": str, "branch_id": str})
     excluded = dict.fromkeys(sorted(customers["branch_id"].unique()), 0)
     logger.info("CDNOW: %d customer(s), %d purchase(s)", len(customers), len(events))
     return CRMData(customers, events, excluded)

@@ -267,8 +267,9 @@ def _read_csv(path: Path, rel: str, out: list[Problem]) -> tuple[pd.DataFrame, n
     return _read_slow_csv(text, rel, out)
 
 
-def _read_slow_csv(text: str, rel: str, out: list[Problem]
-                   ) -> tuple[pd.DataFrame, np.ndarray] | None:
+def _read_slow_csv(
+    text: str, rel: str, out: list[Problem]
+) -> tuple[pd.DataFrame, np.ndarray] | None:
     """The slow path: one Python pass that names every malformed line."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows: list[list[str]] = []
@@ -294,8 +295,11 @@ def _read_slow_csv(text: str, rel: str, out: list[Problem]
         return None
     if header is None or _bad_header(header, rel, out):
         return None
-    frame = pd.DataFrame(rows, columns=header, dtype=str) if rows else pd.DataFrame(
-        {h: pd.Series([], dtype=str) for h in header})
+    frame = (
+        pd.DataFrame(rows, columns=header, dtype=str)
+        if rows
+        else pd.DataFrame({h: pd.Series([], dtype=str) for h in header})
+    )
     return frame, np.asarray(lines, dtype=np.int64)
 
 

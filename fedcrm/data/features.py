@@ -80,14 +80,19 @@ def resolve_cutoff(data: CRMData, cutoff: dt.date | None, horizon_days: int) -> 
         cutoff = (last.normalize() - pd.Timedelta(days=horizon_days)).date()
     start = pd.Timestamp(cutoff)
     if not (ts < start).any():
-        raise ConfigError(f"task.cutoff {cutoff} leaves no customers: no event before it; "
-                          "choose a later cutoff")
+        raise ConfigError(
+            f"task.cutoff {cutoff} leaves no customers: no event before it; choose a later cutoff"
+        )
     if last < start:
-        raise ConfigError(f"task.cutoff {cutoff} leaves no label window: no event on or after it; "
-                          "choose an earlier cutoff or a shorter task.horizon_days")
+        raise ConfigError(
+            f"task.cutoff {cutoff} leaves no label window: no event on or after it; "
+            "choose an earlier cutoff or a shorter task.horizon_days"
+        )
     if start + pd.Timedelta(days=horizon_days) > last.normalize() + pd.Timedelta(days=1):
-        logger.warning("the label window of task.cutoff %s runs past the last event; "
-                       "churn may be overstated", cutoff)
+        logger.warning(
+            "the label window of task.cutoff %s runs past the last event; churn may be overstated",
+            cutoff,
+        )
     return start.date()
 
 
@@ -117,10 +122,14 @@ def _attributes(customers: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray
 def _empty(K: int, attrs: tuple[str, ...]) -> FeatureSet:
     names = tabular_names(attrs)
     return FeatureSet(
-        customer_ids=np.zeros(0, dtype=str), branch_ids=np.zeros(0, dtype=str),
-        seq_cat=np.zeros((0, K, 3), dtype=np.int64), seq_num=np.zeros((0, K, 3), dtype=np.float32),
-        lengths=np.zeros(0, dtype=np.int64), tabular=np.zeros((0, len(names)), dtype=np.float32),
-        labels=np.zeros(0, dtype=np.int64), tabular_names=names,
+        customer_ids=np.zeros(0, dtype=str),
+        branch_ids=np.zeros(0, dtype=str),
+        seq_cat=np.zeros((0, K, 3), dtype=np.int64),
+        seq_num=np.zeros((0, K, 3), dtype=np.float32),
+        lengths=np.zeros(0, dtype=np.int64),
+        tabular=np.zeros((0, len(names)), dtype=np.float32),
+        labels=np.zeros(0, dtype=np.int64),
+        tabular_names=names,
     )
 
 
@@ -194,20 +203,33 @@ def _build(data: CRMData, cutoff: dt.date, horizon_days: int, max_events: int) -
     win_p = [np.bincount(c, weights=purchase & (to_cut <= w), minlength=n) for w in WINDOWS]
     prev_p = win_p[2] - win_p[1]
     type_counts = np.bincount(c * 6 + etype - 1, minlength=n * 6).reshape(n, 6)
-    chan_counts = np.bincount(c * 5 + np.maximum(chan - 1, 0), weights=chan > 0,
-                              minlength=n * 5).reshape(n, 5)
+    chan_counts = np.bincount(
+        c * 5 + np.maximum(chan - 1, 0), weights=chan > 0, minlength=n * 5
+    ).reshape(n, 5)
     denom = np.maximum(counts, 1)[:, None]
     cols = [
-        np.log1p(recency), np.log1p(p_recency), np.log1p(counts), np.log1p(n_p),
-        np.log1p(spend), np.log1p(spend / np.maximum(n_p, 1)), np.log1p(tenure),
-        np.log1p(mean_gap), *[np.log1p(w) for w in win_e], *[np.log1p(w) for w in win_p],
+        np.log1p(recency),
+        np.log1p(p_recency),
+        np.log1p(counts),
+        np.log1p(n_p),
+        np.log1p(spend),
+        np.log1p(spend / np.maximum(n_p, 1)),
+        np.log1p(tenure),
+        np.log1p(mean_gap),
+        *[np.log1p(w) for w in win_e],
+        *[np.log1p(w) for w in win_p],
     ]
-    tab = np.column_stack([
-        *cols, type_counts / denom, chan_counts / denom,
-        np.log1p(type_counts[:, 2]), np.log1p(type_counts[:, 3]),
-        np.log1p(win_p[1]) - np.log1p(prev_p),
-        _attributes(active, data.attribute_columns),
-    ]).astype(np.float32)
+    tab = np.column_stack(
+        [
+            *cols,
+            type_counts / denom,
+            chan_counts / denom,
+            np.log1p(type_counts[:, 2]),
+            np.log1p(type_counts[:, 3]),
+            np.log1p(win_p[1]) - np.log1p(prev_p),
+            _attributes(active, data.attribute_columns),
+        ]
+    ).astype(np.float32)
     return FeatureSet(
         customer_ids=ids,
         branch_ids=active["branch_id"].to_numpy(dtype=str),
@@ -220,8 +242,9 @@ def _build(data: CRMData, cutoff: dt.date, horizon_days: int, max_events: int) -
     )
 
 
-def build_features(data: CRMData, *, cutoff: dt.date | None, horizon_days: int,
-                   max_events: int) -> FeatureSet:
+def build_features(
+    data: CRMData, *, cutoff: dt.date | None, horizon_days: int, max_events: int
+) -> FeatureSet:
     """Sequences, tabular features and churn labels of every customer active before the cutoff.
 
     Parameters
@@ -247,13 +270,18 @@ def build_features(data: CRMData, *, cutoff: dt.date | None, horizon_days: int,
     """
     resolved = resolve_cutoff(data, cutoff, horizon_days)
     fs = _build(data, resolved, horizon_days, max_events)
-    logger.info("features: %d customer(s), churn rate %.3f, cutoff %s",
-                len(fs), float(fs.labels.mean()) if len(fs) else 0.0, resolved)
+    logger.info(
+        "features: %d customer(s), churn rate %.3f, cutoff %s",
+        len(fs),
+        float(fs.labels.mean()) if len(fs) else 0.0,
+        resolved,
+    )
     return fs
 
 
-def branch_feature_sets(data: CRMData, *, cutoff: dt.date | None, horizon_days: int,
-                        max_events: int) -> dict[str, FeatureSet]:
+def branch_feature_sets(
+    data: CRMData, *, cutoff: dt.date | None, horizon_days: int, max_events: int
+) -> dict[str, FeatureSet]:
     """One :class:`FeatureSet` per branch, all with the same cutoff (resolved on all data).
 
     A branch with no customer active before the cutoff is left out (with a warning).
@@ -269,8 +297,9 @@ def branch_feature_sets(data: CRMData, *, cutoff: dt.date | None, horizon_days: 
     return out
 
 
-def stratified_split(fs: FeatureSet, *, test_fraction: float, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    fs: FeatureSet, *, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/test split stratified by (branch, label).
 
     Each branch is split on its own with a generator seeded by ``(seed,

@@ -69,8 +69,9 @@ class CRMData:
         """The customers, events and exclusion count of one branch."""
         cust = self.customers[self.customers["branch_id"] == branch_id].reset_index(drop=True)
         ev = self.events[self.events["branch_id"] == branch_id].reset_index(drop=True)
-        return CRMData(cust, ev, {branch_id: self.excluded.get(branch_id, 0)},
-                       self.attribute_columns)
+        return CRMData(
+            cust, ev, {branch_id: self.excluded.get(branch_id, 0)}, self.attribute_columns
+        )
 
     def write(self, out_dir: str | Path, fmt: str = "csv") -> Path:
         """Write the contract files (one pair, with a ``branch_id`` column).
@@ -106,8 +107,9 @@ class CRMData:
         return out
 
 
-def apply_consent(customers: pd.DataFrame, events: pd.DataFrame
-                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+def apply_consent(
+    customers: pd.DataFrame, events: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """Drop customers without analytics consent or who opted out, and their events.
 
     Parameters
@@ -127,8 +129,11 @@ def apply_consent(customers: pd.DataFrame, events: pd.DataFrame
     gone = customers.loc[drop, "customer_id"]
     kept_c = customers.loc[~drop].reset_index(drop=True)
     kept_e = events.loc[~member(events["customer_id"], gone)].reset_index(drop=True)
-    logger.info("consent filter: %d customer(s) excluded across %d branch(es)",
-                int(drop.sum()), len(excluded))
+    logger.info(
+        "consent filter: %d customer(s) excluded across %d branch(es)",
+        int(drop.sum()),
+        len(excluded),
+    )
     return kept_c, kept_e, excluded
 
 
@@ -166,6 +171,10 @@ def load_crm(path: str | Path, *, attribute_columns: Sequence[str] = ()) -> CRMD
     assert found.customers is not None and found.events is not None
     customers, events, excluded = apply_consent(found.customers, found.events)
     events = sort_events(events[[*EVENT_COLUMNS, "branch_id"]])
-    logger.info("loaded %d customer(s), %d event(s) in %d branch(es)",
-                len(customers), len(events), customers["branch_id"].nunique())
+    logger.info(
+        "loaded %d customer(s), %d event(s) in %d branch(es)",
+        len(customers),
+        len(events),
+        customers["branch_id"].nunique(),
+    )
     return CRMData(customers, events, excluded, tuple(attribute_columns))

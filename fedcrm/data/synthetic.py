@@ -52,8 +52,18 @@ an AUC of roughly 0.8-0.9.
 __doc__ = (__doc__ or "") + TRUE_SIGNAL
 
 CATEGORIES: tuple[str, ...] = (
-    "electronics", "apparel", "home", "beauty", "sports", "toys",
-    "books", "grocery", "garden", "jewelry", "automotive", "pet",
+    "electronics",
+    "apparel",
+    "home",
+    "beauty",
+    "sports",
+    "toys",
+    "books",
+    "grocery",
+    "garden",
+    "jewelry",
+    "automotive",
+    "pet",
 )
 _PRICE = np.array([3.0, 1.2, 1.5, 0.7, 1.3, 0.8, 0.5, 0.4, 0.9, 2.5, 1.8, 0.6])
 _BASE_TYPES = np.array([0.28, 0.18, 0.03, 0.04, 0.25, 0.22])  # order of EVENT_TYPES
@@ -68,8 +78,9 @@ def _draw(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return np.minimum((u[:, None] >= cum).sum(axis=1), probs.shape[1] - 1)
 
 
-def _raw(branches: int, customers: int, seed: int, start: str, end: str
-         ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _raw(
+    branches: int, customers: int, seed: int, start: str, end: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All customers (consenting or not) and their events."""
     rng = np.random.default_rng(seed)
     start_ns = pd.Timestamp(start).value
@@ -159,28 +170,33 @@ def _raw(branches: int, customers: int, seed: int, start: str, end: str
     signup_ts = signup_ts.where(rng.random(N) >= 0.05)  # 5 % unknown signup dates
     consent = rng.random(N) >= no_consent[b]
     opted = rng.random(N) < opt_out[b]
-    cust = pd.DataFrame({
-        "customer_id": pd.array(ids, dtype=str),
-        "branch_id": pd.array(branch_names[b], dtype=str),
-        "signup_date": signup_ts.astype("datetime64[ns]"),
-        "consent_analytics": consent,
-        "ccpa_opt_out": opted,
-    })
+    cust = pd.DataFrame(
+        {
+            "customer_id": pd.array(ids, dtype=str),
+            "branch_id": pd.array(branch_names[b], dtype=str),
+            "signup_date": signup_ts.astype("datetime64[ns]"),
+            "consent_analytics": consent,
+            "ccpa_opt_out": opted,
+        }
+    )
     o = owner[order]
-    events = pd.DataFrame({
-        "customer_id": pd.array(ids[o], dtype=str),
-        "timestamp": ts[order].astype("datetime64[ns]"),
-        "event_type": pd.array(np.asarray(EVENT_TYPES, dtype=object)[etype[order]], dtype=str),
-        "amount": amount[order].astype(np.float64),
-        "channel": pd.array(np.asarray(CHANNELS, dtype=object)[chan[order]], dtype=str),
-        "product_category": pd.array(cat_names[order], dtype=str),
-        "branch_id": pd.array(branch_names[b[o]], dtype=str),
-    })
+    events = pd.DataFrame(
+        {
+            "customer_id": pd.array(ids[o], dtype=str),
+            "timestamp": ts[order].astype("datetime64[ns]"),
+            "event_type": pd.array(np.asarray(EVENT_TYPES, dtype=object)[etype[order]], dtype=str),
+            "amount": amount[order].astype(np.float64),
+            "channel": pd.array(np.asarray(CHANNELS, dtype=object)[chan[order]], dtype=str),
+            "product_category": pd.array(cat_names[order], dtype=str),
+            "branch_id": pd.array(branch_names[b[o]], dtype=str),
+        }
+    )
     return cust, events
 
 
-def generate(*, branches: int, customers: int, seed: int, start: str = "2023-01-01",
-             end: str = "2024-12-31") -> CRMData:
+def generate(
+    *, branches: int, customers: int, seed: int, start: str = "2023-01-01", end: str = "2024-12-31"
+) -> CRMData:
     """Generate consent-filtered synthetic CRM data (see :data:`TRUE_SIGNAL`).
 
     Parameters
@@ -202,13 +218,22 @@ def generate(*, branches: int, customers: int, seed: int, start: str = "2023-01-
     """
     cust, events = _raw(branches, customers, seed, start, end)
     cust, events, excluded = apply_consent(cust, events)
-    logger.info("synthetic: %d branch(es), %d customer(s), %d event(s)",
-                branches, len(cust), len(events))
+    logger.info(
+        "synthetic: %d branch(es), %d customer(s), %d event(s)", branches, len(cust), len(events)
+    )
     return CRMData(cust, events, excluded)
 
 
-def write_synthetic(out_dir: str | Path, *, branches: int, customers: int, seed: int,
-                    start: str = "2023-01-01", end: str = "2024-12-31", fmt: str = "csv") -> Path:
+def write_synthetic(
+    out_dir: str | Path,
+    *,
+    branches: int,
+    customers: int,
+    seed: int,
+    start: str = "2023-01-01",
+    end: str = "2024-12-31",
+    fmt: str = "csv",
+) -> Path:
     """Write a synthetic branch export (all customers, consenting or not) as contract files.
 
     Parameters

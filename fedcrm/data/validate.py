@@ -69,8 +69,13 @@ def _emit(out: list[Problem], file: str, lines: Iterable[int], column: str, mess
     out.extend(Problem(file, int(line), column, message) for line in lines)
 
 
-def _check_columns(frame: pd.DataFrame, rel: str, required: Sequence[str],
-                   allowed_extra: Sequence[str], out: list[Problem]) -> None:
+def _check_columns(
+    frame: pd.DataFrame,
+    rel: str,
+    required: Sequence[str],
+    allowed_extra: Sequence[str],
+    out: list[Problem],
+) -> None:
     for name in [*required, *allowed_extra]:
         if name not in frame.columns:
             out.append(Problem(rel, 1, name, "missing column"))
@@ -92,8 +97,9 @@ def _timestamps(text: pd.Series) -> pd.Series:
     return ts.dt.tz_localize(None).astype("datetime64[ns]")
 
 
-def _check_customers(pair: FilePair, attrs: Sequence[str], out: list[Problem]
-                     ) -> tuple[pd.DataFrame, np.ndarray] | None:
+def _check_customers(
+    pair: FilePair, attrs: Sequence[str], out: list[Problem]
+) -> tuple[pd.DataFrame, np.ndarray] | None:
     assert pair.customers is not None
     rel = pair.rel(pair.customers)
     read = read_table(pair.customers, rel, out)
@@ -134,8 +140,9 @@ def _check_customers(pair: FilePair, attrs: Sequence[str], out: list[Problem]
     return typed, lines
 
 
-def _check_events(pair: FilePair, known: pd.Series | None, out: list[Problem]
-                  ) -> pd.DataFrame | None:
+def _check_events(
+    pair: FilePair, known: pd.Series | None, out: list[Problem]
+) -> pd.DataFrame | None:
     assert pair.events is not None
     rel = pair.rel(pair.events)
     read = read_table(pair.events, rel, out)
@@ -169,8 +176,10 @@ def _check_events(pair: FilePair, known: pd.Series | None, out: list[Problem]
     if "amount" in frame.columns:
         text = frame["amount"]
         try:
-            amount = pd.Series(pc.cast(pa.array(text), pa.float64()).to_numpy(zero_copy_only=False),
-                               index=text.index)
+            amount = pd.Series(
+                pc.cast(pa.array(text), pa.float64()).to_numpy(zero_copy_only=False),
+                index=text.index,
+            )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             amount = pd.to_numeric(text, errors="coerce").astype("float64")
         nan_word = text.str.lower().isin(_NAN_WORDS).to_numpy()
@@ -185,17 +194,30 @@ def _check_events(pair: FilePair, known: pd.Series | None, out: list[Problem]
     return typed
 
 
-def _check_pair(pair: FilePair, attrs: Sequence[str], out: list[Problem]
-                ) -> tuple[pd.DataFrame | None, pd.DataFrame | None, np.ndarray | None]:
+def _check_pair(
+    pair: FilePair, attrs: Sequence[str], out: list[Problem]
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None, np.ndarray | None]:
     for path, table in ((pair.customers, "customers"), (pair.events, "events")):
         if path is None:
-            out.append(Problem(pair.rel(f"{table}.csv"), 0, WHOLE,
-                               f"missing file ({table}.csv or {table}.parquet)"))
+            out.append(
+                Problem(
+                    pair.rel(f"{table}.csv"),
+                    0,
+                    WHOLE,
+                    f"missing file ({table}.csv or {table}.parquet)",
+                )
+            )
         else:
             others = find_table(pair.directory, table)
             if len(others) > 1:
-                out.append(Problem(pair.rel(path), 0, WHOLE,
-                                   f"both {table}.csv and {table}.parquet present; keep one"))
+                out.append(
+                    Problem(
+                        pair.rel(path),
+                        0,
+                        WHOLE,
+                        f"both {table}.csv and {table}.parquet present; keep one",
+                    )
+                )
     cust = _check_customers(pair, attrs, out) if pair.customers is not None else None
     customers, lines = cust if cust is not None else (None, None)
     known = customers["customer_id"] if customers is not None else None
@@ -203,12 +225,18 @@ def _check_pair(pair: FilePair, attrs: Sequence[str], out: list[Problem]
     if customers is not None and events is not None and lines is not None:
         ok = (customers["branch_id"] != "").to_numpy()
         has_events = member(customers["customer_id"], events["customer_id"])
-        per_branch = pd.DataFrame({"b": customers["branch_id"].to_numpy()[ok], "e": has_events[ok],
-                                   "line": lines[ok]}).groupby("b", sort=True)
+        per_branch = pd.DataFrame(
+            {"b": customers["branch_id"].to_numpy()[ok], "e": has_events[ok], "line": lines[ok]}
+        ).groupby("b", sort=True)
         agg = per_branch.agg(e=("e", "any"), line=("line", "min"))
         rel = pair.rel(pair.customers) if pair.customers else "customers"
-        _emit(out, rel, agg["line"][~agg["e"]], "branch_id",
-              "branch has no events (none of its customers appears in the events file)")
+        _emit(
+            out,
+            rel,
+            agg["line"][~agg["e"]],
+            "branch_id",
+            "branch has no events (none of its customers appears in the events file)",
+        )
     if customers is not None:
         customers = customers.assign(_file=pair.rel(pair.customers or "customers.csv"), _line=lines)
     return customers, events, lines

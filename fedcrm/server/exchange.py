@@ -250,4 +250,3 @@ class Courier:
             if answered_at:
                 self.planner.done(mtype, max(answered_at.values()))
         return [replies[node] for node in nodes]
-

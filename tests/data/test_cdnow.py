@@ -43,9 +43,11 @@ def test_missing_source_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_explicit_source(tmp_path: Path) -> None:
     src = tmp_path / "CDNOW_master.txt"
-    src.write_text(" customer_id  date number_of_cds  dollar_value\n"
-                   " 00001 19970101  1   11.77\n 00002 19970212  2   0.00\n"
-                   " 00001 19970301  1   5.00\n")
+    src.write_text(
+        " customer_id  date number_of_cds  dollar_value\n"
+        " 00001 19970101  1   11.77\n 00002 19970212  2   0.00\n"
+        " 00001 19970301  1   5.00\n"
+    )
     data = cdnow.load_cdnow(tmp_path)
     assert data.customers["branch_id"].tolist() == ["1997-01", "1997-02"]
     assert data.events["amount"].tolist() == [11.77, 5.0, 0.0]

@@ -23,13 +23,17 @@ CUTOFF = dt.date(2024, 1, 11)
 
 
 def _tiny() -> CRMData:
-    customers = pd.DataFrame({
-        "customer_id": ["A", "B", "C"],
-        "branch_id": ["b1", "b1", "b2"],
-        "signup_date": pd.to_datetime(["2023-12-01", None, "2024-01-01"]).astype("datetime64[ns]"),
-        "consent_analytics": True,
-        "ccpa_opt_out": False,
-    })
+    customers = pd.DataFrame(
+        {
+            "customer_id": ["A", "B", "C"],
+            "branch_id": ["b1", "b1", "b2"],
+            "signup_date": pd.to_datetime(["2023-12-01", None, "2024-01-01"]).astype(
+                "datetime64[ns]"
+            ),
+            "consent_analytics": True,
+            "ccpa_opt_out": False,
+        }
+    )
     rows = [
         ("A", "2024-01-01 00:00", "purchase", 9.0, "store", " Books "),
         ("A", "2024-01-05 12:00", "visit", 0.0, "store", ""),
@@ -38,8 +42,10 @@ def _tiny() -> CRMData:
         ("B", "2024-01-25 00:00", "purchase", 5.0, "web", ""),  # after the window
         ("C", "2024-01-12 00:00", "purchase", 1.0, "app", ""),  # only after the cutoff
     ]
-    ev = pd.DataFrame(rows, columns=["customer_id", "timestamp", "event_type", "amount",
-                                     "channel", "product_category"])
+    ev = pd.DataFrame(
+        rows,
+        columns=["customer_id", "timestamp", "event_type", "amount", "channel", "product_category"],
+    )
     ev["timestamp"] = pd.to_datetime(ev["timestamp"]).astype("datetime64[ns]")
     ev["branch_id"] = ev["customer_id"].map({"A": "b1", "B": "b1", "C": "b2"}).astype(str)
     return CRMData(customers, ev, {"b1": 0, "b2": 0})
@@ -54,8 +60,9 @@ def test_hand_computed_case() -> None:
     books = zlib.crc32(b"books") % 32 + 1
     assert fs.seq_cat[0].tolist() == [[1, 1, books], [2, 1, 0], [0, 0, 0]]
     assert fs.seq_cat[1].tolist() == [[6, 2, 0], [0, 0, 0], [0, 0, 0]]
-    np.testing.assert_allclose(fs.seq_num[0, :2], np.log1p([[9.0, 0.0, 10.0], [0.0, 4.5, 5.5]]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        fs.seq_num[0, :2], np.log1p([[9.0, 0.0, 10.0], [0.0, 4.5, 5.5]]), rtol=1e-6
+    )
     np.testing.assert_allclose(fs.seq_num[1, 0], np.log1p([0.0, 0.0, 1.0]), rtol=1e-6)
     assert not fs.seq_num[0, 2].any()
     tab = dict(zip(fs.tabular_names, fs.tabular[0], strict=True))
@@ -101,9 +108,15 @@ def _fake(n_per_branch: dict[str, int], seed: int = 0) -> FeatureSet:
     branches = np.concatenate([[b] * n for b, n in n_per_branch.items()])
     n = len(branches)
     labels = (rng.random(n) < 0.3).astype(np.int64)
-    return FeatureSet(np.arange(n).astype(str), branches, np.zeros((n, 2, 3), np.int64),
-                      np.zeros((n, 2, 3), np.float32), np.ones(n, np.int64),
-                      np.zeros((n, 1), np.float32), labels)
+    return FeatureSet(
+        np.arange(n).astype(str),
+        branches,
+        np.zeros((n, 2, 3), np.int64),
+        np.zeros((n, 2, 3), np.float32),
+        np.ones(n, np.int64),
+        np.zeros((n, 1), np.float32),
+        labels,
+    )
 
 
 def test_stratified_split() -> None:

@@ -61,57 +61,124 @@ def test_valid_export_has_no_problem(tmp_path: Path) -> None:
 
 
 CASES = {
-    "bad_signup_date": (_replace_line(CUSTOMERS, 2, "SECRET-123,b1,SECRET-123,true,false"),
-                        EVENTS, "customers.csv:2: signup_date: "),
-    "bad_bool": (_replace_line(CUSTOMERS, 3, "C2,b1,,SECRET-123,no"), EVENTS,
-                 "customers.csv:3: consent_analytics: "),
-    "empty_required": (_replace_line(CUSTOMERS, 4, ",b1,2023-02-01,1,0"), EVENTS,
-                       "customers.csv:4: customer_id: "),
-    "duplicate_id": (CUSTOMERS + "SECRET-123,b1,,true,false\n", EVENTS,
-                     "customers.csv:5: customer_id: duplicate customer_id (first on line 2)"),
-    "missing_column": (CUSTOMERS.replace(",ccpa_opt_out", "").replace(",false\n", "\n")
-                       .replace(",no\n", "\n").replace(",0\n", "\n"), EVENTS,
-                       "customers.csv:1: ccpa_opt_out: missing column"),
-    "extra_column": (CUSTOMERS, EVENTS.replace("category\n", "category,notes\n", 1)
-                     .replace("books\n", "books,SECRET-123\n").replace(",\n", ",,x\n")
-                     .replace("toys\n", "toys,y\n"), "events.csv:1: notes: undeclared column"),
-    "bad_timestamp": (CUSTOMERS, _replace_line(EVENTS, 3, "C2,SECRET-123,visit,0,web,"),
-                      "events.csv:3: timestamp: "),
-    "unparsable_amount": (CUSTOMERS, _replace_line(EVENTS, 2,
-                          "SECRET-123,2023-03-01,purchase,SECRET-123,store,books"),
-                          "events.csv:2: amount: not a number"),
-    "negative_amount": (CUSTOMERS, EVENTS + "C3,2023-03-04,return,-77.7,store,toys\n",
-                        "events.csv:5: amount: negative amount"),
-    "nan_amount": (CUSTOMERS, _replace_line(EVENTS, 4, "C3,2023-03-03,purchase,NaN,app,toys"),
-                   "events.csv:4: amount: missing value (NaN)"),
-    "empty_amount": (CUSTOMERS, _replace_line(EVENTS, 4, "C3,2023-03-03,purchase,,app,toys"),
-                     "events.csv:4: amount: empty value"),
-    "unknown_event_type": (CUSTOMERS, _replace_line(EVENTS, 3, "C2,2023-03-02,SECRET-123,0,web,"),
-                           "events.csv:3: event_type: unknown event_type"),
-    "unknown_channel": (CUSTOMERS, _replace_line(EVENTS, 3, "C2,2023-03-02,visit,0,SECRET-123,"),
-                        "events.csv:3: channel: unknown channel"),
-    "unknown_customer": (CUSTOMERS, EVENTS + "SECRET-1234,2023-03-04,visit,0,web,\n",
-                         "events.csv:5: customer_id: event for a customer not in customers.csv"),
-    "branch_without_events": (CUSTOMERS + "C9,b2,,true,false\nC10,b2,,true,false\n", EVENTS,
-                              "customers.csv:5: branch_id: branch has no events"),
-    "header_only_events": (CUSTOMERS, EVENTS.splitlines()[0] + "\n",
-                           "events.csv:0: -: no data rows"),
-    "header_only_customers": (CUSTOMERS.splitlines()[0] + "\n", EVENTS,
-                              "customers.csv:0: -: no data rows"),
-    "ragged_long": (CUSTOMERS, _replace_line(EVENTS, 3, "C2,2023-03-02,visit,0,web,,SECRET-123"),
-                    "events.csv:3: -: malformed row: 7 fields, header has 6"),
-    "ragged_short": (CUSTOMERS, _replace_line(EVENTS, 4, "SECRET-123,2023-03-03,purchase"),
-                     "events.csv:4: -: malformed row: 3 fields"),
+    "bad_signup_date": (
+        _replace_line(CUSTOMERS, 2, "SECRET-123,b1,SECRET-123,true,false"),
+        EVENTS,
+        "customers.csv:2: signup_date: ",
+    ),
+    "bad_bool": (
+        _replace_line(CUSTOMERS, 3, "C2,b1,,SECRET-123,no"),
+        EVENTS,
+        "customers.csv:3: consent_analytics: ",
+    ),
+    "empty_required": (
+        _replace_line(CUSTOMERS, 4, ",b1,2023-02-01,1,0"),
+        EVENTS,
+        "customers.csv:4: customer_id: ",
+    ),
+    "duplicate_id": (
+        CUSTOMERS + "SECRET-123,b1,,true,false\n",
+        EVENTS,
+        "customers.csv:5: customer_id: duplicate customer_id (first on line 2)",
+    ),
+    "missing_column": (
+        CUSTOMERS.replace(",ccpa_opt_out", "")
+        .replace(",false\n", "\n")
+        .replace(",no\n", "\n")
+        .replace(",0\n", "\n"),
+        EVENTS,
+        "customers.csv:1: ccpa_opt_out: missing column",
+    ),
+    "extra_column": (
+        CUSTOMERS,
+        EVENTS.replace("category\n", "category,notes\n", 1)
+        .replace("books\n", "books,SECRET-123\n")
+        .replace(",\n", ",,x\n")
+        .replace("toys\n", "toys,y\n"),
+        "events.csv:1: notes: undeclared column",
+    ),
+    "bad_timestamp": (
+        CUSTOMERS,
+        _replace_line(EVENTS, 3, "C2,SECRET-123,visit,0,web,"),
+        "events.csv:3: timestamp: ",
+    ),
+    "unparsable_amount": (
+        CUSTOMERS,
+        _replace_line(EVENTS, 2, "SECRET-123,2023-03-01,purchase,SECRET-123,store,books"),
+        "events.csv:2: amount: not a number",
+    ),
+    "negative_amount": (
+        CUSTOMERS,
+        EVENTS + "C3,2023-03-04,return,-77.7,store,toys\n",
+        "events.csv:5: amount: negative amount",
+    ),
+    "nan_amount": (
+        CUSTOMERS,
+        _replace_line(EVENTS, 4, "C3,2023-03-03,purchase,NaN,app,toys"),
+        "events.csv:4: amount: missing value (NaN)",
+    ),
+    "empty_amount": (
+        CUSTOMERS,
+        _replace_line(EVENTS, 4, "C3,2023-03-03,purchase,,app,toys"),
+        "events.csv:4: amount: empty value",
+    ),
+    "unknown_event_type": (
+        CUSTOMERS,
+        _replace_line(EVENTS, 3, "C2,2023-03-02,SECRET-123,0,web,"),
+        "events.csv:3: event_type: unknown event_type",
+    ),
+    "unknown_channel": (
+        CUSTOMERS,
+        _replace_line(EVENTS, 3, "C2,2023-03-02,visit,0,SECRET-123,"),
+        "events.csv:3: channel: unknown channel",
+    ),
+    "unknown_customer": (
+        CUSTOMERS,
+        EVENTS + "SECRET-1234,2023-03-04,visit,0,web,\n",
+        "events.csv:5: customer_id: event for a customer not in customers.csv",
+    ),
+    "branch_without_events": (
+        CUSTOMERS + "C9,b2,,true,false\nC10,b2,,true,false\n",
+        EVENTS,
+        "customers.csv:5: branch_id: branch has no events",
+    ),
+    "header_only_events": (
+        CUSTOMERS,
+        EVENTS.splitlines()[0] + "\n",
+        "events.csv:0: -: no data rows",
+    ),
+    "header_only_customers": (
+        CUSTOMERS.splitlines()[0] + "\n",
+        EVENTS,
+        "customers.csv:0: -: no data rows",
+    ),
+    "ragged_long": (
+        CUSTOMERS,
+        _replace_line(EVENTS, 3, "C2,2023-03-02,visit,0,web,,SECRET-123"),
+        "events.csv:3: -: malformed row: 7 fields, header has 6",
+    ),
+    "ragged_short": (
+        CUSTOMERS,
+        _replace_line(EVENTS, 4, "SECRET-123,2023-03-03,purchase"),
+        "events.csv:4: -: malformed row: 3 fields",
+    ),
     "ragged_after_quoted_newline": (
         CUSTOMERS,
         _replace_line(EVENTS, 2, 'SECRET-123,2023-03-01,purchase,1,store,"two\nlines"')
         + "C3,2023-03-05,visit,0,web,,SECRET-123\n",
-        "events.csv:6: -: malformed row"),
-    "unbalanced_quote": (CUSTOMERS, EVENTS + 'C3,2023-03-05,visit,0,web,"SECRET-123\n',
-                         "events.csv:"),
+        "events.csv:6: -: malformed row",
+    ),
+    "unbalanced_quote": (
+        CUSTOMERS,
+        EVENTS + 'C3,2023-03-05,visit,0,web,"SECRET-123\n',
+        "events.csv:",
+    ),
     "empty_file": (CUSTOMERS, "", "events.csv:0: -: empty file"),
-    "value_after_blank_line": (CUSTOMERS, EVENTS + "\nC3,2023-03-05,visit,0,SECRET-123,\n",
-                               "events.csv:6: channel: "),
+    "value_after_blank_line": (
+        CUSTOMERS,
+        EVENTS + "\nC3,2023-03-05,visit,0,SECRET-123,\n",
+        "events.csv:6: channel: ",
+    ),
     "bad_utf8": (CUSTOMERS, None, "events.csv:5: -: not UTF-8"),
 }
 
@@ -136,8 +203,9 @@ def test_declared_attribute_column(tmp_path: Path) -> None:
     root = _write(tmp_path, text)
     assert [p.column for p in validate_dir(root)] == ["age"]
     assert validate_dir(root, attribute_columns=["age"]) == []
-    _assert_located(root, "customers.csv:1: income: missing column",
-                    attribute_columns=["age", "income"])
+    _assert_located(
+        root, "customers.csv:1: income: missing column", attribute_columns=["age", "income"]
+    )
 
 
 def test_subdirectory_layout_names_relative_files(tmp_path: Path) -> None:
@@ -155,13 +223,25 @@ def test_subdirectory_layout_names_relative_files(tmp_path: Path) -> None:
 
 
 def test_parquet_lines_are_row_plus_two(tmp_path: Path) -> None:
-    cust = pd.DataFrame({"customer_id": ["SECRET-123", "C2"], "branch_id": ["b1", "b1"],
-                         "signup_date": pd.to_datetime(["2023-01-01", None]),
-                         "consent_analytics": [True, True], "ccpa_opt_out": [False, False]})
-    ev = pd.DataFrame({"customer_id": ["SECRET-123", "C2"],
-                       "timestamp": pd.to_datetime(["2023-03-01", "2023-03-02"], utc=True),
-                       "event_type": ["purchase", "visit"], "amount": [1.5, -77.7],
-                       "channel": ["store", "web"], "product_category": ["x", None]})
+    cust = pd.DataFrame(
+        {
+            "customer_id": ["SECRET-123", "C2"],
+            "branch_id": ["b1", "b1"],
+            "signup_date": pd.to_datetime(["2023-01-01", None]),
+            "consent_analytics": [True, True],
+            "ccpa_opt_out": [False, False],
+        }
+    )
+    ev = pd.DataFrame(
+        {
+            "customer_id": ["SECRET-123", "C2"],
+            "timestamp": pd.to_datetime(["2023-03-01", "2023-03-02"], utc=True),
+            "event_type": ["purchase", "visit"],
+            "amount": [1.5, -77.7],
+            "channel": ["store", "web"],
+            "product_category": ["x", None],
+        }
+    )
     cust.to_parquet(tmp_path / "customers.parquet")
     ev.to_parquet(tmp_path / "events.parquet")
     _assert_located(tmp_path, "events.parquet:3: amount: negative amount")

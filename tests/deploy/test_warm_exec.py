@@ -95,9 +95,7 @@ def test_exits_when_the_supernode_dies_while_its_runtime_api_is_unreachable() ->
     """Flower's retries would wait for ever; the SuperExec gives up and checks its parent."""
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
     t0 = time.monotonic()
-    ex = warm_exec.serve(
-        "127.0.0.1:9", insecure=True, parent_pid=parent.pid, preload_modules=[]
-    )
+    ex = warm_exec.serve("127.0.0.1:9", insecure=True, parent_pid=parent.pid, preload_modules=[])
     parent.wait()
     assert ex.launched == 0 and time.monotonic() - t0 < 60
 

@@ -33,8 +33,9 @@ def _entries(path: Path) -> list[dict]:
 
 def test_dp_run_with_one_branch_hitting_its_ceiling(tmp_path: Path) -> None:
     out = tmp_path / "dp"
-    overrides = _check_overrides([*TINY, "branch.epsilon_ceilings.branch_00=1.4",
-                                  f"output_dir={out}"])
+    overrides = _check_overrides(
+        [*TINY, "branch.epsilon_ceilings.branch_00=1.4", f"output_dir={out}"]
+    )
     summary = simulate(compose(overrides), out)
 
     priv = summary["privacy"]["per_branch"]
@@ -56,8 +57,12 @@ def test_dp_run_with_one_branch_hitting_its_ceiling(tmp_path: Path) -> None:
         copy = _entries(out / "ledger" / f"{b}.jsonl")
         assert home == copy
         mechanisms = [
-            Mechanism(name=e["mechanism"], noise_multiplier=e["noise_multiplier"],
-                      sample_rate=e["sample_rate"], steps=e["steps"])
+            Mechanism(
+                name=e["mechanism"],
+                noise_multiplier=e["noise_multiplier"],
+                sample_rate=e["sample_rate"],
+                steps=e["steps"],
+            )
             for e in home
         ]
         eps = compute_epsilon(mechanisms, delta=home[-1]["delta"], accountant="rdp")

@@ -180,6 +180,7 @@ def test_interrupted_tree_job_resumes_to_the_same_trees(
         feature_names=trains[0].tabular_names,
     )
     ours = json.loads((out / "model.xgb.json").read_text())
-    assert ours["learner"]["gradient_booster"] == to_xgboost_json(ref.model)["learner"][
-        "gradient_booster"
-    ]
+    assert (
+        ours["learner"]["gradient_booster"]
+        == to_xgboost_json(ref.model)["learner"]["gradient_booster"]
+    )
