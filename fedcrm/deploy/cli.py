@@ -338,6 +338,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     if not any(p.startswith("--data-path") for p in report.problems):
         check_data(Path(node_config["data-path"]), args.branch_id, report)
     check_port_free("127.0.0.1", args.runtime_port, "--runtime-port", report)
+    approved = _approved_apps(args, report)
     report.raise_if_any(f"the SuperNode of branch {args.branch_id}")
     for note in report.notes:
         _say(f"note: {note}")
@@ -358,7 +359,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     if warm:
         cmd += ["--isolation", "process"]
     cmd += _extra(args)
-    exec_cmd = warm_exec_command(args.runtime_port, os.getpid())
+    exec_cmd = warm_exec_command(args.runtime_port, os.getpid(), approved)
     if args.check_only:
         _say("preflight checks passed")
         if warm:
@@ -371,14 +372,36 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     )
 
 
-def warm_exec_command(runtime_port: int, supernode_pid: int) -> list[str]:
+def _approved_apps(args: argparse.Namespace, report: Any) -> list[str] | None:
+    """The FAB hashes of ``--approve-app`` (``None``: any app runs, with a note saying so)."""
+    from fedcrm.deploy.approval import resolve_approved
+
+    if not args.approve_app:
+        report.notes.append(
+            "any app the SuperLink is asked to run will run at this branch; pin the apps "
+            "you approved with --approve-app (`fedcrm node app-hash APP_DIR` gives the hash)"
+        )
+        return None
+    if args.executor != "warm":
+        report.add("--approve-app", "needs --executor warm (Flower's own executor cannot check)")
+        return None
+    try:
+        return resolve_approved(args.approve_app)
+    except ConfigError as exc:
+        report.problems.append(str(exc))
+        return None
+
+
+def warm_exec_command(
+    runtime_port: int, supernode_pid: int, approved_fabs: list[str] | None = None
+) -> list[str]:
     """The warm SuperExec that serves a ``--isolation process`` SuperNode's Runtime API.
 
     ``supernode_pid`` is this process's pid (the supervisor of flower-supernode): the
     SuperExec outlives a SuperNode restart and exits when ``fedcrm node start`` ends
-    (SIGTERM or SIGKILL alike).
+    (SIGTERM or SIGKILL alike). With ``approved_fabs`` it runs only those apps.
     """
-    return [
+    cmd = [
         sys.executable,
         "-m",
         "fedcrm.deploy.warm_exec",
@@ -388,6 +411,17 @@ def warm_exec_command(runtime_port: int, supernode_pid: int) -> list[str]:
         "--parent-pid",
         str(supernode_pid),
     ]
+    if approved_fabs is not None:
+        cmd += ["--approved-fabs", ",".join(approved_fabs)]
+    return cmd
+
+
+def cmd_node_app_hash(args: argparse.Namespace) -> int:
+    """``fedcrm node app-hash [APP_DIR]``: the FAB hash ``flwr run APP_DIR`` will send."""
+    from fedcrm.deploy.approval import fab_hash_of_dir
+
+    print(fab_hash_of_dir(Path(args.app).expanduser()), flush=True)
+    return 0
 
 
 def _start_warm_exec(cmd: list[str]) -> None:
@@ -542,6 +576,21 @@ def add_federation_parser(sub: Any) -> None:
         help="exit when the SuperNode exits (default: start it again, pausing 2 s doubling "
         "to 60 s, e.g. after a SuperLink restart or while the branch is not registered yet)",
     )
+    ns.add_argument(
+        "--approve-app",
+        action="append",
+        metavar="HASH|DIR|FILE.fab",
+        help="run only this app (repeatable): its FAB hash (`fedcrm node app-hash`), the "
+        "app directory you reviewed, or its .fab file (default: any app the SuperLink sends)",
+    )
     ns.add_argument("--check-only", action="store_true", help="print the command, do not start")
     ns.add_argument("flower_args", nargs="*", help="after --: passed to flower-supernode")
     _handler(ns, cmd_node_start)
+    nh = nsub.add_parser(
+        "app-hash",
+        help="the FAB hash `flwr run APP_DIR` sends (for --approve-app)",
+        description="Build the Flower app in APP_DIR as `flwr run` does (Flower's own "
+        "reproducible FAB build) and print its SHA-256, the hash a SuperNode sees.",
+    )
+    nh.add_argument("app", nargs="?", default=".", help="the Flower app directory (default: .)")
+    _handler(nh, cmd_node_app_hash)

@@ -193,6 +193,11 @@ def _run_child(spec: object) -> NoReturn:  # pragma: no cover - exercised in a c
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _cache_bytecode()
+        from fedcrm.deploy.approval import approved_from_env, guard_fab_install
+
+        approved = approved_from_env()
+        if approved is not None:
+            guard_fab_install(approved)
         from flwr.supercore.tls import validate_and_resolve_root_certificates
         from flwr.supernode.runtime.run_clientapp import run_clientapp
 
@@ -251,12 +256,18 @@ def serve(
     parent_pid: int | None = None,
     preload_modules: Sequence[str] = PRELOAD,
     stop: threading.Event | None = None,
+    approved_fabs: Sequence[str] | None = None,
 ) -> ForkExecutor:
     """Acquire tasks from the SuperNode's Runtime API and fork one child per task.
 
     Returns when ``stop`` is set, on SIGTERM/SIGINT, or when ``parent_pid``
-    (the SuperNode) has gone.
+    (the SuperNode) has gone. With ``approved_fabs``, a child refuses any app
+    whose FAB hash is not listed (:mod:`fedcrm.deploy.approval`).
     """
+    from fedcrm.deploy.approval import APPROVED_ENV
+
+    if approved_fabs is not None:
+        os.environ[APPROVED_ENV] = ",".join(approved_fabs)
     interval = poll_interval()
     t0 = time.perf_counter()
     try:
@@ -269,9 +280,13 @@ def serve(
             flush=True,
         )
         kept = sorted(sys.modules)
+    if approved_fabs is None:
+        apps = "any app the SuperLink sends"
+    else:
+        apps = "only the approved apps " + ", ".join(h[:12] for h in approved_fabs)
     print(
         f"fedcrm warm SuperExec: {len(kept)} modules preloaded in "
-        f"{time.perf_counter() - t0:.1f} s; serving {runtime_api_address}",
+        f"{time.perf_counter() - t0:.1f} s; serving {runtime_api_address}; runs {apps}",
         file=sys.stderr,
         flush=True,
     )
@@ -362,6 +377,8 @@ def serve(
         shutil.rmtree(rdp_cache, ignore_errors=True)
         os.environ.pop(PYCACHE_ENV, None)
         os.environ.pop(RDP_CACHE_ENV, None)
+        if approved_fabs is not None:
+            os.environ.pop(APPROVED_ENV, None)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return executor
@@ -385,13 +402,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(PRELOAD),
         help="comma-separated modules whose dependencies to import once (default: %(default)s)",
     )
+    parser.add_argument(
+        "--approved-fabs",
+        help="comma-separated FAB hashes: run only these apps (default: any app)",
+    )
     args = parser.parse_args(argv)
+    approved = None
+    if args.approved_fabs is not None:
+        from fedcrm.deploy.approval import resolve_approved
+
+        approved = resolve_approved(
+            [h for h in args.approved_fabs.split(",") if h], "--approved-fabs"
+        )
     serve(
         args.runtime_api_address,
         insecure=args.insecure,
         root_certificates_path=args.root_certificates,
         parent_pid=args.parent_pid,
         preload_modules=[m for m in args.preload.split(",") if m],
+        approved_fabs=approved,
     )
     return 0
 

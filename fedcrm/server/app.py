@@ -86,6 +86,11 @@ def run_job(
     result = job.run()
     if deployment:
         result["standby_messages"] = job.courier.standby_sent
+        # The app the branches were asked to run, as their --approve-app pins it.
+        try:
+            result["fab_hash"] = grid.run.fab_hash or None
+        except Exception:  # noqa: BLE001 - a Grid without run details (tests)
+            result["fab_hash"] = None
     result["run_id"] = job.spec.run_id  # a resumed run keeps its first id
     result.setdefault("timings", {})["federated_total_s"] = time.perf_counter() - t0
     return result

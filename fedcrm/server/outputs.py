@@ -53,7 +53,14 @@ def write_outputs(
         "config_hash": config_hash(cfg),
         "model_released": weights is not None,
     }
-    for key in ("trees", "exchanges", "bytes_per_tree", "feature_importance", "standby_messages"):
+    for key in (
+        "trees",
+        "exchanges",
+        "bytes_per_tree",
+        "feature_importance",
+        "standby_messages",
+        "fab_hash",
+    ):
         if key in result:
             summary[key] = result[key]
     if baselines is not None:

@@ -159,3 +159,35 @@ def test_tls_node_auth_gbdt_run(deployment: Any, crm: dict[str, Path], tmp_path:
         assert summary["per_branch"][b]["failed_rounds"] == 0
         own = (dep.fed / "branches" / b / "ledger.jsonl").read_text().splitlines()
         assert own and own == (run_dir / "ledger" / f"{b}.jsonl").read_text().splitlines()
+
+
+def test_a_branch_runs_only_the_apps_it_approved(
+    deployment: Any, crm: dict[str, Path], tmp_path: Path
+) -> None:
+    """``--approve-app``: the pinned app runs; another app is refused before any of its code.
+
+    Branch 0 approves this repository's app (by directory), branch 1 only some
+    other app's hash. ``flwr run .`` trains with branch 0 alone; branch 1
+    answers with an error naming the FAB hash, and the server leaves it out.
+    """
+    dep = deployment
+    dep.init("--no-he")
+    dep.start_server()
+    ok, pinned_elsewhere = dep.branches[0], dep.branches[1]
+    for b in (ok, pinned_elsewhere):
+        dep.register(b)
+    fab_hash = dep.cli("node", "app-hash", ".").stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", fab_hash), fab_hash
+    dep.start_node(ok, crm[ok], "--approve-app", ".")
+    refusing = dep.start_node(pinned_elsewhere, crm[pinned_elsewhere], "--approve-app", "ab" * 32)
+    out = tmp_path / "runs"
+    run_id = dep.run(f"federation.rounds=1 federation.min_branches=1 {dep.TINY}", out)
+    assert dep.wait_run(run_id, timeout=300) == "finished:completed", dep.log(run_id)[-4000:]
+    summary = json.loads((dep.run_dir(out, run_id) / "summary.json").read_text())
+    assert sorted(summary["per_branch"]) == [ok], summary["per_branch"]
+    assert summary["per_branch"][ok]["rounds_trained"] == 1
+    assert summary["fab_hash"] == fab_hash  # what the branches pin, on the record
+    refusal = f"FAB {fab_hash} is not one of them"
+    assert refusal in refusing.text(), refusing.text()[-3000:]
+    log = dep.log(run_id)
+    assert "left out" in log and refusal in log, log[-3000:]
