@@ -28,6 +28,8 @@ STATUS_OK = "ok"
 STATUS_REFUSED = "refused"
 REASON_BUDGET = "budget-exhausted"
 REASON_DELTA = "delta-too-large"
+# A branch with an epsilon ceiling takes part only in jobs with differential privacy.
+REASON_DP_REQUIRED = "dp-required"
 REASON_INVALID_DATA = "invalid-data"
 REASON_ERROR = "error"
 

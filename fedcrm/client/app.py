@@ -65,6 +65,33 @@ def _failure(message: Message, branch_id: str, exc: BaseException) -> Message:
     )
 
 
+def _privacy_refusal(message: Message, settings: BranchSettings) -> Message | None:
+    """Refuse every message of a job without DP when the branch holds an epsilon ceiling.
+
+    A ceiling bounds the branch's epsilon; an update trained without DP has no
+    finite epsilon, so such a job would break it. The branch answers before it
+    reads any data, and the server leaves it out with the reason.
+    """
+    if settings.epsilon_ceiling is None or P.JOB not in message.content:
+        return None
+    spec, _ = _job(message)
+    if spec.privacy.dp:
+        return None
+    text = (
+        f"branch {settings.branch_id} holds an epsilon ceiling ({settings.epsilon_ceiling:g}) "
+        f"and takes part only in jobs with differential privacy; this job has "
+        f"privacy={spec.privacy.mode} (use privacy=dp or dp_he)"
+    )
+    log.warning("%s: refused", text)
+    branch = {
+        "branch_id": settings.branch_id,
+        "status": P.STATUS_REFUSED,
+        "reason": P.REASON_DP_REQUIRED,
+        "message": text,
+    }
+    return _reply(message, branch)
+
+
 def _job(message: Message) -> tuple[JobSpec, int]:
     job = message.content[P.JOB]
     return JobSpec.model_validate_json(str(job["spec"])), int(job["round"])
@@ -154,6 +181,9 @@ def make_client_app(
             try:
                 settings = _settings(context, node_configs)
                 branch_id = settings.branch_id
+                refusal = _privacy_refusal(message, settings)
+                if refusal is not None:
+                    return refusal
                 return handler(message, context, settings)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a typed reply
                 return _failure(message, branch_id, exc)

@@ -339,7 +339,7 @@ class FederatedJob:
         reason = str(info.get("reason", P.REASON_ERROR))
         b.refused_rounds += 1
         b.last_problem = problems[b.branch_id] = f"{reason}: {info.get('message', '')}"
-        if reason in (P.REASON_BUDGET, P.REASON_DELTA):
+        if reason in (P.REASON_BUDGET, P.REASON_DELTA, P.REASON_DP_REQUIRED):
             b.exhausted = True
             if "spent" in info:
                 b.epsilon = float(info["spent"])

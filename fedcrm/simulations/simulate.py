@@ -89,6 +89,12 @@ def branch_node_configs(
 
     keys_dir = out_dir / "keys"
     node_configs: dict[int, dict[str, Any]] = {}
+    if not cfg.privacy.dp and (cfg.branch.epsilon_ceiling or cfg.branch.epsilon_ceilings):
+        log.warning(
+            "branch epsilon ceilings not applied: privacy=%s has no DP to bound (a deployed "
+            "branch with an epsilon-ceiling refuses such a job)",
+            cfg.privacy.mode,
+        )
     for pid, b in enumerate(sorted(branches)):
         bdir = out_dir / "branches" / b
         write_feature_cache(bdir / "features", *branches[b], excluded[b])

@@ -161,25 +161,28 @@ def test_tls_node_auth_gbdt_run(deployment: Any, crm: dict[str, Path], tmp_path:
         assert own and own == (run_dir / "ledger" / f"{b}.jsonl").read_text().splitlines()
 
 
-def test_a_branch_runs_only_the_apps_it_approved(
+def test_a_branch_runs_only_the_apps_it_approved_and_under_a_ceiling_only_dp_jobs(
     deployment: Any, crm: dict[str, Path], tmp_path: Path
 ) -> None:
-    """``--approve-app``: the pinned app runs; another app is refused before any of its code.
+    """``--approve-app`` and the epsilon ceiling, each refusing a job before any data is read.
 
-    Branch 0 approves this repository's app (by directory), branch 1 only some
-    other app's hash. ``flwr run .`` trains with branch 0 alone; branch 1
-    answers with an error naming the FAB hash, and the server leaves it out.
+    Branch 0 approves this repository's app (by directory); branch 1 only some
+    other app's hash; branch 2 approves this app but holds an epsilon ceiling.
+    ``flwr run .`` without DP trains with branch 0 alone: branch 1 answers with
+    an error naming the FAB hash, branch 2 with a ``dp-required`` refusal, and
+    the server leaves both out with the reason.
     """
     dep = deployment
     dep.init("--no-he")
     dep.start_server()
-    ok, pinned_elsewhere = dep.branches[0], dep.branches[1]
-    for b in (ok, pinned_elsewhere):
+    ok, pinned_elsewhere, capped = dep.branches
+    for b in dep.branches:
         dep.register(b)
     fab_hash = dep.cli("node", "app-hash", ".").stdout.strip()
     assert re.fullmatch(r"[0-9a-f]{64}", fab_hash), fab_hash
     dep.start_node(ok, crm[ok], "--approve-app", ".")
     refusing = dep.start_node(pinned_elsewhere, crm[pinned_elsewhere], "--approve-app", "ab" * 32)
+    dep.start_node(capped, crm[capped], "--approve-app", fab_hash, "--epsilon-ceiling", "5")
     out = tmp_path / "runs"
     run_id = dep.run(f"federation.rounds=1 federation.min_branches=1 {dep.TINY}", out)
     assert dep.wait_run(run_id, timeout=300) == "finished:completed", dep.log(run_id)[-4000:]
@@ -191,3 +194,4 @@ def test_a_branch_runs_only_the_apps_it_approved(
     assert refusal in refusing.text(), refusing.text()[-3000:]
     log = dep.log(run_id)
     assert "left out" in log and refusal in log, log[-3000:]
+    assert f"branch {capped} left out" in log and "only in jobs with differential privacy" in log

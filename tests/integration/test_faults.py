@@ -36,12 +36,13 @@ def _trained_rounds(run_dir: Path) -> list[int]:
     return [r["trained_round"] for r in rounds if "trained_round" in r]
 
 
-def _start_all(dep: Any, crm: dict[str, Path]) -> dict[str, Any]:
+def _start_all(dep: Any, crm: dict[str, Path], ceiling: str | None = "50") -> dict[str, Any]:
     dep.init()
     server = dep.start_server()
     for b in dep.branches:
         dep.register(b)
-    nodes = {b: dep.start_node(b, crm[b], "--epsilon-ceiling", "50") for b in dep.branches}
+    args = ["--epsilon-ceiling", ceiling] if ceiling else []
+    nodes = {b: dep.start_node(b, crm[b], *args) for b in dep.branches}
     return {"server": server, "nodes": nodes}
 
 
@@ -217,7 +218,8 @@ def test_faulty_branch_update_is_excluded(
     deployment: Any, crm: dict[str, Path], tmp_path: Path
 ) -> None:
     dep = deployment
-    _start_all(dep, crm)
+    # No epsilon ceiling: a branch holding one refuses this job without DP.
+    _start_all(dep, crm, ceiling=None)
     bad = dep.branches[-1]
     app = tmp_path / "faulty_app"
     app.mkdir()
