@@ -7,7 +7,6 @@ restart, are exercised with real processes in ``tests/integration``.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,14 @@ from fedcrm.deploy.admission import (
 from fedcrm.deploy.provision import init_federation, load_federation
 from fedcrm.errors import ConfigError, KeyFileError
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .conftest import free_port
 
 
 @pytest.fixture
 def fed_dir(tmp_path: Path) -> Path:
     out = tmp_path / "fed"
     # A free port nobody listens on: the SuperLink is "down".
-    init_federation(out, ["b1", "b2"], f"127.0.0.1:{_free_port()}", he=False)
+    init_federation(out, ["b1", "b2"], f"127.0.0.1:{free_port()}", he=False)
     return out
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from fedcrm.cli import build_parser
 from fedcrm.deploy.approval import (
     AppNotApprovedError,
     approved_from_env,
@@ -27,6 +26,8 @@ from fedcrm.deploy.approval import (
     resolve_approved,
 )
 from fedcrm.errors import ConfigError
+
+from .conftest import node_start, run_cli
 
 # Flower's FAB build uses a pathspec API that warns on every pattern.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -81,8 +82,7 @@ def test_app_hash_is_the_hash_flwr_build_gives(
 ) -> None:
     fab = _flwr_build(app, tmp_path / "built")
     want = hashlib.sha256(fab.read_bytes()).hexdigest()
-    args = build_parser().parse_args(["node", "app-hash", str(app)])
-    assert args.handler(args) == 0
+    assert run_cli(["node", "app-hash", str(app)]) == 0
     assert capsys.readouterr().out.strip() == want
     assert want[:8] in fab.name  # Flower names the file after the same hash
     assert fab_hash_of_dir(app) == want  # reproducible: same source, same hash
@@ -134,41 +134,16 @@ def test_check_fab_and_the_environment_hand_down() -> None:
 
 
 # ---------------------------------------------------------------- node start
-def _node_start(fed: Path, data: Path, port: int, *extra: str) -> int:
-    argv = ["node", "start", "--federation", str(fed), "--branch-id", "b1", "--data-path",
-            str(data), "--runtime-port", str(port), "--no-connect-check", "--check-only",
-            *extra]  # fmt: skip
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args))
-
-
-@pytest.fixture
-def node_setup(tmp_path: Path) -> tuple[Path, Path, int]:
-    import socket
-
-    from fedcrm.data.synthetic import write_synthetic
-    from fedcrm.deploy.provision import init_federation
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    fed = tmp_path / "fed"
-    init_federation(fed, ["b1"], "127.0.0.1:9092", he=False)
-    data = write_synthetic(tmp_path / "crm", branches=1, customers=40, seed=3)
-    return fed, data, port
-
-
 def test_node_start_pins_the_approved_apps_in_the_warm_superexec(
-    node_setup: tuple[Path, Path, int], app: Path, capsys: pytest.CaptureFixture[str]
+    fed: Path, data_dir: Path, app: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fed, data, port = node_setup
-    assert _node_start(fed, data, port, "--approve-app", str(app)) == 0
+    assert node_start(fed, data_dir, "--no-connect-check", "--approve-app", str(app)) == 0
     captured = capsys.readouterr()
     warm = shlex.split(captured.out.strip().splitlines()[-2])
     assert warm[warm.index("--approved-fabs") + 1] == fab_hash_of_dir(app)
     assert "any app the SuperLink" not in captured.err
 
-    assert _node_start(fed, data, port) == 0  # no pin: said so, and nothing passed
+    assert node_start(fed, data_dir, "--no-connect-check") == 0  # no pin: said so, nothing passed
     captured = capsys.readouterr()
     assert "--approved-fabs" not in captured.out
     assert "note: any app the SuperLink is asked to run will run at this branch" in captured.err
@@ -182,8 +157,7 @@ def test_node_start_pins_the_approved_apps_in_the_warm_superexec(
     ],
 )
 def test_node_start_refuses_a_bad_approve_app(
-    node_setup: tuple[Path, Path, int], extra: list[str], message: str
+    fed: Path, data_dir: Path, extra: list[str], message: str
 ) -> None:
-    fed, data, port = node_setup
     with pytest.raises(ConfigError, match=message):
-        _node_start(fed, data, port, *extra)
+        node_start(fed, data_dir, "--no-connect-check", *extra)

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from fedcrm.cli import build_parser
 from fedcrm.deploy.provision import (
     _pem_key,
     init_federation,
@@ -32,42 +31,11 @@ from fedcrm.deploy.provision import (
 )
 from fedcrm.errors import ConfigError
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    assert args.cmd == "federation"
-    return int(args.handler(args))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fedcrm.data.synthetic import write_synthetic
-
-    return write_synthetic(tmp_path_factory.mktemp("crm") / "b1", branches=1, customers=40, seed=3)
-
-
-@pytest.fixture
-def fed(tmp_path: Path) -> Path:
-    out = tmp_path / "fed"
-    init_federation(out, ["b1"], f"127.0.0.1:{_free_port()}", he=False)
-    return out
+from .conftest import free_port, node_start, run_cli
 
 
 def _server(fed: Path, *extra: str) -> int:
-    return _run(["server", "start", "--federation", str(fed), "--check-only", *extra])
-
-
-def _node(fed: Path, data: Path, *extra: str) -> int:
-    return _run(
-        ["node", "start", "--federation", str(fed), "--branch-id", "b1", "--data-path",
-         str(data), "--runtime-port", str(_free_port()), "--check-only", *extra]
-    )  # fmt: skip
+    return run_cli(["server", "start", "--federation", str(fed), "--check-only", *extra])
 
 
 def _reissue(fed: Path, sans: list[str], **kw: object) -> None:
@@ -118,7 +86,7 @@ def test_certificate_not_covering_the_address(fed: Path) -> None:
 
 def test_fedcrm_federation_cert_reissues_a_fixed_certificate(fed: Path) -> None:
     _reissue(fed, ["10.9.9.9"])
-    assert _run(["federation", "cert", "--federation", str(fed)]) == 0
+    assert run_cli(["federation", "cert", "--federation", str(fed)]) == 0
     assert _server(fed) == 0
 
 
@@ -161,7 +129,7 @@ def test_port_in_use(fed: Path) -> None:
 def test_node_start_builds_the_supernode_command(
     fed: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _node(fed, data_dir, "--epsilon-ceiling", "8", "--no-connect-check") == 0
+    assert node_start(fed, data_dir, "--epsilon-ceiling", "8", "--no-connect-check") == 0
     cmd = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
     assert cmd[0] == "flower-supernode" and "--insecure" not in cmd
     assert cmd[cmd.index("--root-certificates") + 1].endswith("branches/b1/ca.crt")
@@ -179,7 +147,7 @@ def test_node_start_builds_the_supernode_command(
 def test_node_start_runs_the_warm_superexec_by_default(
     fed: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _node(fed, data_dir, "--no-connect-check") == 0
+    assert node_start(fed, data_dir, "--no-connect-check") == 0
     exec_line, node_line = capsys.readouterr().out.strip().splitlines()[-2:]
     node = shlex.split(node_line)
     assert node[node.index("--isolation") + 1] == "process"
@@ -194,7 +162,7 @@ def test_node_start_runs_the_warm_superexec_by_default(
 def test_node_start_with_flowers_own_executor(
     fed: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _node(fed, data_dir, "--no-connect-check", "--executor", "subprocess") == 0
+    assert node_start(fed, data_dir, "--no-connect-check", "--executor", "subprocess") == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert "--isolation" not in shlex.split(lines[-1])
     assert not any("warm_exec" in line for line in lines)
@@ -203,18 +171,18 @@ def test_node_start_with_flowers_own_executor(
 def test_missing_node_auth_key(fed: Path, data_dir: Path) -> None:
     (fed / "branches" / "b1" / "node_auth_key").unlink()
     with pytest.raises(ConfigError, match=r"--auth-key: .*does not exist"):
-        _node(fed, data_dir, "--no-connect-check")
+        node_start(fed, data_dir, "--no-connect-check")
 
 
 def test_node_auth_key_in_the_wrong_format(fed: Path, data_dir: Path) -> None:
     shutil.copyfile(fed / "server" / "server.key", fed / "branches" / "b1" / "node_auth_key")
     with pytest.raises(ConfigError, match=r"--auth-key: .*OpenSSH"):
-        _node(fed, data_dir, "--no-connect-check")
+        node_start(fed, data_dir, "--no-connect-check")
 
 
 def test_wrong_data_path(fed: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"--data-path: .*does not exist"):
-        _node(fed, tmp_path / "missing", "--no-connect-check")
+        node_start(fed, tmp_path / "missing", "--no-connect-check")
 
 
 def test_export_breaking_the_data_contract(fed: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -226,7 +194,7 @@ def test_export_breaking_the_data_contract(fed: Path, data_dir: Path, tmp_path: 
     lines[3] = ",".join(fields)
     (bad / "events.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match=r"--data-path: .*data contract") as exc:
-        _node(fed, bad, "--no-connect-check")
+        node_start(fed, bad, "--no-connect-check")
     assert "teleport" not in str(exc.value)  # problems never quote field values
 
 
@@ -235,12 +203,12 @@ def test_export_breaking_the_data_contract(fed: Path, data_dir: Path, tmp_path: 
 )
 def test_malformed_node_config_values(fed: Path, data_dir: Path, flag: str, value: str) -> None:
     with pytest.raises(ConfigError, match=rf"{flag}: "):
-        _node(fed, data_dir, flag, value, "--no-connect-check")
+        node_start(fed, data_dir, flag, value, "--no-connect-check")
 
 
 def test_unknown_branch(fed: Path, data_dir: Path) -> None:
     with pytest.raises(ConfigError, match="--branch-id"):
-        _run(["node", "start", "--federation", str(fed), "--branch-id", "zz",
+        run_cli(["node", "start", "--federation", str(fed), "--branch-id", "zz",
               "--data-path", str(data_dir), "--check-only"])  # fmt: skip
 
 
@@ -250,7 +218,7 @@ def test_runtime_port_in_use(fed: Path, data_dir: Path) -> None:
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(ConfigError, match=r"--runtime-port: .*in use"):
-            _run(["node", "start", "--federation", str(fed), "--branch-id", "b1",
+            run_cli(["node", "start", "--federation", str(fed), "--branch-id", "b1",
                   "--data-path", str(data_dir), "--runtime-port", str(port),
                   "--no-connect-check", "--check-only"])  # fmt: skip
 
@@ -259,7 +227,7 @@ def test_runtime_port_in_use(fed: Path, data_dir: Path) -> None:
 def tls_server(tmp_path: Path) -> Iterator[str]:
     """A TLS listener with the certificate of *another* federation."""
     other = tmp_path / "other"
-    port = _free_port()
+    port = free_port()
     init_federation(other, ["x"], f"127.0.0.1:{port}", he=False)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(other / "server" / "server.pem", other / "server" / "server.key")
@@ -293,11 +261,11 @@ def test_wrong_ca_at_the_branch_is_caught_by_a_tls_handshake(
     fed: Path, data_dir: Path, tls_server: str
 ) -> None:
     with pytest.raises(ConfigError, match=r"--root-certificates: .*does not verify"):
-        _node(fed, data_dir, "--superlink", tls_server)
+        node_start(fed, data_dir, "--superlink", tls_server)
 
 
 def test_unreachable_superlink_is_only_a_note(
     fed: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _node(fed, data_dir, "--superlink", f"127.0.0.1:{_free_port()}") == 0
+    assert node_start(fed, data_dir, "--superlink", f"127.0.0.1:{free_port()}") == 0
     assert "not reachable" in capsys.readouterr().err
