@@ -58,11 +58,14 @@ def run_job(
     keys_dir: str | Path | None = None,
     node_wait_s: float = 120.0,
     deployment: bool = False,
+    expected_nodes: int | None = None,
 ) -> dict[str, Any]:
     """Run a configured job on ``grid`` and write its run directory.
 
     ``deployment`` turns on keeping SuperNodes warm between exchanges
     (``federation.keep_warm_s``); simulated nodes never sleep.
+    ``expected_nodes`` (simulation) makes the job wait for that many SuperNodes
+    before the first round instead of ``federation.min_branches``.
     """
     t0 = time.perf_counter()
     run_dir = RunDir(out_dir)
@@ -82,6 +85,7 @@ def run_job(
         he_context=he_context,
         node_wait_s=node_wait_s,
         keep_warm=keep_warm_policy(cfg) if deployment else None,
+        expected_nodes=expected_nodes,
     )
     result = job.run()
     if deployment:
@@ -104,13 +108,22 @@ def make_server_app(
     reporter: Reporter | None = None,
     keys_dir: str | Path | None = None,
     results: dict[str, Any] | None = None,
+    expected_nodes: int | None = None,
 ) -> ServerApp:
     """A ServerApp for the simulation; the result lands in ``results["federated"]``."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        result = run_job(grid, cfg, out_dir, run_id=run_id, reporter=reporter, keys_dir=keys_dir)
+        result = run_job(
+            grid,
+            cfg,
+            out_dir,
+            run_id=run_id,
+            reporter=reporter,
+            keys_dir=keys_dir,
+            expected_nodes=expected_nodes,
+        )
         if results is not None:
             results["federated"] = result
 

@@ -81,6 +81,7 @@ class FederatedJob:
         he_context: Any | None = None,
         node_wait_s: float = 120.0,
         keep_warm: KeepWarm | None = None,
+        expected_nodes: int | None = None,
     ) -> None:
         if cfg.privacy.he and he_context is None:
             raise FedCRMError("privacy mode needs the CKKS public context on the server")
@@ -92,6 +93,11 @@ class FederatedJob:
         self.reporter = reporter or (lambda rec: log.info("round %s", rec))
         self.he_context = he_context
         self.node_wait_s = node_wait_s
+        # A simulation registers a known number of virtual SuperNodes, one by one
+        # and concurrently with the ServerApp: wait for all of them, or the first
+        # round would miss a branch. A deployment waits for min_branches and
+        # admits later SuperNodes between rounds.
+        self.expected_nodes = expected_nodes
         self.branches: dict[int, BranchState] = {}
         # Nodes asked once that could not take part (not asked again this run).
         self.left_out: set[int] = set()
@@ -114,7 +120,8 @@ class FederatedJob:
     def connect(self) -> None:
         """Wait for branches and learn their sizes (the ``query.info`` exchange)."""
         fed = self.cfg.federation
-        nodes = wait_for_nodes(self.grid, fed.min_branches, timeout=self.node_wait_s)
+        wanted = max(fed.min_branches, self.expected_nodes or 0)
+        nodes = wait_for_nodes(self.grid, wanted, timeout=self.node_wait_s)
         if len(nodes) < fed.min_branches:
             raise FedCRMError(
                 f"only {len(nodes)} branch(es) connected within {self.node_wait_s:.0f} s; "

@@ -188,7 +188,13 @@ def simulate(
     results: dict[str, Any] = {}
     run_id = uuid.uuid4().hex[:12]
     server_app = make_server_app(
-        cfg, out_dir, run_id=run_id, reporter=printer.round, keys_dir=he_keys, results=results
+        cfg,
+        out_dir,
+        run_id=run_id,
+        reporter=printer.round,
+        keys_dir=he_keys,
+        results=results,
+        expected_nodes=len(node_configs),
     )
     client_app = make_client_app(node_configs, mods=client_mods)
     threads = max(1, int(cfg.federation.num_cpus_per_branch))

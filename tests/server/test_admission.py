@@ -80,9 +80,10 @@ def job_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
         monkeypatch.setattr(TaskIdentity, attr, value)
 
-    def make(grid: InfoGrid) -> FederatedJob:
+    def make(grid: InfoGrid, **kw: Any) -> FederatedJob:
         cfg = compose(["federation.min_branches=2", "federation.round_timeout=1"])
-        return FederatedJob(grid, cfg, RunDir(tmp_path / "run"), run_id="r1", node_wait_s=1)  # type: ignore[arg-type]
+        kw.setdefault("node_wait_s", 1)
+        return FederatedJob(grid, cfg, RunDir(tmp_path / "run"), run_id="r1", **kw)  # type: ignore[arg-type]
 
     return make
 
@@ -104,6 +105,29 @@ def test_late_branch_joins_and_a_restarted_branch_keeps_its_record(job_for: Any)
     assert sorted(by_id) == ["a", "b", "c"]
     assert by_id["a"].node_id == 4 and by_id["a"].rounds_trained == 3
     assert sorted(job.branches) == [2, 3, 4]
+
+
+class RegisteringGrid(InfoGrid):
+    """Nodes appear one per look, as Flower's simulation engine registers them."""
+
+    def __init__(self, nodes: dict[int, dict[str, Any] | None]) -> None:
+        super().__init__(nodes)
+        self.looks = 0
+
+    def get_node_ids(self) -> list[int]:
+        self.looks += 1
+        return list(self.nodes)[: self.looks]
+
+
+def test_a_simulation_waits_for_every_virtual_node_before_round_one(job_for: Any) -> None:
+    nodes = {1: {"id": "a"}, 2: {"id": "b"}, 3: {"id": "c"}}
+    early = job_for(RegisteringGrid(dict(nodes)))
+    early.connect()  # a deployment starts with min_branches and admits later nodes
+    assert sorted(b.branch_id for b in early.branches.values()) == ["a", "b"]
+
+    job = job_for(RegisteringGrid(dict(nodes)), expected_nodes=3, node_wait_s=5)
+    job.connect()
+    assert sorted(b.branch_id for b in job.branches.values()) == ["a", "b", "c"]
 
 
 def test_a_node_that_cannot_take_part_is_asked_once(job_for: Any) -> None:
