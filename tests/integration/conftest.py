@@ -253,6 +253,20 @@ class Deployment:
         ]
         return self.spawn(name or f"node-{branch}", cmd)
 
+    @staticmethod
+    def wait_online(nodes: Sequence[Proc], timeout: float = 120) -> None:
+        """Wait until ``nodes`` are online, so that a run starts with all of them.
+
+        A job admits a SuperNode that connects after round 1 began only from the
+        next round on; tests that count rounds per branch must not race that.
+        Flower's SuperNode logs its node id once the SuperLink has activated it.
+        """
+        wait_for(
+            lambda: all("SuperNode ID:" in n.text() for n in nodes),
+            timeout,
+            "the SuperNodes to come online",
+        )
+
     def run(self, overrides: str, output_dir: Path, app: Path | str = ".") -> int:
         """``flwr run <app> fedcrm --run-config ...``; returns the run id."""
         run_config = f"config-overrides='{overrides}' output-dir='{output_dir}'"

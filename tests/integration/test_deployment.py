@@ -180,9 +180,10 @@ def test_a_branch_runs_only_the_apps_it_approved_and_under_a_ceiling_only_dp_job
         dep.register(b)
     fab_hash = dep.cli("node", "app-hash", ".").stdout.strip()
     assert re.fullmatch(r"[0-9a-f]{64}", fab_hash), fab_hash
-    dep.start_node(ok, crm[ok], "--approve-app", ".")
+    first = dep.start_node(ok, crm[ok], "--approve-app", ".")
     refusing = dep.start_node(pinned_elsewhere, crm[pinned_elsewhere], "--approve-app", "ab" * 32)
-    dep.start_node(capped, crm[capped], "--approve-app", fab_hash, "--epsilon-ceiling", "5")
+    last = dep.start_node(capped, crm[capped], "--approve-app", fab_hash, "--epsilon-ceiling", "5")
+    dep.wait_online([first, refusing, last])  # all three must be asked in this one-round run
     out = tmp_path / "runs"
     run_id = dep.run(f"federation.rounds=1 federation.min_branches=1 {dep.TINY}", out)
     assert dep.wait_run(run_id, timeout=300) == "finished:completed", dep.log(run_id)[-4000:]

@@ -43,6 +43,7 @@ def _start_all(dep: Any, crm: dict[str, Path], ceiling: str | None = "50") -> di
         dep.register(b)
     args = ["--epsilon-ceiling", ceiling] if ceiling else []
     nodes = {b: dep.start_node(b, crm[b], *args) for b in dep.branches}
+    dep.wait_online(list(nodes.values()))
     return {"server": server, "nodes": nodes}
 
 
