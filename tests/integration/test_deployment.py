@@ -77,6 +77,10 @@ def test_tls_node_auth_lstm_run_refuses_unregistered_node_and_leaks_no_ids(
         lambda: "starting it again" in rogue.text(), 90, "the unregistered SuperNode's refusal"
     )
     assert "2004" in rogue.text() or "Failed to activate" in rogue.text(), rogue.text()[-2000:]
+    # What the central team checks before a run (README step 5): three online.
+    dep.wait_online(list(nodes.values()))
+    listed = json.loads(dep.flwr("supernode", "list", "fedcrm", "--format", "json").stdout)
+    assert [n["status"] for n in listed["nodes"]].count("online") == 3, listed
 
     out = tmp_path / "runs"
     run_id = dep.run(
