@@ -8,7 +8,6 @@ checkpoints. Round loops (:mod:`fedcrm.server.fedavg`,
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable
@@ -228,9 +227,10 @@ class FederatedJob:
         its whole ledger again and the copy gains only what it missed.
         """
         try:
-            history = [json.loads(s) for s in branch.get("ledger_history", [])]
-            self.run_dir.copy_ledger_entries(state.branch_id, history)
-        except (FedCRMError, ValueError, TypeError, KeyError) as exc:
+            history = self.run_dir.copy_ledger_entries(
+                state.branch_id, branch.get("ledger_history", [])
+            )
+        except FedCRMError as exc:
             log.warning("branch %s left out: its ledger does not verify: %s", state.branch_id, exc)
             return False
         if history:
@@ -332,9 +332,8 @@ class FederatedJob:
         whose privacy spend the copy cannot show is not aggregated.
         """
         try:
-            entries = [json.loads(s) for s in info.get("ledger_entries", [])]
-            self.run_dir.copy_ledger_entries(b.branch_id, entries)
-        except (FedCRMError, ValueError, TypeError, KeyError) as exc:
+            entries = self.run_dir.copy_ledger_entries(b.branch_id, info.get("ledger_entries", []))
+        except FedCRMError as exc:
             b.failed_rounds += 1
             b.last_problem = problems[b.branch_id] = f"ledger entries rejected: {exc}"
             log.warning("branch %s: %s", b.branch_id, b.last_problem)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,38 +73,35 @@ class RunDir:
         tmp.replace(path)
         return path
 
-    def copy_ledger_entries(self, branch_id: str, entries: list[dict[str, Any]]) -> int:
+    def copy_ledger_entries(
+        self, branch_id: str, entries: Sequence[str | dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """Extend the server's copy of a branch's ledger (chain checked, never re-signed).
 
-        Entries the copy already holds (same ``seq`` and ``hash``, e.g. re-sent
-        after a resume) are skipped; a different entry under a known ``seq`` is
-        refused. Returns the number of entries appended.
+        ``entries`` are what the branch sent (JSON text or parsed). Entries the
+        copy already holds (same ``seq`` and ``hash``, e.g. re-sent after a
+        resume or by a branch that came back) are skipped; anything else must
+        extend the chain (:func:`fedcrm.privacy.ledger.append_entries`).
+        Returns the entries as parsed.
+
+        Raises
+        ------
+        LedgerError
+            Naming the branch and the entry that is not JSON or does not fit;
+            nothing is written then.
         """
-        if not entries:
-            return 0
         from fedcrm.errors import LedgerError
         from fedcrm.privacy.ledger import append_entries
 
-        path = self.ledger_path(branch_id)
-        known: dict[int, str] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    e = json.loads(line)
-                    known[int(e["seq"])] = str(e["hash"])
-        fresh = []
-        for e in entries:
-            seq = int(e["seq"])
-            if seq in known:
-                if known[seq] != e.get("hash"):
-                    raise LedgerError(
-                        f"branch {branch_id}: ledger entry {seq} differs from the copy already held"
-                    )
-                continue
-            fresh.append(e)
-        if fresh:
-            append_entries(path, fresh)
-        return len(fresh)
+        parsed = []
+        for i, e in enumerate(entries):
+            try:
+                parsed.append(json.loads(e) if isinstance(e, str) else e)
+            except ValueError:
+                raise LedgerError(f"branch {branch_id}: ledger entry {i} is not JSON") from None
+        if parsed:
+            append_entries(self.ledger_path(branch_id), parsed, branch_id=branch_id)
+        return parsed
 
     # ---------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: dict[str, Any], global_state: Any) -> None:

@@ -72,19 +72,14 @@ def test_without_a_ceiling_or_with_dp_the_branch_goes_on_to_its_data(tmp_path: P
 
 def test_the_server_counts_the_refusal_and_stops_asking(tmp_path: Path) -> None:
     from fedcrm.server.job import BranchState, FederatedJob
+    from fedcrm.server.run_dir import RunDir
 
     job = FederatedJob.__new__(FederatedJob)  # only _handle_status is exercised
-    job.run_dir = None  # type: ignore[assignment]
+    job.run_dir = RunDir(tmp_path / "run")
     b = BranchState(node_id=1, branch_id="b1", train_customers=1, test_customers=1,
                     excluded_customers=0, n_tabular=1)  # fmt: skip
     problems: dict[str, str] = {}
     info = {"status": P.STATUS_REFUSED, "reason": P.REASON_DP_REQUIRED, "message": "no DP"}
-
-    class NoCopy:
-        def copy_ledger_entries(self, branch_id: str, entries: list) -> int:
-            return 0
-
-    job.run_dir = NoCopy()  # type: ignore[assignment]
     assert not job._handle_status(b, info, problems)
     assert b.exhausted and b.refused_rounds == 1
     assert problems["b1"] == "dp-required: no DP"
