@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from fedcrm.cli import _check_overrides
+from fedcrm.cli.simulate import check_overrides as _check_overrides
 from fedcrm.config import compose, validate_config
 from fedcrm.errors import ConfigError
 

@@ -477,6 +477,44 @@ def init_federation(
     return fed
 
 
+def reissue_server_cert(
+    fed: Federation,
+    *,
+    server_address: str | None = None,
+    extra_sans: Sequence[str] = (),
+    days: int = CERT_DAYS,
+) -> list[str]:
+    """Issue a new server certificate with the federation's CA (expired, or a new address).
+
+    Returns the certificate's SANs.
+
+    Raises
+    ------
+    ConfigError
+        When the CA key is not in the federation directory (kept offline).
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    host, port = parse_address(server_address or fed.server_address)
+    ca_key_path = fed.path(fed.data["ca"]["key"])
+    ca_cert_path = fed.path(fed.data["ca"]["cert"])
+    assert ca_key_path is not None and ca_cert_path is not None
+    if not ca_key_path.exists():
+        raise ConfigError(
+            f"{ca_key_path} (the CA key) is missing; bring it back from offline storage"
+        )
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+    sans = server_sans(host, extra_sans)
+    key, cert = make_server_cert(ca_key, ca_cert, sans, days=days)  # type: ignore[arg-type]
+    write_cert(fed.root / fed.data["server"]["cert"], cert)
+    write_private(fed.root / fed.data["server"]["key"], _pem_key(key))
+    fed.data["server"]["sans"] = sans
+    fed.data["server_address"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    fed.save()
+    return sans
+
+
 def onboard_branch(
     federation_dir: str | os.PathLike[str],
     branch_id: str,

@@ -59,7 +59,7 @@ PYCACHE_ENV = "FEDCRM_WARM_PYCACHE"  # set by serve(): the children's bytecode c
 # Set by serve(): per-step RDP vectors shared by the children (fedcrm.privacy.composition;
 # 0.3-0.5 s of every DP message otherwise). Named here so the parent imports no fedcrm.
 RDP_CACHE_ENV = "FEDCRM_RDP_CACHE"
-DEFAULT_POLL_INTERVAL = 0.1  # what `fedcrm node start` sets (deploy/cli.py)
+DEFAULT_POLL_INTERVAL = 0.1  # what `fedcrm node start` sets (deploy/processes.py)
 # Each poll is an HTTP call costing the SuperNode and this process ~10 ms of CPU, so
 # polling fast all the time costs a fifth of a core per branch. A SuperNode takes its
 # next message right after a reply (when one is queued), so polls are fast only for

@@ -20,7 +20,7 @@ def free_port() -> int:
 def run_cli(argv: list[str]) -> int:
     """A ``fedcrm federation|server|node ...`` command, in this process."""
     args = build_parser().parse_args(argv)
-    assert args.cmd == "federation"
+    assert args.cmd in ("federation", "server", "node"), args.cmd
     return int(args.handler(args))
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fedcrm.cli import _check_overrides, main
+from fedcrm.cli import main
+from fedcrm.cli.simulate import check_overrides as _check_overrides
 from fedcrm.config import compose
 from fedcrm.privacy.accounting import Mechanism, compute_epsilon
 from fedcrm.simulations.simulate import simulate

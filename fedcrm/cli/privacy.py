@@ -1,0 +1,49 @@
+"""``fedcrm privacy verify|report``: ledgers and the compliance report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fedcrm.cli._common import EXIT_INVALID, console, handles, out, subparsers
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify signatures, hash chains and epsilon; 1 on any problem."""
+    from fedcrm.privacy.verify import format_table, verify_path
+
+    results = verify_path(Path(args.path), keys_dir=Path(args.keys) if args.keys else None)
+    out.print(format_table(results), markup=False, highlight=False)
+    bad = [r for r in results if not r.ok]
+    for r in bad:
+        for problem in r.problems:
+            console.print(f"[red]branch {r.branch_id}[/red]: {problem}", markup=True)
+    return EXIT_INVALID if bad or not results else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the self-contained HTML privacy report."""
+    from fedcrm.privacy.report import write_report
+
+    path = Path(args.path)
+    summary = None
+    if (path / "summary.json").exists():
+        summary = json.loads((path / "summary.json").read_text())
+    written = write_report(path, Path(args.out), summary=summary)
+    console.print(f"privacy report written to {written}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``privacy`` group."""
+    priv = sub.add_parser("privacy", help="verify ledgers, write the compliance report")
+    psub = subparsers(priv, "privacy_cmd")
+    pv = psub.add_parser("verify", help="verify signatures, hash chain and epsilon")
+    pv.add_argument("path", help="a ledger file, a directory of ledgers, or a run directory")
+    pv.add_argument("--keys", help="directory of <branch_id>.pub files")
+    handles(pv, cmd_verify, error_exit=EXIT_INVALID)
+    pr = psub.add_parser("report", help="self-contained HTML privacy report")
+    pr.add_argument("path", help="a run directory or a ledger directory")
+    pr.add_argument("--out", required=True)
+    handles(pr, cmd_report, error_exit=EXIT_INVALID)
