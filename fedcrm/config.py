@@ -110,6 +110,12 @@ class PrivacyConfig(_Strict):
     accountant: Literal["prv", "rdp"] = "prv"
     engine: Literal["fast", "opacus"] = "fast"
     keys_dir: str | None = None
+    # Evaluation statistics under DP are a release of the test customers: their
+    # epsilon (null: the training target, or 1 with a fixed noise multiplier), and
+    # whether every round's incoming model is evaluated (each a release) or only
+    # the final one.
+    evaluation_epsilon: float | None = Field(None, gt=0.0)
+    evaluate_each_round: bool = False
 
     @property
     def dp(self) -> bool:
@@ -120,6 +126,13 @@ class PrivacyConfig(_Strict):
     def he(self) -> bool:
         """Whether updates are homomorphically encrypted."""
         return self.mode in ("he", "dp_he")
+
+    @property
+    def evaluation_budget(self) -> float:
+        """Epsilon of every evaluation release of a run together (test customers)."""
+        if self.evaluation_epsilon is not None:
+            return self.evaluation_epsilon
+        return self.target_epsilon if self.target_epsilon is not None else 1.0
 
     @model_validator(mode="after")
     def _one_noise_source(self) -> PrivacyConfig:
@@ -149,11 +162,22 @@ class FederationConfig(_Strict):
 
 
 class BranchConfig(_Strict):
-    """Branch-side settings of simulated branches (the server never reads these)."""
+    """Branch-side settings of simulated branches (the server never reads these).
+
+    Each is the twin of a node-config key a deployed branch sets
+    (:mod:`fedcrm.client.branch`): ``epsilon_ceiling`` / ``epsilon-ceiling``,
+    ``delta``, ``min_cell_count`` / ``min-cell-count``, ``test_fraction`` /
+    ``test-fraction`` (null: ``task.test_fraction``), ``rng_seed`` /
+    ``rng-seed`` (null: derived from ``seed`` so that simulations repeat; ``os``:
+    the operating system's randomness, as a deployed branch has).
+    """
 
     epsilon_ceiling: float | None = Field(None, gt=0.0)
     epsilon_ceilings: dict[str, Annotated[float, Field(gt=0.0)]] = Field(default_factory=dict)
     delta: float | None = Field(None, gt=0.0, lt=1.0)
+    min_cell_count: int = Field(10, ge=1)
+    test_fraction: float | None = Field(None, gt=0.0, lt=1.0)
+    rng_seed: int | Literal["os"] | None = None
 
     def ceiling_for(self, branch_id: str) -> float | None:
         """The epsilon ceiling of ``branch_id`` (a per-branch value wins)."""

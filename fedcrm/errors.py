@@ -72,6 +72,22 @@ class LedgerError(PrivacyError):
     """A privacy ledger is malformed, tampered, or does not verify."""
 
 
+class RefusedError(PrivacyError):
+    """A branch refuses a request; ``reason`` is one of :mod:`fedcrm.protocol`'s reasons.
+
+    The typed reply the branch sends instead of a release carries ``reason``
+    and the message (which never holds customer data).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class LedgerBehindAnchorError(LedgerError):
+    """A ledger is shorter than, or diverges from, the head its anchor or a copy recorded."""
+
+
 class KeyFileError(FedCRMError):
     """A key or certificate file is missing, unreadable or of the wrong kind."""
 

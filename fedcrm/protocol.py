@@ -32,6 +32,26 @@ REASON_DELTA = "delta-too-large"
 REASON_DP_REQUIRED = "dp-required"
 REASON_INVALID_DATA = "invalid-data"
 REASON_ERROR = "error"
+# The branch answered this step before with other content: it never releases twice.
+REASON_RELEASE_CHANGED = "release-changed"
+# The step is not in the job's plan (round > rounds, level >= max_depth, more trees
+# than n_estimators), or the plan changed within a run.
+REASON_OUTSIDE_PLAN = "outside-plan"
+# The branch's ledger is shorter than (or diverges from) its anchor or the server's copy.
+REASON_LEDGER_BEHIND = "ledger-behind-anchor"
+# A step already released whose kept reply is gone: refused, never recomputed.
+REASON_RELEASE_LOST = "release-lost"
+# Under DP the task's cutoff must be a date fixed before looking at the data.
+REASON_CUTOFF = "cutoff-not-fixed"
+# Reasons that retire a branch from training for the rest of a run.
+RETIRING_REASONS = (
+    REASON_BUDGET,
+    REASON_DELTA,
+    REASON_DP_REQUIRED,
+    REASON_LEDGER_BEHIND,
+    REASON_CUTOFF,
+    REASON_OUTSIDE_PLAN,
+)
 
 # Federated trees (model=gbdt). One ``train.gbdt_*`` exchange per protocol step;
 # every message carries the model so far, so a branch holds no state between them.

@@ -1,4 +1,4 @@
-"""The fedcrm ClientApp: one handler per message type, no training maths inside.
+"""The fedcrm ClientApp: assembles the handlers of every message type.
 
 Deployment uses the module-level ``app`` (``[tool.flwr.app.components]``),
 which reads the branch's settings from the SuperNode's node config. The
@@ -8,6 +8,8 @@ virtual SuperNode's ``partition-id`` to a simulated branch's node config.
 Every handler answers with a typed reply, never an exception: errors are
 reduced to their fedcrm message (which never carries customer data) or, for
 unexpected failures, to the exception type only, and logged at the branch.
+Before any handler reads data, a branch refuses a job it cannot take part in
+(:func:`job_refusal`).
 """
 
 from __future__ import annotations
@@ -15,144 +17,76 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from fedcrm import protocol as P
-from fedcrm.client.branch import BranchData, BranchSettings, load_branch_data
+from fedcrm.client.branch import BranchSettings, load_branch_data
+from fedcrm.client.gbdt_app import register_gbdt_handlers
+from fedcrm.client.lstm_app import register_lstm_handlers
+from fedcrm.client.messages import (
+    NodeConfigs,
+    failure,
+    job_of,
+    refused,
+    reply,
+    secret_context,
+    settings_of,
+)
+from fedcrm.client.privacy_gate import ANCHOR_FILE, check_job
 from fedcrm.client.standby import register_standby
-from fedcrm.config import JobSpec
-from fedcrm.errors import FedCRMError
+from fedcrm.errors import LedgerBehindAnchorError, RefusedError
 
 log = logging.getLogger(__name__)
 
-NodeConfigs = Mapping[int, Mapping[str, Any]]
+Handler = Callable[[Message, Context, BranchSettings], Message]
 
 
-def _settings(context: Context, node_configs: NodeConfigs | None) -> BranchSettings:
-    if node_configs is not None:
-        pid = int(context.node_config["partition-id"])
-        return BranchSettings.from_node_config(node_configs[pid])
-    return BranchSettings.from_node_config(dict(context.node_config))
+def job_refusal(message: Message, settings: BranchSettings) -> RefusedError | None:
+    """Why this branch refuses the message's job before reading any data, if it does.
 
-
-def _reply(message: Message, branch: dict[str, Any], **records: Any) -> Message:
-    content = RecordDict({P.BRANCH: ConfigRecord(branch), **records})
-    return Message(content, reply_to=message)
-
-
-def _failure(message: Message, branch_id: str, exc: BaseException) -> Message:
-    if isinstance(exc, FedCRMError):
-        text = str(exc)
-        reason = P.REASON_INVALID_DATA if "problem" in text else P.REASON_ERROR
-    else:
-        # Unexpected errors may quote data in their text: send only the type.
-        text = f"unexpected {type(exc).__name__} at the branch (see the branch's log)"
-        reason = P.REASON_ERROR
-    log.error("branch %s failed: %s", branch_id, exc, exc_info=not isinstance(exc, FedCRMError))
-    return _reply(
-        message,
-        {
-            "branch_id": branch_id,
-            "status": P.STATUS_REFUSED,
-            "reason": reason,
-            "message": text[:2000],
-        },
-    )
-
-
-def _privacy_refusal(message: Message, settings: BranchSettings) -> Message | None:
-    """Refuse every message of a job without DP when the branch holds an epsilon ceiling.
-
-    A ceiling bounds the branch's epsilon; an update trained without DP has no
-    finite epsilon, so such a job would break it. The branch answers before it
-    reads any data, and the server leaves it out with the reason.
+    A branch that holds an epsilon ceiling takes part only in jobs with
+    differential privacy (an update trained without DP has no finite
+    epsilon); a DP job needs a fixed cutoff.
     """
-    if settings.epsilon_ceiling is None or P.JOB not in message.content:
+    if P.JOB not in message.content:
         return None
-    spec, _ = _job(message)
-    if spec.privacy.dp:
-        return None
-    text = (
-        f"branch {settings.branch_id} holds an epsilon ceiling ({settings.epsilon_ceiling:g}) "
-        f"and takes part only in jobs with differential privacy; this job has "
-        f"privacy={spec.privacy.mode} (use privacy=dp or dp_he)"
-    )
-    log.warning("%s: refused", text)
-    branch = {
-        "branch_id": settings.branch_id,
-        "status": P.STATUS_REFUSED,
-        "reason": P.REASON_DP_REQUIRED,
-        "message": text,
-    }
-    return _reply(message, branch)
-
-
-def _job(message: Message) -> tuple[JobSpec, int]:
-    job = message.content[P.JOB]
-    return JobSpec.model_validate_json(str(job["spec"])), int(job["round"])
-
-
-def _state(context: Context) -> dict[str, Any]:
-    """Per-run memory of this branch (kept by Flower between messages)."""
-    if "fedcrm" not in context.state:
-        context.state["fedcrm"] = ConfigRecord({})
-    return context.state["fedcrm"]  # type: ignore[return-value]
-
-
-def _flatten(weights: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([w.ravel().astype(np.float64) for w in weights])
-
-
-def _unflatten(flat: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
-    out, pos = [], 0
-    for w in like:
-        out.append(flat[pos : pos + w.size].reshape(w.shape).astype(np.float32))
-        pos += w.size
-    if pos != flat.size:
-        raise FedCRMError(f"aggregate has {flat.size} values, the model needs {pos}")
-    return out
-
-
-def _global_weights(
-    message: Message, spec: JobSpec, settings: BranchSettings, data: BranchData
-) -> list[np.ndarray]:
-    """The incoming global model: plaintext, or decrypted from the encrypted sum."""
-    from fedcrm.client.lstm_round import initial_weights
-
-    if P.WEIGHTS in message.content:
-        return message.content[P.WEIGHTS].to_numpy_ndarrays()  # type: ignore[union-attr]
-    from fedcrm.crypto.packing import EncryptedUpdate, decrypt_average
-
-    ctx = _secret_context(settings)
-    agg = EncryptedUpdate.from_records(dict(message.content[P.ENCRYPTED]))
-    like = initial_weights(spec, data.n_tabular)
-    return _unflatten(decrypt_average(ctx, agg), like)
-
-
-def _secret_context(settings: BranchSettings) -> Any:
-    from fedcrm.crypto.ckks import load_secret_context
-
-    if settings.he_secret_context is None:
-        raise FedCRMError(
-            "encrypted runs need `he-secret-context` in the node config "
-            "(the he_secret.ctx file from `fedcrm keys init`)"
+    spec, _ = job_of(message)
+    if settings.epsilon_ceiling is not None and not spec.privacy.dp:
+        return RefusedError(
+            P.REASON_DP_REQUIRED,
+            f"branch {settings.branch_id} holds an epsilon ceiling "
+            f"({settings.epsilon_ceiling:g}) and takes part only in jobs with differential "
+            f"privacy; this job has privacy={spec.privacy.mode} (use privacy=dp or dp_he)",
         )
-    return load_secret_context(settings.he_secret_context)
+    try:
+        check_job(spec, settings)
+    except RefusedError as exc:
+        return exc
+    return None
 
 
-def _pack_summary(summary: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in summary.items():
-        if isinstance(v, np.ndarray):
-            out[f"{prefix}{k}"] = [float(x) for x in v.ravel()]
-        else:
-            out[f"{prefix}{k}"] = float(v)
-    return out
+def _ledger_history(settings: BranchSettings) -> dict[str, Any]:
+    """The branch's whole ledger and its head, sent when it joins a job."""
+    if settings.ledger_path is None or not settings.ledger_path.exists():
+        return {"ledger_history": []}
+    from fedcrm.privacy.ledger import Ledger
+
+    state = settings.private_state
+    ledger = Ledger(
+        settings.ledger_path,
+        branch_id=settings.branch_id,
+        anchor_path=state / ANCHOR_FILE if state is not None else None,
+    )
+    entries = ledger.entries()
+    try:
+        ledger.check_anchor(entries)
+    except LedgerBehindAnchorError as exc:
+        raise RefusedError(P.REASON_LEDGER_BEHIND, str(exc)) from None
+    return {"ledger_history": [json.dumps(e, sort_keys=True) for e in entries]}
 
 
 def make_client_app(
@@ -170,7 +104,7 @@ def make_client_app(
     """
     app = ClientApp(mods=mods)
 
-    def guarded(handler: Callable[[Message, Context, BranchSettings], Message]) -> Callable:
+    def guarded(handler: Handler) -> Callable[[Message, Context], Message]:
         def wrapper(message: Message, context: Context) -> Message:
             threads = os.environ.get("FEDCRM_TORCH_THREADS")
             if threads:
@@ -179,44 +113,35 @@ def make_client_app(
                 torch.set_num_threads(int(threads))
             branch_id = "?"
             try:
-                settings = _settings(context, node_configs)
+                settings = settings_of(context, node_configs)
                 branch_id = settings.branch_id
-                refusal = _privacy_refusal(message, settings)
+                refusal = job_refusal(message, settings)
                 if refusal is not None:
-                    return refusal
+                    return refused(message, settings, refusal)
                 return handler(message, context, settings)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a typed reply
-                return _failure(message, branch_id, exc)
+                return failure(message, branch_id, exc)
 
         return wrapper
 
-    from fedcrm.client.gbdt_app import register_gbdt_handlers
-
+    register_lstm_handlers(app, guarded)
     register_gbdt_handlers(app, guarded)
-
     register_standby(app)
 
     @app.query("info")
     @guarded
     def info(message: Message, context: Context, settings: BranchSettings) -> Message:
-        spec, _ = _job(message)
-        data = load_branch_data(settings, spec.task, spec.seed)
+        spec, _ = job_of(message)
+        data = load_branch_data(settings, spec.task)
         branch: dict[str, Any] = {
             "branch_id": settings.branch_id,
             "status": P.STATUS_OK,
-            "ledger_history": [],
             # The branch's own ceiling, reported for the summary; the server cannot change it.
             "epsilon_ceiling": float(settings.epsilon_ceiling or -1.0),
+            **_ledger_history(settings),
         }
-        if settings.ledger_path is not None and settings.ledger_path.exists():
-            from fedcrm.privacy.ledger import Ledger
-
-            branch["ledger_history"] = [
-                json.dumps(e, sort_keys=True)
-                for e in Ledger(settings.ledger_path, branch_id=settings.branch_id).entries()
-            ]
         if spec.privacy.he:
-            branch["he_context_id"] = _secret_context(settings).context_id
+            branch["he_context_id"] = secret_context(settings).context_id
         metrics = MetricRecord(
             {
                 "train_customers": len(data.train),
@@ -225,67 +150,9 @@ def make_client_app(
                 "n_tabular": data.n_tabular,
             }
         )
-        return _reply(message, branch, **{P.METRICS: metrics})
-
-    @app.train()
-    @guarded
-    def train(message: Message, context: Context, settings: BranchSettings) -> Message:
-        from fedcrm.client.lstm_round import train_round
-
-        spec, round_num = _job(message)
-        data = load_branch_data(settings, spec.task, spec.seed)
-        weights = _global_weights(message, spec, settings, data)
-        outcome = train_round(spec, round_num, settings, data, weights, _state(context))
-        metrics = {**outcome.metrics, **_pack_summary(outcome.evaluation, "eval.")}
-        metrics["num-examples"] = outcome.num_examples
-        branch: dict[str, Any] = {
-            "branch_id": settings.branch_id,
-            "status": P.STATUS_OK if outcome.refusal is None else P.STATUS_REFUSED,
-            "ledger_entries": [json.dumps(e, sort_keys=True) for e in outcome.ledger_entries],
-        }
-        records: dict[str, Any] = {P.METRICS: MetricRecord(metrics)}
-        if outcome.refusal is not None:
-            branch.update(
-                {k: (v if isinstance(v, str) else float(v)) for k, v in outcome.refusal.items()}
-            )
-        elif outcome.weights is not None:
-            if spec.privacy.he:
-                from fedcrm.crypto.packing import encrypt_update
-
-                ctx = _secret_context(settings)
-                n = float(outcome.num_examples)
-                enc = encrypt_update(ctx, _flatten(outcome.weights) * n, weight=n)
-                records[P.ENCRYPTED] = ConfigRecord(enc.to_records())
-            else:
-                records[P.WEIGHTS] = ArrayRecord(numpy_ndarrays=outcome.weights)
-        return _reply(message, branch, **records)
-
-    @app.evaluate()
-    @guarded
-    def evaluate(message: Message, context: Context, settings: BranchSettings) -> Message:
-        from fedcrm.client.lstm_round import evaluate_weights
-
-        spec, _ = _job(message)
-        data = load_branch_data(settings, spec.task, spec.seed)
-        weights = _global_weights(message, spec, settings, data)
-        summary, _ = evaluate_weights(spec, data, weights)
-        records: dict[str, Any] = {P.METRICS: MetricRecord(_pack_summary(summary, "eval."))}
-        if settings.model_dir is not None:
-            _export_local_model(settings, spec, weights)
-        if spec.privacy.he and spec.release:
-            # The DP-protected aggregate is released to the server only when asked.
-            records[P.WEIGHTS] = ArrayRecord(numpy_ndarrays=weights)
-        return _reply(message, {"branch_id": settings.branch_id, "status": P.STATUS_OK}, **records)
+        return reply(message, branch, **{P.METRICS: metrics})
 
     return app
-
-
-def _export_local_model(settings: BranchSettings, spec: JobSpec, weights: list[np.ndarray]) -> None:
-    assert settings.model_dir is not None
-    settings.model_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.model_dir / f"model-{spec.run_id}.npz"
-    np.savez(path, *weights)
-    log.info("branch %s exported the final model to %s", settings.branch_id, path)
 
 
 app = make_client_app()

@@ -17,7 +17,19 @@ key                  meaning
 ``model-dir``        where the branch exports models it keeps locally
 ``cache-dir``        where the branch keeps its computed features between
                      messages (optional; see :func:`load_branch_data`)
+``state-dir``        the branch's private state: its split key, the ledger's
+                     anchor, the replies it keeps (default: ``state/`` beside
+                     the ledger)
+``test-fraction``    share of customers held out for evaluation (default
+                     0.2); the split is the branch's, fixed across runs
+``min-cell-count``   smallest group of customers an evaluation statistic
+                     covers when the job has no DP (default 10)
+``rng-seed``         makes the branch's release randomness reproducible
+                     (simulations and tests; ``fedcrm node start`` refuses it)
 ==================== =======================================================
+
+Every key has a ``branch.*`` twin (``branch.rng_seed``, ``branch.min_cell_count``,
+...) that ``fedcrm simulate`` passes to its simulated branches.
 """
 
 from __future__ import annotations
@@ -34,7 +46,9 @@ import numpy as np
 
 from fedcrm.config import TaskConfig
 from fedcrm.data.dataset import FeatureSet
+from fedcrm.data.split import DEFAULT_TEST_FRACTION
 from fedcrm.errors import ConfigError
+from fedcrm.models.evaluation import DEFAULT_MIN_COUNT
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +62,10 @@ KNOWN_KEYS = (
     "he-secret-context",
     "model-dir",
     "cache-dir",
+    "state-dir",
+    "test-fraction",
+    "min-cell-count",
+    "rng-seed",
 )
 # Keys Flower itself puts into node configs.
 _FLOWER_KEYS = ("partition-id", "num-partitions")
@@ -66,6 +84,19 @@ class BranchSettings:
     he_secret_context: Path | None = None
     model_dir: Path | None = None
     cache_dir: Path | None = None
+    state_dir: Path | None = None
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    min_cell_count: int = DEFAULT_MIN_COUNT
+    rng_seed: int | None = None
+
+    @property
+    def private_state(self) -> Path | None:
+        """The branch's private state folder (``state-dir``, else ``state/`` beside the ledger)."""
+        if self.state_dir is not None:
+            return self.state_dir
+        if self.ledger_path is not None:
+            return self.ledger_path.parent / "state"
+        return None
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> BranchSettings:
@@ -110,6 +141,19 @@ class BranchSettings:
                 raise ConfigError(f"node config `{key}` must be a finite number above 0{bound}")
             return value
 
+        def whole(key: str, low: int) -> int | None:
+            raw = node_config.get(key, "")
+            if raw is None or str(raw).strip() == "":
+                return None
+            try:
+                value = int(str(raw).strip())
+            except ValueError:
+                raise ConfigError(f"node config `{key}` must be a whole number") from None
+            if value < low:
+                raise ConfigError(f"node config `{key}` must be >= {low}")
+            return value
+
+        test_fraction = positive("test-fraction", upper=1.0)
         return cls(
             branch_id=str(node_config["branch-id"]).strip(),
             data_path=data_path,
@@ -120,87 +164,128 @@ class BranchSettings:
             he_secret_context=path("he-secret-context"),
             model_dir=path("model-dir", must_exist=False),
             cache_dir=path("cache-dir", must_exist=False),
+            state_dir=path("state-dir", must_exist=False),
+            test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction,
+            min_cell_count=whole("min-cell-count", 1) or DEFAULT_MIN_COUNT,
+            rng_seed=whole("rng-seed", 0),
         )
 
 
 @dataclass
 class BranchData:
-    """A branch's train/test feature sets and its consent exclusions."""
+    """A branch's train/test feature sets, its consent exclusions and its split's id."""
 
     train: FeatureSet
     test: FeatureSet
     excluded_customers: int
+    split_id: str | None = None
 
     @property
     def n_tabular(self) -> int:
         """Number of tabular features."""
         return int(self.train.tabular.shape[1])
 
+    @property
+    def n_customers(self) -> int:
+        """Customers of the branch in the task (train and test)."""
+        return len(self.train) + len(self.test)
+
 
 _CACHE: dict[tuple[Any, ...], BranchData] = {}
+PREPARED = "features.npz"
+"""A prepared feature set (every customer of the branch, not split), as the simulation writes."""
 
 
-def write_feature_cache(out_dir: Path, train: FeatureSet, test: FeatureSet, excluded: int) -> None:
-    """Write a prepared feature cache (used by the simulation for each branch)."""
+def write_feature_cache(out_dir: Path, features: FeatureSet, excluded: int) -> None:
+    """Write a prepared feature set (used by the simulation for each branch)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    train.save(str(out_dir / "train.npz"))
-    test.save(str(out_dir / "test.npz"))
+    features.save(str(out_dir / PREPARED))
     (out_dir / "excluded.json").write_text(json.dumps({"excluded_customers": excluded}))
 
 
-def load_branch_data(settings: BranchSettings, task: TaskConfig, seed: int) -> BranchData:
-    """Load (once per process) the branch's features for ``task``.
+def split_key(settings: BranchSettings) -> bytes:
+    """The branch's split key: from ``rng-seed``, else kept in its state folder, else public."""
+    from fedcrm.data.split import derived_split_key, load_or_create_key, public_split_key
 
-    A prepared feature cache is used as is; an export directory is validated,
+    if settings.rng_seed is not None:
+        return derived_split_key(settings.rng_seed, settings.branch_id)
+    if settings.private_state is not None:
+        return load_or_create_key(settings.private_state)
+    return public_split_key(settings.branch_id)
+
+
+def split_branch(
+    features: FeatureSet, branch_id: str, key: bytes, test_fraction: float
+) -> tuple[FeatureSet, FeatureSet, str]:
+    """Train and test customers of the branch's fixed split, and the split's public id."""
+    from fedcrm.data.split import holdout_mask, split_id
+
+    test = holdout_mask(features.customer_ids, branch_id, key, test_fraction)
+    return (
+        features.subset(np.flatnonzero(~test)),
+        features.subset(np.flatnonzero(test)),
+        split_id(branch_id, key, test_fraction),
+    )
+
+
+def load_branch_data(settings: BranchSettings, task: TaskConfig) -> BranchData:
+    """Load (once per process) the branch's features for ``task``, split as the branch splits.
+
+    A prepared feature set is used as is; an export directory is validated,
     consent-filtered and featurised here, at the branch. In deployment every
     message runs in a fresh process, so with ``cache-dir`` set the features are
     also kept on disk (:mod:`fedcrm.client.feature_cache`) and the export is
-    read again only when it, the task or the featurising code changed.
+    read again only when it, the task or the featurising code changed. The
+    train/test split is the branch's own (:mod:`fedcrm.data.split`): nothing in
+    the job moves a customer between the sides.
     """
-    key = (str(settings.data_path), task.model_dump_json(), seed)
+    key_bytes = split_key(settings)
+    key = (
+        str(settings.data_path),
+        settings.branch_id,
+        task.model_dump_json(),
+        settings.test_fraction,
+        key_bytes,
+    )
     if key in _CACHE:
         return _CACHE[key]
-    cache = settings.data_path
-    if (cache / "train.npz").exists() and (cache / "test.npz").exists():
-        data = _read_prepared(cache)
+    prepared = settings.data_path / PREPARED
+    if prepared.exists():
+        features, excluded = _read_prepared(settings.data_path)
     elif settings.cache_dir is not None:
         from fedcrm.client.feature_cache import cached_features
 
-        fingerprint = {
-            "branch": settings.branch_id,
-            "task": task.model_dump(mode="json"),
-            "seed": seed,
-        }
-        data = cached_features(
+        fingerprint = {"branch": settings.branch_id, "task": task.model_dump(mode="json")}
+        features, excluded = cached_features(
             settings.cache_dir,
             settings.data_path,
             fingerprint=fingerprint,
-            compute=lambda: _featurise(settings, task, seed),
+            compute=lambda: _featurise(settings, task),
             read=_read_prepared,
-            write=lambda out, d: write_feature_cache(out, d.train, d.test, d.excluded_customers),
+            write=lambda out, d: write_feature_cache(out, d[0], d[1]),
         )
     else:
-        data = _featurise(settings, task, seed)
-    if len(data.train) == 0 or len(data.test) == 0:
+        features, excluded = _featurise(settings, task)
+    train, test, split = split_branch(
+        features, settings.branch_id, key_bytes, settings.test_fraction
+    )
+    if len(train) == 0 or len(test) == 0:
         raise ConfigError("the branch has no customers left for training or testing")
-    if not np.isfinite(data.train.tabular).all():
+    if not np.isfinite(train.tabular).all():
         raise ConfigError("the branch's features contain non-finite values")
+    data = BranchData(train, test, excluded, split)
     _CACHE[key] = data
     return data
 
 
-def _read_prepared(directory: Path) -> BranchData:
+def _read_prepared(directory: Path) -> tuple[FeatureSet, int]:
     excluded = json.loads((directory / "excluded.json").read_text())["excluded_customers"]
-    return BranchData(
-        FeatureSet.load(str(directory / "train.npz")),
-        FeatureSet.load(str(directory / "test.npz")),
-        int(excluded),
-    )
+    return FeatureSet.load(str(directory / PREPARED)), int(excluded)
 
 
-def _featurise(settings: BranchSettings, task: TaskConfig, seed: int) -> BranchData:
-    """Validate, consent-filter and featurise the branch export; split train/test."""
-    from fedcrm.data.features import build_features, stratified_split
+def _featurise(settings: BranchSettings, task: TaskConfig) -> tuple[FeatureSet, int]:
+    """Validate, consent-filter and featurise the branch export."""
+    from fedcrm.data.features import build_features
     from fedcrm.data.loader import load_crm
 
     crm = load_crm(settings.data_path)
@@ -215,5 +300,4 @@ def _featurise(settings: BranchSettings, task: TaskConfig, seed: int) -> BranchD
     fs = build_features(
         crm, cutoff=task.cutoff, horizon_days=task.horizon_days, max_events=task.max_events
     )
-    train_idx, test_idx = stratified_split(fs, test_fraction=task.test_fraction, seed=seed)
-    return BranchData(fs.subset(train_idx), fs.subset(test_idx), int(sum(crm.excluded.values())))
+    return fs, int(sum(crm.excluded.values()))

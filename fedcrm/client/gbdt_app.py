@@ -1,18 +1,18 @@
-"""ClientApp handlers of the federated tree protocol (registered by ``make_client_app``).
+"""ClientApp handlers of the federated tree protocol (``train.gbdt_*``, ``evaluate.gbdt``).
 
 Each handler unpacks a message, calls one function of
-:mod:`fedcrm.client.gbdt_round` and packs the reply; see that module for the
-steps and :mod:`fedcrm.protocol` for the message types and record keys.
+:mod:`fedcrm.client.gbdt_round` and packs the reply (:mod:`fedcrm.client.messages`);
+see that module for the steps and :mod:`fedcrm.protocol` for the message types
+and record keys.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedcrm import protocol as P
@@ -25,17 +25,72 @@ from fedcrm.client.gbdt_round import (
     finish_and_evaluate,
     protocol_step,
 )
+from fedcrm.client.messages import (
+    arrays_record,
+    branch_record,
+    job_of,
+    metrics_record,
+    record_arrays,
+    reply,
+    request_digest,
+    secret_context,
+)
+from fedcrm.config import JobSpec
 from fedcrm.errors import FedCRMError
 
 
-def arrays_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """Named numpy arrays as a Flower ArrayRecord."""
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+def model_of(message: Message) -> TreeModel:
+    """The tree model a message carries."""
+    if P.GBDT_MODEL not in message.content:
+        raise FedCRMError("the message carries no tree model")
+    try:
+        return TreeModel.from_arrays(record_arrays(message.content[P.GBDT_MODEL]))
+    except (KeyError, ValueError) as exc:
+        raise FedCRMError(f"malformed tree model in the message: {exc}") from None
 
 
-def record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """Inverse of :func:`arrays_record`."""
-    return {k: v.numpy() for k, v in record.items()}
+def aggregate_of(message: Message, settings: BranchSettings) -> np.ndarray | None:
+    """The sum of the previous release: plaintext, or decrypted from the encrypted sum."""
+    content = message.content
+    if P.AGGREGATE in content:
+        return record_arrays(content[P.AGGREGATE])["values"]
+    if P.ENCRYPTED in content:
+        from fedcrm.crypto.packing import EncryptedUpdate, decrypt_sum
+
+        # Branches decrypt the SUM of the histograms; no branch's own is visible.
+        agg = EncryptedUpdate.from_records(dict(content[P.ENCRYPTED]))
+        return decrypt_sum(secret_context(settings), agg)[0]
+    return None
+
+
+def _encrypter(spec: JobSpec, settings: BranchSettings) -> Callable[[np.ndarray], dict] | None:
+    if not spec.privacy.he:
+        return None
+
+    def encrypt(values: np.ndarray) -> dict[str, Any]:
+        from fedcrm.crypto.packing import encrypt_update
+
+        enc = encrypt_update(secret_context(settings), values, weight=1.0)
+        return {f"enc.{k}": v for k, v in enc.to_records().items()}
+
+    return encrypt
+
+
+def answer(message: Message, settings: BranchSettings, out: StepOutcome) -> Message:
+    """The reply to one protocol step: the advanced model, the step and the release."""
+    records: dict[str, Any] = {
+        P.GBDT_MODEL: arrays_record(out.model.to_arrays()),
+        P.GBDT_STEP: ConfigRecord(dict(out.step)),
+    }
+    if out.evaluation:
+        records[P.METRICS] = metrics_record(out.evaluation)
+    if out.release is not None and out.refusal is None:
+        if "values" in out.release:
+            records[P.RELEASE] = arrays_record({"values": out.release["values"]})
+        else:
+            records[P.ENCRYPTED] = ConfigRecord({k[4:]: v for k, v in out.release.items()})
+    branch = branch_record(settings, refusal=out.refusal, ledger_entries=out.ledger_entries)
+    return reply(message, branch, **records)
 
 
 def register_gbdt_handlers(app: ClientApp, guarded: Callable[..., Any]) -> None:
@@ -44,82 +99,48 @@ def register_gbdt_handlers(app: ClientApp, guarded: Callable[..., Any]) -> None:
     ``guarded`` wraps a ``handler(message, context, settings) -> Message`` so
     every failure becomes a typed reply.
     """
-    # Imported here: fedcrm.client.app imports this module while it is being built.
-    from fedcrm.client.app import _job, _pack_summary, _reply, _secret_context, _state
-
-    def model_of(message: Message) -> TreeModel:
-        if P.GBDT_MODEL not in message.content:
-            raise FedCRMError("the message carries no tree model")
-        try:
-            return TreeModel.from_arrays(record_arrays(message.content[P.GBDT_MODEL]))  # type: ignore[arg-type]
-        except (KeyError, ValueError) as exc:
-            raise FedCRMError(f"malformed tree model in the message: {exc}") from None
-
-    def aggregate_of(message: Message, spec: Any, settings: BranchSettings) -> np.ndarray | None:
-        content = message.content
-        if P.AGGREGATE in content:
-            return record_arrays(content[P.AGGREGATE])["values"]  # type: ignore[arg-type]
-        if P.ENCRYPTED in content:
-            from fedcrm.crypto.packing import EncryptedUpdate, decrypt_sum
-
-            # Branches decrypt the SUM of the histograms; no branch's own is visible.
-            agg = EncryptedUpdate.from_records(dict(content[P.ENCRYPTED]))
-            return decrypt_sum(_secret_context(settings), agg)[0]
-        return None
-
-    def answer(message: Message, spec: Any, settings: BranchSettings, out: StepOutcome) -> Message:
-        branch: dict[str, Any] = {
-            "branch_id": settings.branch_id,
-            "status": P.STATUS_OK if out.refusal is None else P.STATUS_REFUSED,
-            "ledger_entries": [json.dumps(e, sort_keys=True) for e in out.ledger_entries],
-        }
-        if out.refusal is not None:
-            branch.update(
-                {k: (v if isinstance(v, str) else float(v)) for k, v in out.refusal.items()}
-            )
-        records: dict[str, Any] = {
-            P.GBDT_MODEL: arrays_record(out.model.to_arrays()),
-            P.GBDT_STEP: ConfigRecord(dict(out.step)),
-        }
-        if out.evaluation:
-            records[P.METRICS] = MetricRecord(_pack_summary(out.evaluation, "eval."))
-        if out.release is not None and out.refusal is None:
-            values = np.asarray(out.release, dtype=np.float64).ravel()
-            if spec.privacy.he:
-                from fedcrm.crypto.packing import encrypt_update
-
-                enc = encrypt_update(_secret_context(settings), values, weight=1.0)
-                records[P.ENCRYPTED] = ConfigRecord(enc.to_records())
-            else:
-                records[P.RELEASE] = arrays_record({"values": values})
-        return _reply(message, branch, **records)
 
     @app.train("gbdt_ranges")
     @guarded
     def ranges(message: Message, context: Context, settings: BranchSettings) -> Message:
-        spec, _ = _job(message)
-        data = load_branch_data(settings, spec.task, spec.seed)
+        spec, _ = job_of(message)
+        data = load_branch_data(settings, spec.task)
         lo, hi, names = branch_ranges(spec, data)
-        branch = {"branch_id": settings.branch_id, "status": P.STATUS_OK, "feature_names": names}
-        return _reply(message, branch, **{P.GBDT_MODEL: arrays_record({"lo": lo, "hi": hi})})
+        branch = branch_record(settings, feature_names=names)
+        return reply(message, branch, **{P.GBDT_MODEL: arrays_record({"lo": lo, "hi": hi})})
 
     @app.train("gbdt_bins")
     @guarded
     def bins(message: Message, context: Context, settings: BranchSettings) -> Message:
-        spec, _ = _job(message)
-        data = load_branch_data(settings, spec.task, spec.seed)
+        spec, _ = job_of(message)
+        data = load_branch_data(settings, spec.task)
         model = model_of(message)
         if model.lo is None or model.hi is None:
             raise FedCRMError("the bins message carries no feature ranges")
-        out = fine_release(spec, settings, data, model.lo, model.hi, _state(context))
-        return answer(message, spec, settings, out)
+        out = fine_release(
+            spec,
+            settings,
+            data,
+            model.lo,
+            model.hi,
+            request=request_digest(message),
+            encrypt=_encrypter(spec, settings),
+        )
+        return answer(message, settings, out)
 
     def step(message: Message, context: Context, settings: BranchSettings) -> Message:
-        spec, _ = _job(message)
-        data = load_branch_data(settings, spec.task, spec.seed)
-        aggregate = aggregate_of(message, spec, settings)
-        out = protocol_step(spec, settings, data, model_of(message), aggregate, _state(context))
-        return answer(message, spec, settings, out)
+        spec, _ = job_of(message)
+        data = load_branch_data(settings, spec.task)
+        out = protocol_step(
+            spec,
+            settings,
+            data,
+            model_of(message),
+            aggregate_of(message, settings),
+            request=request_digest(message),
+            encrypt=_encrypter(spec, settings),
+        )
+        return answer(message, settings, out)
 
     app.train("gbdt_level")(guarded(step))
     app.train("gbdt_batch")(guarded(step))
@@ -127,8 +148,14 @@ def register_gbdt_handlers(app: ClientApp, guarded: Callable[..., Any]) -> None:
     @app.evaluate("gbdt")
     @guarded
     def evaluate(message: Message, context: Context, settings: BranchSettings) -> Message:
-        spec, _ = _job(message)
-        data = load_branch_data(settings, spec.task, spec.seed)
-        aggregate = aggregate_of(message, spec, settings)
-        out = finish_and_evaluate(spec, data, model_of(message), aggregate)
-        return answer(message, spec, settings, out)
+        spec, _ = job_of(message)
+        data = load_branch_data(settings, spec.task)
+        out = finish_and_evaluate(
+            spec,
+            settings,
+            data,
+            model_of(message),
+            aggregate_of(message, settings),
+            request=request_digest(message),
+        )
+        return answer(message, settings, out)

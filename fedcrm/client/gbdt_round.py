@@ -25,18 +25,22 @@ released, its L2 sensitivity and how the noise is calibrated.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from fedcrm import protocol as P
 from fedcrm.client.branch import BranchData, BranchSettings
-from fedcrm.client.privacy_gate import branch_delta, budget_refusal, delta_refusal, open_ledger
+from fedcrm.client.privacy_gate import PrivacyGate, Step, refusal_of
 from fedcrm.config import GBDTModelConfig, JobSpec
-from fedcrm.errors import BudgetExhaustedError, ConfigError, FedCRMError, PrivacyError
+from fedcrm.errors import BudgetExhaustedError, ConfigError, FedCRMError, RefusedError
+from fedcrm.models.evaluation import dp_release, thresholded_release
 from fedcrm.models.gbdt import HistGBDT, base_margin
 from fedcrm.models.gbdt_batched import batched_leaf_sums, random_split_candidates, set_leaf_values
 from fedcrm.models.gbdt_bins import (
@@ -50,7 +54,7 @@ from fedcrm.models.gbdt_bins import (
 from fedcrm.models.gbdt_hist import best_splits, leaf_weight
 from fedcrm.models.gbdt_reference import DEFAULT_N_FINE
 from fedcrm.models.gbdt_tree import Tree, local_histograms, logistic_grad_hess, split_nodes
-from fedcrm.models.metrics import score_summary
+from fedcrm.privacy.randomness import release_rng, release_seed
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +163,7 @@ class StepOutcome:
     """What a branch answers to one protocol step."""
 
     model: TreeModel
-    release: np.ndarray | None = None
+    release: dict[str, Any] | None = None
     step: dict[str, Any] = field(default_factory=dict)
     ledger_entries: list[dict[str, Any]] = field(default_factory=list)
     refusal: dict[str, Any] | None = None
@@ -210,18 +214,24 @@ def branch_ranges(spec: JobSpec, data: BranchData) -> tuple[np.ndarray, np.ndarr
 
 
 # ------------------------------------------------------------- seeds and caches
-def branch_secret(settings: BranchSettings) -> bytes:
-    """Seed material the server cannot know (the branch's signing key) for sampling and noise."""
-    h = hashlib.sha256(b"fedcrm-gbdt:" + settings.branch_id.encode())
-    if settings.signing_key is not None and settings.signing_key.exists():
-        h.update(settings.signing_key.read_bytes())
-    return h.digest()
+Encrypt = Callable[[np.ndarray], dict[str, Any]]
+"""Turns a release into the encrypted payload of an HE job."""
 
 
-def seeded_rng(secret: bytes, *parts: Any) -> np.random.Generator:
-    """A generator fixed by ``secret`` and ``parts``: a repeated release repeats its draws."""
-    h = hashlib.sha256(secret + repr(parts).encode()).digest()
-    return np.random.default_rng(int.from_bytes(h[:16], "little"))
+def unit_seed(spec: JobSpec, settings: BranchSettings, gate: PrivacyGate | None, unit: str) -> int:
+    """Seed of the customer sample of one tree or batch.
+
+    Under DP a secret the branch draws once per step from the OS and keeps
+    (every level of a tree then sees the same sample, in any process); with
+    the branch's ``rng-seed`` a value derived from it; without DP the job's seed.
+    """
+    if gate is not None:
+        if settings.rng_seed is not None:
+            return release_seed(settings.rng_seed, spec.run_id, "sample", unit)
+        return gate.store.step_seed(spec.run_id, unit)
+    return int.from_bytes(
+        hashlib.sha256(f"{spec.seed}:{spec.run_id}:{unit}".encode()).digest()[:16], "little"
+    )
 
 
 _MARGINS: dict[tuple[str, str], tuple[list[str], np.ndarray]] = {}
@@ -264,11 +274,11 @@ def _binned(run_id: str, branch_id: str, X: np.ndarray, edges: list[np.ndarray])
     return binned
 
 
-def _sample(secret: bytes, run_id: str, unit: int, n: int, rate: float) -> np.ndarray:
+def _sample(seed: int, n: int, rate: float) -> np.ndarray:
     """Poisson sample of customers for one tree or batch (the server never learns it)."""
     if rate >= 1.0:
         return np.ones(n, dtype=bool)
-    return seeded_rng(secret, run_id, "sample", unit).random(n) < rate
+    return np.random.Generator(np.random.PCG64(seed)).random(n) < rate
 
 
 # ------------------------------------------------------------------ tree steps
@@ -388,12 +398,14 @@ def _histograms(
     labels: np.ndarray,
     model: TreeModel,
     n_bins: int,
+    seed: int,
 ) -> np.ndarray:
     """This branch's histograms of the open nodes, exactly as :func:`local_histograms` makes them.
 
     ``local_histograms`` keeps state within a tree (row positions, the previous
     level, for the sibling subtraction); a new process replays the tree's
     earlier levels from the message so the sums match the reference bit for bit.
+    ``seed`` fixes the tree's customer sample.
     """
     cfg = gbdt_config(spec)
     t = len(model.trees)
@@ -407,7 +419,7 @@ def _histograms(
     else:  # a new process or a new tree: replay the tree's earlier levels
         margin = _margin(spec.run_id, settings.branch_id, binned, model.trees, n_bins)
         grad, hess = logistic_grad_hess(margin, labels)
-        keep = _sample(branch_secret(settings), spec.run_id, t, len(labels), cfg.subsample)
+        keep = _sample(seed, len(labels), cfg.subsample)
         source = local_histograms(binned[keep], grad[keep], hess[keep], n_bins=n_bins)
         for k in range(model.level):
             earlier = truncated(tree, k)
@@ -420,18 +432,38 @@ def _histograms(
     return hist
 
 
+def _outside_plan(text: str) -> RefusedError:
+    return RefusedError(P.REASON_OUTSIDE_PLAN, text)
+
+
+def _gate(spec: JobSpec, settings: BranchSettings, data: BranchData) -> PrivacyGate | None:
+    if not spec.privacy.dp:
+        return None
+    return PrivacyGate(
+        settings, spec, n_customers=data.n_customers, split_id=data.split_id, model="gbdt"
+    )
+
+
+def _payload(values: np.ndarray, encrypt: Encrypt | None) -> dict[str, Any]:
+    values = np.asarray(values, dtype=np.float64).ravel()
+    return encrypt(values) if encrypt is not None else {"values": values}
+
+
 def protocol_step(
     spec: JobSpec,
     settings: BranchSettings,
     data: BranchData,
     model: TreeModel,
     aggregate: np.ndarray | None,
-    state: dict[str, Any],
+    *,
+    request: str,
+    encrypt: Encrypt | None = None,
 ) -> StepOutcome:
     """Apply the previous aggregate, then release what the next step needs.
 
-    ``state`` is the branch's per-run memory (Flower's ``context.state``), used
-    only to avoid re-deriving the DP noise multiplier.
+    Under DP each tree (exact mode; its levels are its releases) or batch is a
+    billed step of the branch's :class:`PrivacyGate`: in the job's plan, reserved
+    within the ceiling, released once with branch-born noise.
     """
     cfg = gbdt_config(spec)
     if aggregate is not None:
@@ -443,39 +475,57 @@ def protocol_step(
     n_bins = n_bins_of(model.edges)
     binned = _binned(spec.run_id, settings.branch_id, data.train.tabular, model.edges)
     labels = np.asarray(data.train.labels, dtype=np.float64)
+    t = len(model.trees)
     if cfg.mode == "batched":
-        batch, k = batch_plan(cfg, len(model.trees))
-        step = {"stage": "batch", "batch": batch, "trees": k, "tree": len(model.trees)}
-        release = _leaf_sums(spec, settings, binned, labels, model, n_bins, batch, k)
-        unit, round_num = batch, batch + 1
+        batch, k = batch_plan(cfg, t)
+        info = {"stage": "batch", "batch": batch, "trees": k, "tree": t}
+        unit = f"batch-{batch}"
+        step = Step(unit, batch + 1, "train")
     else:
-        step = {"stage": "level", "tree": len(model.trees), "level": model.level}
-        release = _histograms(spec, settings, binned, labels, model, n_bins)
-        unit, round_num = len(model.trees), len(model.trees) + 1
-    step["shape"] = [int(s) for s in release.shape]
-    outcome = StepOutcome(model, step=step)
-    if spec.privacy.dp:
-        try:
-            plan = plan_dp(spec, settings, data, state)
-        except PrivacyError as exc:
-            return StepOutcome(model, step=step, refusal=delta_refusal(exc))
+        if model.level >= cfg.max_depth:
+            raise _outside_plan(f"level {model.level} is beyond max_depth {cfg.max_depth}")
+        info = {"stage": "level", "tree": t, "level": model.level}
+        unit = f"tree-{t}"
+        step = Step(unit, t + 1, "train", release=f"{unit}.level-{model.level}")
+    try:
+        gate = _gate(spec, settings, data)
+        seed = unit_seed(spec, settings, gate, unit)
+
+        def compute() -> np.ndarray:
+            if cfg.mode == "batched":
+                return _leaf_sums(spec, settings, binned, labels, model, n_bins, batch, k, seed)
+            return _histograms(spec, settings, binned, labels, model, n_bins, seed)
+
+        if gate is None:
+            release = compute()
+            info["shape"] = [int(x) for x in release.shape]
+            return StepOutcome(model, release=_payload(release, encrypt), step=info)
+        plan = plan_dp(spec, gate.delta, data.n_tabular)
         kind = "batch" if cfg.mode == "batched" else "tree"
-        mechanism = plan.mechanism(kind, trees=step.get("trees", 0))
-        gate = dp_gate(
-            spec,
-            settings,
-            plan,
-            mechanism,
-            round_num=round_num,
-            extra={"release": kind, "unit": unit},
-        )
-        if gate.refusal is not None:
-            return StepOutcome(model, step=step, refusal=gate.refusal)
-        outcome.ledger_entries = gate.entries
-        rng = seeded_rng(branch_secret(settings), spec.run_id, "noise", round_num, model.level)
-        release = release + rng.normal(0.0, plan.std(kind), size=release.shape)
-    outcome.release = release
-    return outcome
+        mechanism = plan.mechanism(kind, trees=info.get("trees", 0))
+
+        def noisy() -> dict[str, Any]:
+            release = compute()
+            rng = release_rng(settings.rng_seed, spec.run_id, step.release_name)
+            return _payload(release + rng.normal(0.0, plan.std(kind), release.shape), encrypt)
+
+        shape = _release_shape(cfg, model, info)
+        info["shape"] = shape
+        released = gate.release(step, mechanism, request, noisy)
+    except (RefusedError, BudgetExhaustedError) as exc:
+        return StepOutcome(model, step=info, refusal=refusal_of(exc))
+    return StepOutcome(
+        model, release=dict(released.payload), step=info, ledger_entries=released.entries
+    )
+
+
+def _release_shape(cfg: GBDTModelConfig, model: TreeModel, info: dict[str, Any]) -> list[int]:
+    """The shape of the next release, from the model alone (the same at every branch)."""
+    if cfg.mode == "batched":
+        assert model.edges is not None
+        nodes = 2 ** (cfg.max_depth + 1) - 1
+        return [int(info["trees"]), nodes, 2]
+    return [int(x) for x in histogram_shape(model)]
 
 
 def _leaf_sums(
@@ -487,6 +537,7 @@ def _leaf_sums(
     n_bins: int,
     batch: int,
     k: int,
+    seed: int,
 ) -> np.ndarray:
     cfg = gbdt_config(spec)
     assert model.edges is not None
@@ -495,7 +546,7 @@ def _leaf_sums(
     )
     margin = _margin(spec.run_id, settings.branch_id, binned, model.trees, n_bins)
     grad, hess = logistic_grad_hess(margin, labels)
-    keep = _sample(branch_secret(settings), spec.run_id, batch, len(labels), cfg.subsample)
+    keep = _sample(seed, len(labels), cfg.subsample)
     return batched_leaf_sums(binned[keep], grad[keep], hess[keep], structures, missing_bin=n_bins)
 
 
@@ -505,51 +556,98 @@ def fine_release(
     data: BranchData,
     lo: np.ndarray,
     hi: np.ndarray,
-    state: dict[str, Any],
+    *,
+    request: str,
+    encrypt: Encrypt | None = None,
 ) -> StepOutcome:
     """This branch's counts on the fine grid over the agreed ranges (noisy under DP)."""
-    counts = fine_histogram(data.train.tabular, lo=lo, hi=hi, n_fine=n_fine_for(spec)).astype(
-        np.float64
-    )
     model = TreeModel(lo=np.asarray(lo, np.float64), hi=np.asarray(hi, np.float64))
-    outcome = StepOutcome(model, step={"stage": "fine", "shape": [int(s) for s in counts.shape]})
-    if spec.privacy.dp:
-        try:
-            plan = plan_dp(spec, settings, data, state)
-        except PrivacyError as exc:
-            return StepOutcome(model, step=outcome.step, refusal=delta_refusal(exc))
-        gate = dp_gate(
-            spec,
-            settings,
-            plan,
-            plan.mechanism("edges"),
-            round_num=0,
-            extra={"release": "bin-edges"},
-        )
-        if gate.refusal is not None:
-            return StepOutcome(model, step=outcome.step, refusal=gate.refusal)
-        outcome.ledger_entries = gate.entries
-        rng = seeded_rng(branch_secret(settings), spec.run_id, "noise", 0, -1)
-        counts = counts + rng.normal(0.0, plan.std("edges"), size=counts.shape)
-    outcome.release = counts
-    return outcome
+    n_fine = n_fine_for(spec)
+    info = {"stage": "fine", "shape": [len(lo), n_fine]}
+
+    def counts() -> np.ndarray:
+        return fine_histogram(data.train.tabular, lo=lo, hi=hi, n_fine=n_fine).astype(np.float64)
+
+    try:
+        gate = _gate(spec, settings, data)
+        if gate is None:
+            return StepOutcome(model, release=_payload(counts(), encrypt), step=info)
+        plan = plan_dp(spec, gate.delta, data.n_tabular)
+
+        def noisy() -> dict[str, Any]:
+            c = counts()
+            rng = release_rng(settings.rng_seed, spec.run_id, "bins")
+            return _payload(c + rng.normal(0.0, plan.std("edges"), size=c.shape), encrypt)
+
+        released = gate.release(Step("bins", 0, "train"), plan.mechanism("edges"), request, noisy)
+    except (RefusedError, BudgetExhaustedError) as exc:
+        return StepOutcome(model, step=info, refusal=refusal_of(exc))
+    return StepOutcome(
+        model, release=dict(released.payload), step=info, ledger_entries=released.entries
+    )
 
 
 def finish_and_evaluate(
     spec: JobSpec,
+    settings: BranchSettings,
     data: BranchData,
     model: TreeModel,
     aggregate: np.ndarray | None,
+    *,
+    request: str,
     feature_names: list[str] | None = None,
 ) -> StepOutcome:
-    """Apply the last aggregate and score the finished model on the branch's test customers."""
+    """Apply the last aggregate and release the finished model's evaluation statistics.
+
+    Without DP: score groups of at least ``min-cell-count`` customers. Under DP:
+    a ``dp-eval`` release through the branch's gate (omitted, with a warning,
+    when the gate refuses it).
+    """
     if aggregate is not None:
         model = apply_aggregate(spec, model, aggregate)
     gbdt = fitted_model(spec, model, feature_names)
-    proba = gbdt.predict_proba(data.test.tabular)[:, 1]
+    info = {"stage": "evaluate"}
+
+    def proba() -> np.ndarray:
+        return gbdt.predict_proba(data.test.tabular)[:, 1]
+
+    gate = _gate(spec, settings, data)
+    if gate is None:
+        rel = thresholded_release(data.test.labels, proba(), min_count=settings.min_cell_count)
+        return StepOutcome(model, step=info, evaluation=rel.to_record())
+    from fedcrm.client.lstm_round import evaluation_noise
+    from fedcrm.privacy.accounting import Mechanism
+
+    sigma = evaluation_noise(spec, gate)
+    if sigma is None:
+        log.warning("evaluation not released: no evaluation budget left")
+        return StepOutcome(model, step=info)
+
+    def noisy() -> dict[str, Any]:
+        rng = release_rng(settings.rng_seed, spec.run_id, "eval-final")
+        return dp_release(data.test.labels, proba(), noise_std=sigma, rng=rng).to_record()
+
+    try:
+        released = gate.release(
+            Step("eval-final", cfg_rounds(spec) + 1, "evaluation"),
+            Mechanism("dp-eval", sigma, 1.0, 1, sensitivity=1.0),
+            request,
+            noisy,
+        )
+    except (RefusedError, BudgetExhaustedError) as exc:
+        log.warning("evaluation not released: %s", exc)
+        return StepOutcome(model, step=info)
     return StepOutcome(
-        model, step={"stage": "evaluate"}, evaluation=score_summary(data.test.labels, proba)
+        model, step=info, evaluation=dict(released.payload), ledger_entries=released.entries
     )
+
+
+def cfg_rounds(spec: JobSpec) -> int:
+    """The trees' billed steps of a run (trees, or batches in batched mode)."""
+    cfg = gbdt_config(spec)
+    if cfg.mode == "batched":
+        return math.ceil(cfg.n_estimators / cfg.trees_per_exchange)
+    return cfg.n_estimators
 
 
 def fitted_model(
@@ -567,7 +665,6 @@ def fitted_model(
 # ----------------------------------------------------------------------- DP
 HESSIAN_BOUND = 0.25
 EDGE_BUDGET_SHARE = 0.1
-_PLANS: dict[tuple[str, str], DPPlan] = {}
 
 
 @dataclass(frozen=True)
@@ -585,16 +682,17 @@ class DPPlan:
       level's sums) are accounted as one Gaussian release of their
       concatenation, sensitivity ``sqrt(L * F * (1 + 1/16))``, with the
       customer sample of that tree (``model.subsample``, Poisson): one ledger
-      entry per tree, ``steps=1``. Each level gets noise of standard deviation
-      ``z * sqrt(L * F * (1 + 1/16))``;
+      reservation per tree, one release entry per level. Each level gets noise
+      of standard deviation ``z * sqrt(L * F * (1 + 1/16))``;
     * batched mode, one batch of ``k`` random trees: one leaf per tree,
-      ``sqrt(k * (1 + 1/16))``; one ledger entry per batch.
+      ``sqrt(k * (1 + 1/16))``; one reservation per batch.
 
     ``noise_multiplier`` in the ledger is always noise std / L2 sensitivity of
     the entry's release, so the accountant recomputes epsilon from the entry
     alone. With ``privacy.target_epsilon`` the bin edges get
     :data:`EDGE_BUDGET_SHARE` of the budget and the trees the rest, over every
-    planned release of the run.
+    planned release of the run. The plan depends only on the job and the
+    branch's delta: every message of a run derives the same noise.
     """
 
     z_edges: float
@@ -636,122 +734,50 @@ class DPPlan:
         return Mechanism("gaussian", self.std(kind) / sens, self.sample_rate, 1, sensitivity=sens)
 
 
-def plan_dp(
-    spec: JobSpec, settings: BranchSettings, data: BranchData, state: dict[str, Any]
-) -> DPPlan:
-    """The run's noise at this branch (derived once; ``state`` keeps it across messages).
-
-    Raises
-    ------
-    PrivacyError
-        The branch's delta is not below 1 / its number of customers.
-    """
-    from fedcrm.privacy.accounting import Mechanism, noise_multiplier_for
-
+def plan_dp(spec: JobSpec, delta: float, n_features: int) -> DPPlan:
+    """The run's noise at a branch with ``delta`` (a pure function of the job)."""
     cfg = gbdt_config(spec)
-    n_train = len(data.train)
-    delta = branch_delta(spec, settings, n_train)
-    key = (spec.run_id, settings.branch_id)
-    stored = f"gbdt_noise:{spec.run_id}"
-    if key in _PLANS and _PLANS[key].delta == delta:
-        return _PLANS[key]
-    if stored in state:
-        z_edges, z_main = (float(x) for x in str(state[stored]).split(","))
-    elif spec.privacy.noise_multiplier is not None:
+    if spec.privacy.noise_multiplier is not None:
         z_edges = z_main = float(spec.privacy.noise_multiplier)
     else:
         assert spec.privacy.target_epsilon is not None
-        eps, acc = spec.privacy.target_epsilon, spec.privacy.accountant
-        z_edges = noise_multiplier_for(
-            target_epsilon=EDGE_BUDGET_SHARE * eps,
-            delta=delta,
-            sample_rate=1.0,
-            steps=1,
-            accountant=acc,
-            name="gaussian",
-        )
-        units = (
-            math.ceil(cfg.n_estimators / cfg.trees_per_exchange)
-            if cfg.mode == "batched"
-            else cfg.n_estimators
-        )
-        z_main = noise_multiplier_for(
-            target_epsilon=eps,
-            delta=delta,
-            sample_rate=cfg.subsample,
-            steps=units,
-            accountant=acc,
-            name="gaussian",
-            prior=[Mechanism("gaussian", z_edges, 1.0, 1)],
-        )
-    state[stored] = f"{z_edges!r},{z_main!r}"
-    plan = DPPlan(
+        z_edges, z_main = _calibrate(
+            spec.privacy.target_epsilon, delta, spec.privacy.accountant, cfg_rounds(spec),
+            cfg.subsample,
+        )  # fmt: skip
+    return DPPlan(
         z_edges,
         z_main,
         delta,
-        data.n_tabular,
+        n_features,
         cfg.max_depth,
         min(cfg.trees_per_exchange, cfg.n_estimators),
         cfg.subsample,
     )
-    _PLANS[key] = plan
-    return plan
 
 
-@dataclass
-class _Gate:
-    entries: list[dict[str, Any]]
-    refusal: dict[str, Any] | None
+@functools.lru_cache(maxsize=32)
+def _calibrate(eps: float, delta: float, acc: str, units: int, rate: float) -> tuple[float, float]:
+    from fedcrm.privacy.accounting import Mechanism, noise_multiplier_for
 
-
-def dp_gate(
-    spec: JobSpec,
-    settings: BranchSettings,
-    plan: DPPlan,
-    mechanism: Any,
-    *,
-    round_num: int,
-    extra: dict[str, Any],
-) -> _Gate:
-    """Check the ceiling, then record the release in the signed ledger (before it leaves).
-
-    A release already in the ledger (same run and round: a retried message)
-    is not paid twice; its noise is seeded by the branch's secret, so the
-    repeated release is the same numbers and tells nothing new.
-    """
-    from fedcrm.privacy.budget import BranchBudget
-
-    ledger = open_ledger(settings)
-    done = [
-        e
-        for e in ledger.entries()
-        if e.get("run_id") == spec.run_id
-        and e.get("model") == "gbdt"
-        and e.get("round") == round_num
-    ]
-    if done:
-        return _Gate([], None)
-    budget = BranchBudget(
-        ledger,
-        ceiling=settings.epsilon_ceiling,
-        delta=plan.delta,
-        accountant=spec.privacy.accountant,
+    z_edges = noise_multiplier_for(
+        target_epsilon=EDGE_BUDGET_SHARE * eps,
+        delta=delta,
+        sample_rate=1.0,
+        steps=1,
+        accountant=acc,  # type: ignore[arg-type]
+        name="gaussian",
     )
-    try:
-        budget.check(mechanism)
-    except BudgetExhaustedError as exc:
-        log.warning("gbdt release refused: %s", exc)
-        return _Gate([], budget_refusal(exc))
-    entry = ledger.append(
-        run_id=spec.run_id,
-        round=round_num,
-        model="gbdt",
-        mechanism=mechanism,
-        delta=plan.delta,
-        accountant=spec.privacy.accountant,
-        extra=extra,
+    z_main = noise_multiplier_for(
+        target_epsilon=eps,
+        delta=delta,
+        sample_rate=rate,
+        steps=units,
+        accountant=acc,  # type: ignore[arg-type]
+        name="gaussian",
+        prior=[Mechanism("gaussian", z_edges, 1.0, 1)],
     )
-    return _Gate([entry], None)
+    return z_edges, z_main
 
 
 __all__ = [

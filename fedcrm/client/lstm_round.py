@@ -1,45 +1,55 @@
-"""One branch's part of a federated LSTM round, as plain functions.
+"""One branch's part of a federated LSTM round, as plain functions (no Flower types).
 
-The ClientApp handlers unpack a Flower message, call these, and pack the
-reply; no Flower types appear here. The order inside a round is what makes the
-privacy guarantees hold:
+The ClientApp handlers unpack a message, call these and pack the reply. Under
+DP every release goes through the branch's :class:`~fedcrm.client.privacy_gate.PrivacyGate`:
 
-1. evaluate the incoming global model on the branch's test customers;
-2. with DP, derive the noise for this round and ask the branch's budget
-   whether the round fits under its ceiling (refuse otherwise, before any
-   training);
-3. train locally (DP-SGD when asked);
-4. append the mechanism to the branch's signed ledger, then release the update.
+1. the round must be in the job's plan (``1 <= round <= rounds``);
+2. the round's DP-SGD spend is reserved in the ledger, within the branch's
+   ceiling, before any training (a refused round sends nothing else, not even
+   an evaluation);
+3. local DP-SGD runs with Poisson sampling and noise drawn from randomness
+   born at the branch; the update (encrypted when the job asks) is kept and
+   its digest recorded before it leaves; a repeated request gets the same bytes;
+4. evaluation statistics of the incoming model are their own release
+   (:func:`evaluation_release`): DP noise and a ledger entry under DP,
+   groups of at least ``min-cell-count`` customers without DP.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from fedcrm import protocol as P
 from fedcrm.client.branch import BranchData, BranchSettings
-from fedcrm.client.privacy_gate import branch_delta, budget_refusal, delta_refusal, open_ledger
+from fedcrm.client.privacy_gate import PrivacyGate, Step, refusal_of
 from fedcrm.config import JobSpec, LSTMModelConfig
-from fedcrm.errors import BudgetExhaustedError, ConfigError, PrivacyError
+from fedcrm.errors import BudgetExhaustedError, ConfigError, PrivacyError, RefusedError
+from fedcrm.models.evaluation import dp_release, thresholded_release
 from fedcrm.models.lstm import build_model, get_weights, set_weights
-from fedcrm.models.metrics import score_summary
 from fedcrm.models.train import DPSettings, predict_proba, train_local
+from fedcrm.privacy.randomness import release_rng, release_seed
 
 log = logging.getLogger(__name__)
+
+Encrypt = Callable[[list[np.ndarray], int], dict[str, Any]]
+"""Turns trained weights and the example count into the encrypted payload (HE jobs)."""
 
 
 @dataclass
 class RoundOutcome:
-    """What a branch releases after a round."""
+    """What a branch answers to a round: a payload to send, or a refusal."""
 
-    weights: list[np.ndarray] | None
+    payload: dict[str, Any] | None
     num_examples: int
     metrics: dict[str, Any]
-    evaluation: dict[str, Any]
+    evaluation: dict[str, Any] | None = None
     ledger_entries: list[dict[str, Any]] = field(default_factory=list)
     refusal: dict[str, Any] | None = None
 
@@ -57,19 +67,16 @@ def dp_engine(spec: JobSpec) -> str | None:
 
 
 def initial_weights(spec: JobSpec, n_tabular: int) -> list[np.ndarray]:
-    """The seeded initial model every branch and the server agree on."""
+    """The seeded initial model every branch and the server agree on (public: no data)."""
     model = build_model(lstm_config(spec), n_tabular, dp_engine=dp_engine(spec), seed=spec.seed)
     return get_weights(model)
 
 
-def evaluate_weights(
-    spec: JobSpec, data: BranchData, weights: list[np.ndarray]
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Score summary of ``weights`` on the branch's test customers (no per-customer data)."""
+def predict(spec: JobSpec, data: BranchData, weights: list[np.ndarray]) -> np.ndarray:
+    """Churn probabilities of ``weights`` for the branch's test customers (stay at the branch)."""
     model = build_model(lstm_config(spec), data.n_tabular, dp_engine=dp_engine(spec))
     set_weights(model, weights)
-    proba = predict_proba(model, data.test)
-    return score_summary(data.test.labels, proba), proba
+    return predict_proba(model, data.test)
 
 
 def dp_round_plan(spec: JobSpec, n_train: int) -> tuple[float, int]:
@@ -81,21 +88,113 @@ def dp_round_plan(spec: JobSpec, n_train: int) -> tuple[float, int]:
     return sample_rate, steps
 
 
-def noise_for_run(spec: JobSpec, n_train: int, delta: float) -> float:
-    """The noise multiplier: given, or derived so the whole run spends ``target_epsilon``."""
+@functools.lru_cache(maxsize=64)
+def _noise(
+    target: float, delta: float, sample_rate: float, steps: int, acc: str, name: str
+) -> float:
     from fedcrm.privacy.accounting import noise_multiplier_for
 
+    return noise_multiplier_for(
+        target_epsilon=target,
+        delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=acc,  # type: ignore[arg-type]
+        name=name,
+    )
+
+
+def noise_for_run(spec: JobSpec, n_train: int, delta: float) -> float:
+    """The noise multiplier: given, or derived so the run's rounds spend ``target_epsilon``."""
     if spec.privacy.noise_multiplier is not None:
         return spec.privacy.noise_multiplier
     assert spec.privacy.target_epsilon is not None
     sample_rate, steps = dp_round_plan(spec, n_train)
-    return noise_multiplier_for(
-        target_epsilon=spec.privacy.target_epsilon,
-        delta=delta,
-        sample_rate=sample_rate,
-        steps=steps * spec.rounds,
-        accountant=spec.privacy.accountant,
+    return _noise(
+        spec.privacy.target_epsilon,
+        delta,
+        sample_rate,
+        steps * spec.rounds,
+        spec.privacy.accountant,
+        "dp-sgd",
     )
+
+
+def evaluation_releases(spec: JobSpec) -> int:
+    """How many evaluation releases a DP job plans (final, plus one per round if asked)."""
+    return spec.rounds + 1 if spec.privacy.evaluate_each_round else 1
+
+
+MIN_EVALUATION_EPSILON = 0.05
+"""Below this much room on the evaluation side a branch sends no evaluation."""
+
+
+def evaluation_noise(spec: JobSpec, gate: PrivacyGate) -> float | None:
+    """Noise multiplier of the next DP evaluation release (L2 sensitivity 1).
+
+    The job's evaluation budget is spread over its planned evaluation
+    releases; a branch whose ceiling leaves less room on the evaluation side
+    (its test customers) uses only that room - more noise, never less.
+    ``None`` when there is no room left.
+    """
+    from fedcrm.privacy.accounting import composed_epsilon
+
+    history = gate.evaluation_charges()
+    charges = [c for _, c in history]
+    mine = [c for run, c in history if run == spec.run_id]
+    acc = spec.privacy.accountant
+    spent_run = composed_epsilon(mine, delta=gate.delta, accountant=acc) if mine else 0.0
+    left = spec.privacy.evaluation_budget - spent_run
+    releases_left = max(1, evaluation_releases(spec) - len(mine))
+    if gate.settings.epsilon_ceiling is not None:
+        spent_side = composed_epsilon(charges, delta=gate.delta, accountant=acc) if charges else 0.0
+        left = min(left, gate.settings.epsilon_ceiling - spent_side)
+    if left < MIN_EVALUATION_EPSILON:
+        return None
+    # Each release gets an equal share; composition is sub-additive, so the
+    # releases together stay within the share they were given.
+    return _noise(left / releases_left, gate.delta, 1.0, 1, acc, "dp-eval")
+
+
+def evaluation_release(
+    spec: JobSpec,
+    settings: BranchSettings,
+    data: BranchData,
+    weights: list[np.ndarray],
+    *,
+    gate: PrivacyGate | None,
+    step: Step,
+    request: str,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The evaluation statistics of ``weights`` on the test customers, as a record.
+
+    Without DP: score groups of at least ``min-cell-count`` customers (declared
+    as not DP). Under DP: noisy grid counts, a ``dp-eval`` release through
+    ``gate``; ``None`` when the release is refused (the reason is logged).
+    """
+    if gate is None:
+        proba = predict(spec, data, weights)
+        rel = thresholded_release(data.test.labels, proba, min_count=settings.min_cell_count)
+        return rel.to_record(), []
+    sigma = evaluation_noise(spec, gate)
+    if sigma is None:
+        log.warning("evaluation %s not released: no evaluation budget left", step.release_name)
+        return None, []
+    from fedcrm.privacy.accounting import Mechanism
+
+    mechanism = Mechanism("dp-eval", sigma, 1.0, 1, sensitivity=1.0)
+
+    def compute() -> dict[str, Any]:
+        proba = predict(spec, data, weights)
+        rng = release_rng(settings.rng_seed, spec.run_id, step.release_name)
+        return dp_release(data.test.labels, proba, noise_std=sigma, rng=rng).to_record()
+
+    try:
+        released = gate.release(step, mechanism, request, compute)
+    except (RefusedError, BudgetExhaustedError) as exc:
+        log.warning("evaluation %s not released: %s", step.release_name, exc)
+        return None, []
+    return dict(released.payload), released.entries
 
 
 def train_round(
@@ -104,157 +203,109 @@ def train_round(
     settings: BranchSettings,
     data: BranchData,
     weights: list[np.ndarray],
-    state: dict[str, Any],
+    *,
+    request: str,
+    encrypt: Encrypt | None = None,
 ) -> RoundOutcome:
-    """Evaluate the global ``weights``, then train one local round from them.
+    """Train one local round from the global ``weights`` (and evaluate them).
 
-    ``state`` is the branch's per-run memory (the derived noise multiplier).
+    ``request`` is the digest of the message being answered; ``encrypt`` turns
+    the trained weights into the encrypted payload of an HE job.
     """
     cfg = lstm_config(spec)
-    evaluation, _ = evaluate_weights(spec, data, weights)
     n_train = len(data.train)
-    dp: DPSettings | None = None
-    ledger = budget = mechanism = None
-    if spec.privacy.dp:
-        from fedcrm.privacy.accounting import Mechanism
-        from fedcrm.privacy.budget import BranchBudget
-
-        try:
-            delta = branch_delta(spec, settings, n_train)
-        except PrivacyError as exc:
-            return _refused(delta_refusal(exc), evaluation)
-        key = f"sigma:{spec.run_id}"
-        if key not in state:
-            state[key] = noise_for_run(spec, n_train, delta)
-        sigma = float(state[key])
-        sample_rate, steps = dp_round_plan(spec, n_train)
-        mechanism = Mechanism(
-            name="dp-sgd",
-            noise_multiplier=sigma,
-            sample_rate=sample_rate,
-            steps=steps,
-            max_grad_norm=spec.privacy.max_grad_norm,
-        )
-        ledger = open_ledger(settings)
-        done = [
-            e
-            for e in ledger.entries()
-            if e.get("run_id") == spec.run_id and int(e.get("round", -1)) == round_num
-        ]
-        if done:
-            # The server lost this round (restart): re-send the update already paid
-            # for instead of spending privacy on it twice.
-            cached = load_released_update(settings, spec.run_id, round_num)
-            if cached is None:
-                return _refused(
-                    {
-                        "reason": "round-already-spent",
-                        "message": f"round {round_num} of run {spec.run_id} is in the ledger "
-                        "but its update is no longer cached",
-                    },
-                    evaluation,
-                )
-            return RoundOutcome(
-                weights=cached,
-                num_examples=n_train,
-                metrics={
-                    "epsilon": float(done[-1]["epsilon"]),
-                    "delta": float(done[-1]["delta"]),
-                    "resent": 1.0,
-                },
-                evaluation=evaluation,
-                ledger_entries=done,
-            )
-        budget = BranchBudget(
-            ledger,
-            ceiling=settings.epsilon_ceiling,
-            delta=delta,
-            accountant=spec.privacy.accountant,
-        )
-        try:
-            budget.check(mechanism)
-        except BudgetExhaustedError as exc:
-            return _refused(budget_refusal(exc), evaluation)
-        dp = DPSettings(
-            noise_multiplier=sigma,
-            max_grad_norm=spec.privacy.max_grad_norm,
-            engine=spec.privacy.engine,
-        )
-    model = build_model(cfg, data.n_tabular, dp_engine=dp_engine(spec))
-    set_weights(model, weights)
-    result = train_local(
-        model,
-        data.train,
-        epochs=spec.local_epochs,
-        batch_size=min(cfg.batch_size, n_train),
-        learning_rate=cfg.learning_rate,
-        seed=spec.seed * 100_003 + round_num,
-        dp=dp,
-    )
-    new_weights = get_weights(model)
-    if not all(np.isfinite(w).all() for w in new_weights):
-        raise PrivacyError("local training diverged (non-finite weights); lower the learning rate")
+    gate: PrivacyGate | None = None
     entries: list[dict[str, Any]] = []
-    metrics: dict[str, Any] = {"train_seconds": float(result.seconds)}
-    if dp is None:
-        # Under DP the noiseless training loss would be an unaccounted release.
-        metrics["train_loss"] = float(result.loss)
-    if ledger is not None and mechanism is not None and budget is not None:
-        save_released_update(settings, spec.run_id, round_num, new_weights)
-        entry = ledger.append(
-            run_id=spec.run_id,
-            round=round_num,
-            model="lstm",
-            mechanism=mechanism,
-            delta=budget.delta,
-            accountant=spec.privacy.accountant,
+
+    def train(dp: DPSettings | None, seed: int) -> dict[str, Any]:
+        model = build_model(cfg, data.n_tabular, dp_engine=dp_engine(spec))
+        set_weights(model, weights)
+        result = train_local(
+            model,
+            data.train,
+            epochs=spec.local_epochs,
+            batch_size=min(cfg.batch_size, n_train),
+            learning_rate=cfg.learning_rate,
+            seed=seed,
+            dp=dp,
         )
-        entries.append(entry)
-        metrics.update(
-            epsilon=float(entry["epsilon"]),
-            delta=float(budget.delta),
-            noise_multiplier=float(mechanism.noise_multiplier),
+        new = get_weights(model)
+        if not all(np.isfinite(w).all() for w in new):
+            raise PrivacyError(
+                "local training diverged (non-finite weights); lower the learning rate"
+            )
+        payload: dict[str, Any] = encrypt(new, n_train) if encrypt else weights_payload(new)
+        payload["train_seconds"] = float(result.seconds)
+        if dp is None:
+            # Under DP the noiseless training loss would be an unaccounted release.
+            payload["train_loss"] = float(result.loss)
+        return payload
+
+    try:
+        if spec.privacy.dp:
+            if not 1 <= round_num <= spec.rounds:
+                raise RefusedError(
+                    P.REASON_OUTSIDE_PLAN,
+                    f"round {round_num} is outside the job's plan of {spec.rounds} rounds",
+                )
+            gate = PrivacyGate(
+                settings, spec, n_customers=data.n_customers, split_id=data.split_id, model="lstm"
+            )
+            from fedcrm.privacy.accounting import Mechanism
+
+            sigma = noise_for_run(spec, n_train, gate.delta)
+            sample_rate, steps = dp_round_plan(spec, n_train)
+            mechanism = Mechanism(
+                "dp-sgd", sigma, sample_rate, steps, max_grad_norm=spec.privacy.max_grad_norm
+            )
+            dp = DPSettings(
+                noise_multiplier=sigma,
+                max_grad_norm=spec.privacy.max_grad_norm,
+                engine=spec.privacy.engine,
+            )
+            step = Step(f"round-{round_num}", round_num, "train")
+            released = gate.release(
+                step,
+                mechanism,
+                request,
+                lambda: train(dp, release_seed(settings.rng_seed, spec.run_id, step.name)),
+            )
+            payload, entries = dict(released.payload), list(released.entries)
+            metrics = {
+                "epsilon": gate.spent(),
+                "delta": gate.delta,
+                "noise_multiplier": sigma,
+                "resent": 1.0 if released.replayed else 0.0,
+            }
+        else:
+            payload = train(None, spec.seed * 100_003 + round_num)
+            metrics = {}
+    except (RefusedError, BudgetExhaustedError) as exc:
+        return _refused(refusal_of(exc))
+    metrics["train_seconds"] = float(payload.pop("train_seconds", 0.0))
+    if "train_loss" in payload:
+        metrics["train_loss"] = float(payload.pop("train_loss"))
+    evaluation = None
+    if gate is None or spec.privacy.evaluate_each_round:
+        step = Step(f"eval-round-{round_num}", round_num, "evaluation")
+        evaluation, more = evaluation_release(
+            spec, settings, data, weights, gate=gate, step=step, request=request
         )
-    return RoundOutcome(
-        weights=new_weights,
-        num_examples=n_train,
-        metrics=metrics,
-        evaluation=evaluation,
-        ledger_entries=entries,
-    )
+        entries += more
+    return RoundOutcome(payload, n_train, metrics, evaluation, entries)
 
 
-def _update_cache(settings: BranchSettings) -> Any:
-    assert settings.ledger_path is not None
-    return settings.ledger_path.with_name(settings.ledger_path.name + ".last_update.npz")
+def weights_payload(weights: list[np.ndarray]) -> dict[str, Any]:
+    """Plaintext weights as a flat payload (``weights.0``, ``weights.1``, ...)."""
+    return {f"weights.{i}": np.asarray(w) for i, w in enumerate(weights)}
 
 
-def save_released_update(
-    settings: BranchSettings, run_id: str, round_num: int, weights: list[np.ndarray]
-) -> None:
-    """Keep the last DP update at the branch so a lost round can be re-sent for free."""
-    path = _update_cache(settings)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, *weights, run_id=np.asarray(run_id), round=np.asarray(round_num))
-    tmp.replace(path)
+def payload_weights(payload: dict[str, Any]) -> list[np.ndarray]:
+    """Inverse of :func:`weights_payload`."""
+    keys = sorted((k for k in payload if k.startswith("weights.")), key=lambda k: int(k[8:]))
+    return [np.asarray(payload[k]) for k in keys]
 
 
-def load_released_update(
-    settings: BranchSettings, run_id: str, round_num: int
-) -> list[np.ndarray] | None:
-    """The cached update of ``(run_id, round_num)``, if it is the one cached."""
-    path = _update_cache(settings)
-    if not path.exists():
-        return None
-    with np.load(path) as z:
-        if str(z["run_id"]) != run_id or int(z["round"]) != round_num:
-            return None
-        n = len([k for k in z.files if k.startswith("arr_")])
-        return [z[f"arr_{i}"] for i in range(n)]
-
-
-def _refused(refusal: dict[str, Any], evaluation: dict[str, Any]) -> RoundOutcome:
+def _refused(refusal: dict[str, Any]) -> RoundOutcome:
     log.warning("round refused: %s", refusal["message"])
-    return RoundOutcome(
-        weights=None, num_examples=0, metrics={}, evaluation=evaluation, refusal=refusal
-    )
+    return RoundOutcome(payload=None, num_examples=0, metrics={}, refusal=refusal)

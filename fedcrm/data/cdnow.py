@@ -18,6 +18,7 @@ it is located without importing ``lifetimes``.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.metadata
 import importlib.util
 import logging
@@ -33,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 FILE_NAME = "CDNOW_master.txt"
 _IN_PACKAGE = ("datasets", FILE_NAME)
+
+
+PUBLIC_CUTOFF = dt.date(1997, 9, 30)
+"""The public churn cutoff of CDNOW (fixed, independent of the data)."""
 
 
 def find_cdnow() -> Path | None:

@@ -253,6 +253,10 @@ def write_synthetic(
     return CRMData(cust, events, {}).write(out_dir, fmt=fmt)
 
 
-def default_cutoff(end: str = "2024-12-31") -> dt.date:
-    """The task cutoff the generator is tuned for: ``end - 90 days``."""
-    return (pd.Timestamp(end) - pd.Timedelta(days=HORIZON_DAYS)).date()
+def default_cutoff(end: str = "2024-12-31", *, horizon_days: int = HORIZON_DAYS) -> dt.date:
+    """The public cutoff of the generated data: ``end - horizon_days`` (90 by default).
+
+    Fixed by the generator, not read from the data: under differential privacy
+    the cutoff must not depend on any customer.
+    """
+    return (pd.Timestamp(end) - pd.Timedelta(days=horizon_days)).date()

@@ -148,6 +148,8 @@ def train_local(
         Adam step size.
     seed : int
         Seeds shuffling / Poisson sampling and the DP noise (not the global RNG).
+        Under DP it must come from the branch (:mod:`fedcrm.privacy.randomness`),
+        never from a message: whoever knows it can replay the training.
     dp : DPSettings, optional
         None trains without privacy.
 
@@ -211,7 +213,7 @@ def _train_plain(
     seed: int,
 ) -> float:
     n = tensors["y"].shape[0]
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(int(seed) & (2**64 - 1))
     loss_fn = nn.BCEWithLogitsLoss()
     total, count = 0.0, 0
     for _ in range(epochs):
@@ -238,7 +240,7 @@ def _train_dp(
 ) -> float:
     n = tensors["y"].shape[0]
     rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(int(seed) & (2**64 - 1))
     expected = sample_rate * n
     if dp.engine == "fast":
         from fedcrm.models.dp_lstm_fast import FastDPStep

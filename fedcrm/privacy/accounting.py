@@ -7,7 +7,16 @@ A branch runs two kinds of mechanism on its customers, both described by a
   ``sample_rate`` the Poisson rate and ``steps`` the optimiser steps;
 * ``"gaussian"``: a Gaussian mechanism on a full release (a histogram of every
   customer) is the same mechanism with ``sample_rate=1.0``; ``steps`` counts
-  releases (tree levels).
+  releases (tree levels);
+* ``"dp-eval"``: the same Gaussian mechanism, on the evaluation statistics of a
+  branch's test customers.
+
+A :class:`Charge` adds what a mechanism ran on: ``purpose`` (``train``
+customers or ``evaluation`` customers) and the ``split`` that separates them.
+When every charge names one and the same split, the two purposes touch
+disjoint customers and compose in parallel (McSherry 2009, Theorem 4): the
+branch's epsilon is the larger of the two sides' (:func:`composed_epsilon`).
+Otherwise everything composes sequentially.
 
 Composition is done by Opacus' accountants and nothing here re-derives RDP or
 PRV maths:
@@ -40,7 +49,8 @@ from fedcrm.privacy import composition as _prv
 
 Accountant = Literal["prv", "rdp"]
 ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
-MECHANISMS: tuple[str, ...] = ("dp-sgd", "gaussian")
+MECHANISMS: tuple[str, ...] = ("dp-sgd", "gaussian", "dp-eval")
+"""``dp-eval`` is a Gaussian mechanism on a branch's evaluation statistics (its test customers)."""
 
 #: Upper end of the noise-multiplier search (Opacus ``MAX_SIGMA`` is 1e6 as well).
 MAX_NOISE_MULTIPLIER = 1e6
@@ -104,6 +114,109 @@ class Mechanism:
             steps=steps,
             sensitivity=sensitivity,
         )
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A mechanism and the customers it ran on (see the module docstring)."""
+
+    mechanism: Mechanism
+    purpose: str = "train"
+    split: str | None = None
+
+
+def parallel_sides(charges: Sequence[Charge]) -> dict[str, list[Mechanism]] | None:
+    """Mechanisms per purpose when the charges compose in parallel, else ``None``.
+
+    Parallel composition holds when every charge names the same split and the
+    purposes are ``train`` and ``evaluation`` only.
+    """
+    splits = {c.split for c in charges}
+    if not charges or len(splits) != 1 or None in splits:
+        return None
+    sides: dict[str, list[Mechanism]] = {}
+    for c in charges:
+        if c.purpose not in ("train", "evaluation"):
+            return None
+        sides.setdefault(c.purpose, []).append(c.mechanism)
+    return sides
+
+
+def composed_epsilon(charges: Sequence[Charge], *, delta: float, accountant: Accountant) -> float:
+    """Epsilon of everything a branch ran, with parallel composition where it holds."""
+    sides = parallel_sides(charges)
+    if sides is None:
+        return compute_epsilon([c.mechanism for c in charges], delta=delta, accountant=accountant)
+    return max(compute_epsilon(m, delta=delta, accountant=accountant) for m in sides.values())
+
+
+def charges_trajectory(
+    charges: Sequence[Charge | None],
+    *,
+    deltas: Sequence[float],
+    accountants: Sequence[Accountant],
+) -> list[float]:
+    """Cumulative epsilon after each ledger entry (``None``: an entry that charges nothing).
+
+    Element ``i`` equals :func:`composed_epsilon` of the charges up to ``i`` at
+    ``deltas[i]`` with ``accountants[i]``. With one delta and accountant
+    throughout (the usual ledger) it takes one :func:`epsilon_trajectory` per
+    side, so long ledgers stay fast; otherwise each entry is composed afresh.
+    """
+    n = len(charges)
+    if not n == len(deltas) == len(accountants):
+        raise PrivacyError("charges, deltas and accountants must have the same length")
+    if len(set(zip(deltas, accountants, strict=True))) > 1:
+        out, prior = [], []
+        for i, c in enumerate(charges):
+            if c is not None:
+                prior.append(c)
+            out.append(
+                composed_epsilon(prior, delta=deltas[i], accountant=accountants[i])
+                if prior
+                else 0.0
+            )
+        return out
+    charged = [i for i, c in enumerate(charges) if c is not None]
+    # Parallel composition holds for a prefix while every charge names one split.
+    first = charges[charged[0]].split if charged else None  # type: ignore[union-attr]
+    broken = next(
+        (
+            i
+            for i in charged
+            if charges[i].split is None  # type: ignore[union-attr]
+            or charges[i].split != first  # type: ignore[union-attr]
+            or charges[i].purpose not in ("train", "evaluation")  # type: ignore[union-attr]
+        ),
+        n,
+    )
+
+    def trajectory(index: list[int]) -> dict[int, float]:
+        if not index:
+            return {}
+        values = epsilon_trajectory(
+            [charges[i].mechanism for i in index],  # type: ignore[union-attr]
+            deltas=[deltas[i] for i in index],
+            accountants=[accountants[i] for i in index],
+        )
+        return dict(zip(index, values, strict=True))
+
+    sides = {
+        p: trajectory([i for i in charged if i < broken and charges[i].purpose == p])  # type: ignore[union-attr]
+        for p in ("train", "evaluation")
+    }
+    sequential = trajectory(charged) if broken < n else {}
+    out = []
+    last: dict[str, float] = {}
+    current = 0.0
+    for i, c in enumerate(charges):
+        if c is not None and i < broken:
+            last[c.purpose] = sides[c.purpose][i]
+            current = max(last.values())
+        elif c is not None:
+            current = sequential[i]
+        out.append(current)
+    return out
 
 
 def merge_history(mechanisms: Sequence[Mechanism]) -> list[tuple[float, float, int]]:

@@ -1,11 +1,12 @@
 """A branch's epsilon ceiling, checked before every mechanism it runs.
 
 The ceiling lives in the branch's own node config (``epsilon-ceiling``); the
-server cannot raise it. Before a round the branch asks :meth:`BranchBudget.check`
-what its epsilon would be after the round, composing everything in its ledger
-with the new mechanism; past the ceiling it refuses with
-:class:`~fedcrm.errors.BudgetExhaustedError`, so no branch's epsilon ever
-exceeds its ceiling.
+server cannot raise it. The binding check happens when a step's spend is
+reserved in the ledger (:meth:`fedcrm.privacy.ledger.Ledger.reserve`, under the
+ledger's lock, so concurrent steps cannot pass the ceiling together);
+:class:`BranchBudget` answers questions about it beforehand (what was spent,
+what a mechanism would bring, what remains), composing everything in the
+ledger with the new mechanism.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 
 from fedcrm.errors import BudgetExhaustedError, PrivacyError
-from fedcrm.privacy.accounting import Accountant, Mechanism, compute_epsilon
+from fedcrm.privacy.accounting import Accountant, Charge, Mechanism, composed_epsilon
 from fedcrm.privacy.ledger import Ledger
 
 CEILING_KEY = "epsilon-ceiling"
@@ -72,21 +73,23 @@ class BranchBudget:
 
     def spent(self) -> float:
         """Epsilon of everything in the ledger at this budget's delta."""
-        return compute_epsilon(
-            self.ledger.mechanisms(), delta=self.delta, accountant=self.accountant
-        )
+        charges = self.ledger.charges()
+        if not charges:
+            return 0.0
+        return composed_epsilon(charges, delta=self.delta, accountant=self.accountant)
 
-    def projected(self, mechanism: Mechanism) -> float:
+    def projected(self, mechanism: Mechanism | Charge) -> float:
         """Epsilon the branch would have after also running ``mechanism``."""
-        return compute_epsilon(
-            [*self.ledger.mechanisms(), mechanism], delta=self.delta, accountant=self.accountant
+        new = mechanism if isinstance(mechanism, Charge) else Charge(mechanism)
+        return composed_epsilon(
+            [*self.ledger.charges(), new], delta=self.delta, accountant=self.accountant
         )
 
     def remaining(self) -> float | None:
         """Ceiling minus spent (``None`` without a ceiling)."""
         return None if self.ceiling is None else self.ceiling - self.spent()
 
-    def check(self, mechanism: Mechanism) -> float:
+    def check(self, mechanism: Mechanism | Charge) -> float:
         """The projected epsilon, if it stays within the ceiling.
 
         Raises

@@ -3,10 +3,13 @@
 For each ledger: every line is a complete JSON entry of the right shape, for
 the right branch; ``seq`` runs 0, 1, 2, ... with no gap or reorder; each
 ``prev_hash`` is the previous entry's hash; each ``hash`` matches its entry;
-each entry was signed by the branch's key; and the cumulative epsilon each
-entry states is what its parameters give with the accountant it names
-(relative tolerance 1e-6). Every problem is collected, naming the branch and
-the line and ``seq`` of the entry.
+each entry was signed by the branch's key; every release entry releases a
+reservation; and the cumulative epsilon each entry states is what the
+parameters of every charge so far give with the accountant it names
+(relative tolerance 1e-6), in parallel across the train and evaluation sides
+of one split, sequentially otherwise
+(:func:`fedcrm.privacy.accounting.composed_epsilon`). Every problem is
+collected, naming the branch and the line and ``seq`` of the entry.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from typing import Any
 
 from fedcrm.errors import KeyFileError, LedgerError, PrivacyError
 from fedcrm.privacy import signing
-from fedcrm.privacy.accounting import epsilon_trajectory
-from fedcrm.privacy.ledger import mechanism_of, read_ledger
+from fedcrm.privacy.accounting import charges_trajectory
+from fedcrm.privacy.ledger_format import charge_of, charges, read_ledger
 
 #: Relative tolerance between a stated and a recomputed epsilon.
 EPSILON_RTOL = 1e-6
@@ -70,8 +73,8 @@ def _check_epsilons(parsed: list[tuple[int, dict[str, Any]]], problems: list[str
         return
     entries = [entry for _, entry in parsed]
     try:
-        recomputed = epsilon_trajectory(
-            [mechanism_of(e) for e in entries],
+        recomputed = charges_trajectory(
+            [charge_of(e) if charges(e) else None for e in entries],
             deltas=[e["delta"] for e in entries],
             accountants=[e["accountant"] for e in entries],
         )

@@ -68,6 +68,12 @@ def run_job(
     before the first round instead of ``federation.min_branches``.
     """
     t0 = time.perf_counter()
+    if cfg.privacy.dp and cfg.task.cutoff is None:
+        raise FedCRMError(
+            "a job with differential privacy needs task.cutoff=YYYY-MM-DD: a cutoff derived "
+            "from each branch's data would let one customer move every other customer's "
+            "features (branches refuse such a job)"
+        )
     run_dir = RunDir(out_dir)
     he_context = load_server_context(cfg, keys_dir or cfg.privacy.keys_dir)
     run_id = run_id or uuid.uuid4().hex[:12]

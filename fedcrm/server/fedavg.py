@@ -18,10 +18,17 @@ import numpy as np
 
 from fedcrm import protocol as P
 from fedcrm.errors import FedCRMError, UpdateRejectedError
+from fedcrm.models.evaluation import pooled_metrics
 from fedcrm.models.lstm import build_model, get_weights
-from fedcrm.models.metrics import metrics_from_summaries
 from fedcrm.server.aggregate import check_update, weighted_average
-from fedcrm.server.job import BranchState, FederatedJob, Reporter, reply_branch, unpack_summary
+from fedcrm.server.job import (
+    METRIC_KEYS,
+    BranchState,
+    FederatedJob,
+    Reporter,
+    reply_branch,
+    unpack_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +65,7 @@ class FedAvgJob(FederatedJob):
             content = reply.message.content  # type: ignore[union-attr]
             metrics = dict(content[P.METRICS]) if P.METRICS in content else {}
             summary = unpack_summary(metrics)
-            if summary:
+            if summary is not None:
                 evals.append((b, summary))
             if not self._handle_status(b, info, problems):
                 continue
@@ -148,13 +155,19 @@ class FedAvgJob(FederatedJob):
             timeout=self.cfg.federation.round_timeout,
         )
         evals, released = [], None
+        problems: dict[str, str] = {}
         for reply, b in zip(replies, nodes, strict=True):
-            if not reply.ok or reply_branch(reply).get("status") != P.STATUS_OK:
+            if not reply.ok:
                 log.warning("final evaluation: branch %s did not answer", b.branch_id)
                 continue
+            # The evaluation is a release the branch accounted: its entries join the copy.
+            if not self._handle_status(b, reply_branch(reply), problems):
+                log.warning("final evaluation: branch %s: %s", b.branch_id, b.last_problem)
+                continue
             content = reply.message.content  # type: ignore[union-attr]
-            if P.METRICS in content:
-                evals.append((b, unpack_summary(content[P.METRICS])))
+            summary = unpack_summary(content[P.METRICS]) if P.METRICS in content else None
+            if summary is not None:
+                evals.append((b, summary))
             if P.WEIGHTS in content and released is None:
                 released = content[P.WEIGHTS].to_numpy_ndarrays()
         return evals, released  # type: ignore[return-value]
@@ -214,12 +227,9 @@ class FedAvgJob(FederatedJob):
 
         per_branch = {}
         for b in sorted(self.branches.values(), key=lambda s: s.branch_id):
-            m = metrics_from_summaries([b.eval_summary]) if b.eval_summary else {}
+            m = pooled_metrics([b.eval_summary]) if b.eval_summary is not None else {}
             per_branch[b.branch_id] = {
-                "auc": m.get("auc"),
-                "f1": m.get("f1"),
-                "logloss": m.get("logloss"),
-                "accuracy": m.get("accuracy"),
+                **{k: m.get(k) for k in ("auc", "f1", "logloss", "accuracy")},
                 "customers": b.train_customers + b.test_customers,
                 "train_customers": b.train_customers,
                 "test_customers": b.test_customers,
@@ -255,7 +265,12 @@ class FedAvgJob(FederatedJob):
             "model": self.cfg.model.name,
             "rounds": rounds_done,
             "rounds_planned": self.cfg.federation.rounds,
-            "final": {k: final.get(k) for k in ("auc", "f1", "logloss", "accuracy")},
+            "final": {k: final.get(k) for k in METRIC_KEYS},
+            "evaluation": {
+                "mechanism": final.get("evaluation"),
+                "customers": final.get("evaluated_customers"),
+                "reliability": self.last_reliability,
+            },
             "per_branch": per_branch,
             "privacy": privacy,
             "stopped_reason": self.stopped_reason,

@@ -223,8 +223,9 @@ class GBDTJob(FedAvgJob):
                 b.failed_rounds += 1
                 b.last_problem = problems[b.branch_id] = f"reply lacks {exc}"
                 continue
-            if P.METRICS in content:
-                evals.append((b, unpack_summary(content[P.METRICS])))
+            summary = unpack_summary(content[P.METRICS]) if P.METRICS in content else None
+            if summary is not None:
+                evals.append((b, summary))
             groups.setdefault(model_digest(model, step), []).append((b, (model, step, content)))
         if not groups:
             self.stopped_reason = f"exchange {self.exchanges}: no branch answered ({problems})"

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedcrm import protocol as P
 from fedcrm.config import JobSpec, RunConfig
 from fedcrm.errors import FedCRMError
-from fedcrm.models.metrics import metrics_from_summaries
+from fedcrm.models.evaluation import EvaluationRelease, pooled_metrics
 from fedcrm.server.exchange import Courier, KeepWarm, Reply, wait_for_nodes
 from fedcrm.server.run_dir import RunDir, TreeState
 
@@ -47,17 +46,36 @@ class BranchState:
     epsilon: float | None = None
     delta: float | None = None
     last_problem: str | None = None
-    eval_summary: dict[str, Any] | None = None
+    eval_summary: EvaluationRelease | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def unpack_summary(metrics: Any) -> dict[str, Any]:
-    """The evaluation summary inside a reply's MetricRecord (``eval.*`` keys)."""
-    out: dict[str, Any] = {}
-    for key, value in dict(metrics).items():
-        if key.startswith("eval."):
-            out[key[5:]] = np.asarray(value, dtype=np.float64) if isinstance(value, list) else value
-    return out
+METRIC_KEYS = (
+    "auc",
+    "f1",
+    "logloss",
+    "accuracy",
+    "brier",
+    "ece",
+    "top_decile_lift",
+    "capture_top_10pct",
+)
+"""Pooled metrics of every evaluation record (``summary.json`` ``final.*``)."""
+
+
+def unpack_summary(metrics: Any) -> EvaluationRelease | None:
+    """The evaluation release inside a reply's MetricRecord (``eval.*`` keys), if any.
+
+    A malformed release is ignored with a warning (it never stops a round).
+    """
+    values = dict(metrics)
+    if not any(k.startswith("eval.") for k in values):
+        return None
+    try:
+        return EvaluationRelease.from_record(values)
+    except ValueError as exc:
+        log.warning("evaluation release ignored: %s", exc)
+        return None
 
 
 def reply_branch(reply: Reply) -> dict[str, Any]:
@@ -104,6 +122,7 @@ class FederatedJob:
         self.bytes_up = 0
         self.timings: dict[str, float] = {}
         self.resumed_state: dict[str, Any] | None = None
+        self.last_reliability: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------ messages
     def _message(self, node: int, mtype: str, round_num: int, payload: dict[str, Any]) -> Message:
@@ -246,15 +265,19 @@ class FederatedJob:
         chosen = sorted(rng.sample(able, min(k, len(able))), key=lambda b: b.branch_id)
         return chosen
 
-    def _evaluation_record(self, round_num: int, replies: list[tuple[BranchState, dict]]) -> dict:
-        summaries = [s for _, s in replies if s]
-        pooled = metrics_from_summaries(summaries) if summaries else {}
+    def _evaluation_record(
+        self, round_num: int, replies: list[tuple[BranchState, EvaluationRelease]]
+    ) -> dict:
+        releases = [s for _, s in replies if s is not None]
+        pooled = pooled_metrics(releases) if releases else {}
         for b, s in replies:
             b.eval_summary = s
-        return {
-            "round": round_num,
-            **{k: pooled.get(k) for k in ("auc", "f1", "logloss", "accuracy")},
-        }
+        record = {"round": round_num, **{k: pooled.get(k) for k in METRIC_KEYS}}
+        if pooled:
+            record["evaluated_customers"] = pooled["n"]
+            record["evaluation"] = "dp" if releases[0].mechanism == "dp" else "thresholded"
+            self.last_reliability = pooled["reliability"]
+        return record
 
     def _checkpoint(
         self, round_num: int, global_state: Any, extra: dict[str, Any] | None = None
@@ -345,7 +368,7 @@ class FederatedJob:
         reason = str(info.get("reason", P.REASON_ERROR))
         b.refused_rounds += 1
         b.last_problem = problems[b.branch_id] = f"{reason}: {info.get('message', '')}"
-        if reason in (P.REASON_BUDGET, P.REASON_DELTA, P.REASON_DP_REQUIRED):
+        if reason in P.RETIRING_REASONS:
             b.exhausted = True
             if "spent" in info:
                 b.epsilon = float(info["spent"])

@@ -54,6 +54,7 @@ def write_outputs(
         "model_released": weights is not None,
     }
     for key in (
+        "evaluation",
         "trees",
         "exchanges",
         "bytes_per_tree",

@@ -44,11 +44,74 @@ def load_run_data(cfg: RunConfig, work_dir: Path) -> Any:
     return load_crm(Path(data_cfg.path), attribute_columns=data_cfg.attribute_columns)
 
 
+def public_cutoff(cfg: RunConfig) -> RunConfig:
+    """Under DP, a cutoff fixed before looking at the data: the data preset's public default.
+
+    ``data=synthetic``: the generator's end date minus the horizon; ``data=cdnow``:
+    1997-09-30; ``data=csv`` must set ``task.cutoff``.
+
+    Raises
+    ------
+    ConfigError
+        A DP run on ``data=csv`` without ``task.cutoff``.
+    """
+    if not cfg.privacy.dp or cfg.task.cutoff is not None:
+        return cfg
+    if cfg.data.kind == "synthetic":
+        from fedcrm.data.synthetic import default_cutoff
+
+        cutoff = default_cutoff(horizon_days=cfg.task.horizon_days)
+    elif cfg.data.kind == "cdnow":
+        from fedcrm.data.cdnow import PUBLIC_CUTOFF
+
+        cutoff = PUBLIC_CUTOFF
+    else:
+        raise ConfigError(
+            "privacy=dp with data=csv needs task.cutoff=YYYY-MM-DD: under differential privacy "
+            "the cutoff must be fixed before looking at the data"
+        )
+    return cfg.model_copy(update={"task": cfg.task.model_copy(update={"cutoff": cutoff})})
+
+
+def branch_rng_seed(cfg: RunConfig, branch_id: str) -> int | None:
+    """A simulated branch's ``rng-seed``: derived from ``seed`` unless ``branch.rng_seed``."""
+    import hashlib
+
+    if cfg.branch.rng_seed == "os":
+        return None
+    base = cfg.branch.rng_seed if isinstance(cfg.branch.rng_seed, int) else cfg.seed
+    digest = hashlib.sha256(f"fedcrm-sim:{base}:{branch_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def branch_settings(cfg: RunConfig, out_dir: Path, branch_id: str) -> dict[str, Any]:
+    """The node config of a simulated branch (its files under ``branches/<branch_id>/``)."""
+    bdir = out_dir / "branches" / branch_id
+    nc: dict[str, Any] = {
+        "branch-id": branch_id,
+        "data-path": str(bdir / "features"),
+        "model-dir": str(bdir / "model"),
+        "state-dir": str(bdir / "state"),
+        "min-cell-count": str(cfg.branch.min_cell_count),
+        "test-fraction": str(cfg.branch.test_fraction or cfg.task.test_fraction),
+    }
+    seed = branch_rng_seed(cfg, branch_id)
+    if seed is not None:
+        nc["rng-seed"] = str(seed)
+    return nc
+
+
 def prepare_branches(
     cfg: RunConfig, out_dir: Path, say: Any
 ) -> tuple[dict[str, tuple[FeatureSet, FeatureSet]], dict[str, int], dict[str, Any]]:
-    """Features, train/test split and consent counts of every branch."""
-    from fedcrm.data.features import build_features, resolve_cutoff, stratified_split
+    """Every branch's features (written where the branch reads them) and its own split.
+
+    The split is computed exactly as the branch computes it
+    (:func:`fedcrm.client.branch.split_branch`), so that the baselines see the
+    same train and test customers.
+    """
+    from fedcrm.client.branch import BranchSettings, split_branch, split_key, write_feature_cache
+    from fedcrm.data.features import build_features, resolve_cutoff
 
     t0 = time.perf_counter()
     data = load_run_data(cfg, out_dir / "work")
@@ -58,6 +121,7 @@ def prepare_branches(
         f"{sum(data.excluded.values())} customers excluded (consent/opt-out)"
     )
     branches: dict[str, tuple[FeatureSet, FeatureSet]] = {}
+    excluded: dict[str, int] = {}
     for b in data.branches():
         fs = build_features(
             data.branch(b),
@@ -65,28 +129,30 @@ def prepare_branches(
             horizon_days=cfg.task.horizon_days,
             max_events=cfg.task.max_events,
         )
-        if len(fs) < 10:
+        if len(fs) < MIN_BRANCH_CUSTOMERS:
             say(f"branch {b} left out: only {len(fs)} customers active before the cutoff")
             continue
-        train_idx, test_idx = stratified_split(
-            fs, test_fraction=cfg.task.test_fraction, seed=cfg.seed
-        )
-        branches[b] = (fs.subset(train_idx), fs.subset(test_idx))
-    excluded = {b: int(data.excluded.get(b, 0)) for b in branches}
+        excluded[b] = int(data.excluded.get(b, 0))
+        nc = branch_settings(cfg, out_dir, b)
+        write_feature_cache(Path(nc["data-path"]), fs, excluded[b])
+        settings = BranchSettings.from_node_config(nc)
+        train, test, _ = split_branch(fs, b, split_key(settings), settings.test_fraction)
+        branches[b] = (train, test)
     info = {"cutoff": str(cutoff), "prepare_s": time.perf_counter() - t0}
     return branches, excluded, info
+
+
+MIN_BRANCH_CUSTOMERS = 10
+"""A branch with fewer customers active before the cutoff takes no part."""
 
 
 def branch_node_configs(
     cfg: RunConfig,
     out_dir: Path,
     branches: dict[str, tuple[FeatureSet, FeatureSet]],
-    excluded: dict[str, int],
     he_keys: Path | None,
 ) -> dict[int, dict[str, Any]]:
-    """Write each simulated branch's files; the node config of each partition."""
-    from fedcrm.client.branch import write_feature_cache
-
+    """Each simulated branch's keys (DP, HE) and the node config of each partition."""
     keys_dir = out_dir / "keys"
     node_configs: dict[int, dict[str, Any]] = {}
     if not cfg.privacy.dp and (cfg.branch.epsilon_ceiling or cfg.branch.epsilon_ceilings):
@@ -97,12 +163,7 @@ def branch_node_configs(
         )
     for pid, b in enumerate(sorted(branches)):
         bdir = out_dir / "branches" / b
-        write_feature_cache(bdir / "features", *branches[b], excluded[b])
-        nc: dict[str, Any] = {
-            "branch-id": b,
-            "data-path": str(bdir / "features"),
-            "model-dir": str(bdir / "model"),
-        }
+        nc = branch_settings(cfg, out_dir, b)
         if cfg.privacy.dp:
             from fedcrm.privacy.signing import generate_signing_key
 
@@ -170,7 +231,8 @@ def simulate(
     say = printer.say
     out_dir.mkdir(parents=True, exist_ok=True)
     backend = backend_config(cfg)  # validate before any work
-    branches, excluded, info = prepare_branches(cfg, out_dir, say)
+    cfg = public_cutoff(cfg)
+    branches, _, info = prepare_branches(cfg, out_dir, say)
     if len(branches) < cfg.federation.min_branches:
         raise ConfigError(
             f"only {len(branches)} branch(es) have customers; "
@@ -184,7 +246,7 @@ def simulate(
         if not (he_keys / "he_public.ctx").exists():
             say("HE: CKKS key ceremony (secret context for branches, public one for the server)")
             key_ceremony(he_keys)
-    node_configs = branch_node_configs(cfg, out_dir, branches, excluded, he_keys)
+    node_configs = branch_node_configs(cfg, out_dir, branches, he_keys)
     results: dict[str, Any] = {}
     run_id = uuid.uuid4().hex[:12]
     server_app = make_server_app(

@@ -113,9 +113,9 @@ def test_a_cache_path_that_is_a_file_is_bypassed(tmp_path: Path, data: Path) -> 
 def test_branch_data_from_the_cache_equals_featurised(export: Path, tmp_path: Path) -> None:
     task = TaskConfig()
     settings = BranchSettings(branch_id="branch_00", data_path=export, cache_dir=tmp_path / "c")
-    fresh = load_branch_data(settings, task, 3)
+    fresh = load_branch_data(settings, task)
     branch_mod._CACHE.clear()  # as in a new ClientApp process
-    cached = load_branch_data(settings, task, 3)
+    cached = load_branch_data(settings, task)
     assert len(list((tmp_path / "c").glob(PREFIX + "*"))) == 1
     for name in ("train", "test"):
         a, b = getattr(fresh, name), getattr(cached, name)
@@ -124,4 +124,5 @@ def test_branch_data_from_the_cache_equals_featurised(export: Path, tmp_path: Pa
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(a.customer_ids, b.customer_ids)
     assert fresh.excluded_customers == cached.excluded_customers
+    assert fresh.split_id == cached.split_id
     branch_mod._CACHE.clear()

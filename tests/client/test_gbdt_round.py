@@ -7,6 +7,7 @@ here as the server would: the trees must equal the in-process reference.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -76,33 +77,47 @@ def _setup(tmp_path: Path, parts, *, dp: bool = False, ceiling: float | None = N
                 epsilon_ceiling=ceiling,
             )
         fs = _features(X, y)
-        out.append((settings, BranchData(fs, fs.subset(np.arange(20)), 0), {}))
+        out.append((settings, BranchData(fs, fs.subset(np.arange(20)), 0, "0123456789abcdef")))
     return out
 
 
 def _fresh_process() -> None:
-    for cache in (R._MARGINS, R._SOURCES, R._BINNED, R._PLANS):
+    for cache in (R._MARGINS, R._SOURCES, R._BINNED):
         cache.clear()
+
+
+def _values(out: R.StepOutcome) -> np.ndarray:
+    assert out.release is not None
+    return np.asarray(out.release["values"])
+
+
+def _request(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _step(spec, settings, data, model, pending) -> R.StepOutcome:
+    request = _request(model.to_arrays().keys(), model.level, len(model.trees), pending)
+    return R.protocol_step(spec, settings, data, model, pending, request=request)
 
 
 def _play(spec: JobSpec, branches) -> R.TreeModel:
     """The server's loop, summing releases in branch order."""
-    ranges = [R.branch_ranges(spec, d) for _, d, _ in branches]
+    ranges = [R.branch_ranges(spec, d) for _, d in branches]
     lo = np.min([r[0] for r in ranges], axis=0)
     hi = np.max([r[1] for r in ranges], axis=0)
-    outs = [R.fine_release(spec, s, d, lo, hi, st) for s, d, st in branches]
-    model, pending = outs[0].model, np.sum([o.release for o in outs], axis=0)
+    outs = [R.fine_release(spec, s, d, lo, hi, request=_request("bins")) for s, d in branches]
+    model, pending = outs[0].model, np.sum([_values(o) for o in outs], axis=0)
     for _ in range(100):
         outs = []
-        for s, d, st in branches:
+        for s, d in branches:
             _fresh_process()
-            outs.append(R.protocol_step(spec, s, d, model, pending, st))
+            outs.append(_step(spec, s, d, model, pending))
         digests = {R.tree_digest(t) for o in outs for t in o.model.trees[-1:]}
         assert len(digests) <= 1, "branches disagree"
         model = outs[0].model
         if outs[0].release is None:
             return model
-        pending = np.sum([o.release for o in outs], axis=0)
+        pending = np.sum([_values(o) for o in outs], axis=0)
     raise AssertionError("protocol did not finish")
 
 
@@ -125,62 +140,68 @@ def test_protocol_without_state_reproduces_the_reference(tmp_path: Path, mode: s
 def test_cached_and_fresh_processes_release_identical_histograms(tmp_path: Path) -> None:
     parts = _branches(1)
     spec = _spec()
-    ((settings, data, state),) = _setup(tmp_path, parts)
+    ((settings, data),) = _setup(tmp_path, parts)
     lo, hi, _ = R.branch_ranges(spec, data)
-    fine = R.fine_release(spec, settings, data, lo, hi, state)
-    model, pending = fine.model, fine.release
+    fine = R.fine_release(spec, settings, data, lo, hi, request=_request("bins"))
+    model, pending = fine.model, _values(fine)
     for _ in range(4):
-        warm = R.protocol_step(spec, settings, data, model, pending, state)
+        warm = _step(spec, settings, data, model, pending)
         _fresh_process()
-        cold = R.protocol_step(spec, settings, data, model, pending, state)
-        assert np.array_equal(warm.release, cold.release)
-        model, pending = warm.model, warm.release
+        cold = _step(spec, settings, data, model, pending)
+        assert np.array_equal(_values(warm), _values(cold))
+        model, pending = warm.model, _values(warm)
 
 
-def test_dp_releases_are_noisy_recorded_and_refused_past_the_ceiling(tmp_path: Path) -> None:
+def test_dp_releases_are_noisy_recorded_once_and_refused_past_the_ceiling(tmp_path: Path) -> None:
     parts = _branches(2, n=400)
     privacy = PrivacyConfig(mode="dp", noise_multiplier=2.0, delta=1e-4, accountant="rdp")
     spec = _spec(privacy=privacy)
+    spec = spec.model_copy(update={"task": TaskConfig(cutoff="2024-01-01")})
     branches = _setup(tmp_path, parts, dp=True, ceiling=3.6)
-    settings, data, state = branches[0]
+    settings, data = branches[0]
     lo, hi, _ = R.branch_ranges(spec, data)
     assert lo.tolist() == [0.0] * 5 and hi.tolist() == [16.0] * 5  # public bounds, not min/max
-    fine = R.fine_release(spec, settings, data, lo, hi, state)
-    assert len(fine.ledger_entries) == 1 and fine.ledger_entries[0]["round"] == 0
-    again = R.fine_release(spec, settings, data, lo, hi, state)
-    assert again.ledger_entries == [] and np.array_equal(
-        again.release, fine.release
-    )  # not paid twice
+    fine = R.fine_release(spec, settings, data, lo, hi, request=_request("bins"))
+    assert [e["kind"] for e in fine.ledger_entries] == ["reservation", "release"]
+    assert fine.ledger_entries[0]["round"] == 0
+    assert not np.allclose(_values(fine), np.round(_values(fine)))  # counts plus noise
+    again = R.fine_release(spec, settings, data, lo, hi, request=_request("bins"))
+    assert again.ledger_entries == [] and np.array_equal(_values(again), _values(fine))
+    shifted = R.fine_release(spec, settings, data, lo - 1, hi, request=_request("bins", "shifted"))
+    assert shifted.release is None and shifted.refusal["reason"] == P.REASON_RELEASE_CHANGED
 
-    model, pending = fine.model, fine.release * 2
+    model, pending = fine.model, _values(fine) * 2
     entries, refusal = [], None
     for _ in range(20):
-        out = R.protocol_step(spec, settings, data, model, pending, state)
+        out = _step(spec, settings, data, model, pending)
         entries += out.ledger_entries
         if out.refusal is not None:
             refusal = out.refusal
             break
-        model, pending = out.model, out.release * 2
+        model, pending = out.model, _values(out) * 2
     assert refusal is not None and refusal["reason"] == P.REASON_BUDGET
     assert refusal["would_spend"] > refusal["ceiling"] == 3.6 >= refusal["spent"]
-    assert len(entries) == 2  # edges (before) + 2 trees fit under 3.6, the third does not
-    plan = R._PLANS[("run1", "b0")]
-    e = entries[0]
+    reservations = [e for e in entries if e["kind"] == "reservation"]
+    assert len(reservations) == 2  # 2 trees fit under 3.6 after the edges, the third does not
+    assert len(entries) == 2 + 2 * 3  # each tree's three levels are three releases
+    plan = R.plan_dp(spec, 1e-4, 5)
+    e = reservations[0]
     assert e["mechanism"] == "gaussian" and e["steps"] == 1 and e["sample_rate"] == 1.0
     assert e["noise_multiplier"] == pytest.approx(2.0)
     assert e["sensitivity"] == pytest.approx(np.sqrt(3 * 5 * (1 + 1 / 16)))
     assert plan.std("level") == pytest.approx(2.0 * e["sensitivity"])
 
 
-def test_branch_too_small_for_its_delta_refuses(tmp_path: Path) -> None:
+def test_a_job_cannot_loosen_the_branchs_delta(tmp_path: Path) -> None:
     parts = _branches(1, n=50)
     privacy = PrivacyConfig(mode="dp", noise_multiplier=2.0, delta=0.05)
-    spec = _spec(privacy=privacy)
-    ((settings, data, state),) = _setup(tmp_path, parts, dp=True)
+    spec = _spec(privacy=privacy).model_copy(update={"task": TaskConfig(cutoff="2024-01-01")})
+    ((settings, data),) = _setup(tmp_path, parts, dp=True)
     lo, hi, _ = R.branch_ranges(spec, data)
-    out = R.fine_release(spec, settings, data, lo, hi, state)
+    out = R.fine_release(spec, settings, data, lo, hi, request=_request("bins"))
     assert out.release is None and out.refusal is not None
     assert out.refusal["reason"] == P.REASON_DELTA
+    assert "can only lower" in out.refusal["message"]
 
 
 def test_all_missing_or_constant_features_get_no_edges(tmp_path: Path) -> None:

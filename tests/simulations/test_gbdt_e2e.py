@@ -33,13 +33,22 @@ SMALL = [
 ]
 
 
+def _train_set(cfg: object, out: Path, branch_id: str) -> FeatureSet:
+    """A simulated branch's training customers, split as the branch splits them."""
+    from fedcrm.client.branch import BranchSettings, load_branch_data
+    from fedcrm.simulations.simulate import branch_settings
+
+    settings = BranchSettings.from_node_config(branch_settings(cfg, out, branch_id))
+    return load_branch_data(settings, cfg.task).train  # type: ignore[attr-defined]
+
+
 def test_federated_trees_equal_the_reference_on_the_same_branches(tmp_path: Path) -> None:
     out = tmp_path / "exact"
     cfg = compose([*SMALL, f"output_dir={out}"])
     summary = simulate(cfg, out)
 
     ids = sorted(p.name for p in (out / "branches").iterdir())
-    trains = [FeatureSet.load(str(out / "branches" / b / "features" / "train.npz")) for b in ids]
+    trains = [_train_set(cfg, out, b) for b in ids]
     ref = fit_from_partitions(
         [(t.tabular, t.labels) for t in trains],
         cfg.model,
@@ -53,7 +62,7 @@ def test_federated_trees_equal_the_reference_on_the_same_branches(tmp_path: Path
     # info + ranges + evaluate around the reference's exchanges (bins + levels).
     assert summary["exchanges"] == ref.exchanges + 2
     assert summary["bytes_per_tree"] > 0
-    assert set(summary["final"]) == {"auc", "f1", "logloss", "accuracy"}
+    assert {"auc", "f1", "logloss", "accuracy", "brier", "ece"} <= set(summary["final"])
     assert summary["final"]["auc"] > 0.6
     assert all(v["auc"] is not None for v in summary["per_branch"].values())
     card = json.loads((out / "model_card.json").read_text())
@@ -131,9 +140,20 @@ def test_dp_trees_record_every_release_in_the_branch_ledgers(tmp_path: Path) -> 
         assert 0 < v["epsilon"] <= 4.0 + 1e-6
         lines = (out / "branches" / b / "ledger.jsonl").read_text().splitlines()
         entries = [json.loads(x) for x in lines]
-        assert [e["round"] for e in entries] == list(range(6))  # bin edges + one per tree
-        assert all(e["mechanism"] == "gaussian" for e in entries)
-        assert entries[1]["sample_rate"] == 0.8
+        reserved = [e for e in entries if e["kind"] == "reservation"]
+        train = [e for e in reserved if e["purpose"] == "train"]
+        assert [e["round"] for e in train] == list(range(6))  # bin edges + one per tree
+        assert all(e["mechanism"] == "gaussian" for e in train)
+        assert train[1]["sample_rate"] == 0.8
+        # Every level of every tree was released once, under its tree's reservation.
+        levels = [e["step"] for e in entries if e["kind"] == "release" and "level" in e["step"]]
+        assert len(levels) == len(set(levels))
+        per_tree = [sorted(x for x in levels if x.startswith(f"tree-{t}.")) for t in range(5)]
+        assert all(
+            steps == [f"tree-{t}.level-{k}" for k in range(len(steps))] and 1 <= len(steps) <= 3
+            for t, steps in enumerate(per_tree)
+        )
+        assert [e["mechanism"] for e in reserved if e["purpose"] == "evaluation"] == ["dp-eval"]
 
 
 def test_interrupted_tree_job_resumes_to_the_same_trees(
@@ -172,7 +192,7 @@ def test_interrupted_tree_job_resumes_to_the_same_trees(
     assert [r["trained_round"] for r in rounds if "trained_round" in r] == [1, 2, 3]
 
     ids = sorted(p.name for p in (out / "branches").iterdir())
-    trains = [FeatureSet.load(str(out / "branches" / b / "features" / "train.npz")) for b in ids]
+    trains = [_train_set(cfg, out, b) for b in ids]
     ref = fit_from_partitions(
         [(t.tabular, t.labels) for t in trains],
         cfg.model,

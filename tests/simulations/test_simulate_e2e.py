@@ -47,7 +47,8 @@ def test_simulation_writes_a_complete_run_directory(tmp_path: Path) -> None:
         assert b["customers"] == b["train_customers"] + b["test_customers"] > 0
         assert b["excluded_customers"] >= 0
         assert b["rounds_trained"] == 2
-        assert 0 <= b["auc"] <= 1
+        # A branch with fewer than min-cell-count test churners withholds that label.
+        assert b["auc"] is None or 0 <= b["auc"] <= 1
     assert on_disk["timings"]["total_s"] > 0
     rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [0, 1, 2]
