@@ -106,7 +106,9 @@ def test_piped_output_is_never_wrapped(tmp_path: Path) -> None:
     import sys
 
     crm = tmp_path / ("a-long-export-folder-name-" * 4)
-    main(["data", "synth", "--branches", "1", "--customers", "30", "--seed", "2", "--out", str(crm)])
+    main(
+        ["data", "synth", "--branches", "1", "--customers", "30", "--seed", "2", "--out", str(crm)]
+    )
     events = crm / "events.csv"
     lines = events.read_text().splitlines()
     header = lines[0].split(",")
