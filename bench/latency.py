@@ -48,7 +48,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = "model.hidden_size=8 model.embedding_dim=4 task.max_events=10 baseline=false"
+# The synthetic data's public cutoff: DP jobs need a fixed one.
+TINY = (
+    "model.hidden_size=8 model.embedding_dim=4 task.max_events=10 baseline=false "
+    "task.cutoff=2024-10-02"
+)
 
 PING_APP = """
 import json, time

@@ -201,6 +201,27 @@ def cmd_app_hash(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore_ledger(args: argparse.Namespace) -> int:
+    """Rebuild a lost or rolled-back ledger from copies the branch signed itself."""
+    from fedcrm.privacy.restore import restore_ledger
+    from fedcrm.privacy.signing import load_public_key
+
+    ledger = Path(args.ledger_path)
+    state = Path(args.state_dir) if args.state_dir else ledger.parent / "state"
+    restored = restore_ledger(
+        ledger,
+        branch_id=args.branch_id,
+        public_keys=[load_public_key(p) for p in args.public_key],
+        sources=args.source,
+        anchor_path=state / "anchor.json",
+    )
+    console.print(
+        f"{ledger}: restored {restored.entries} entries (epsilon {restored.epsilon:.4g}) from "
+        + ", ".join(restored.sources or ["nothing"])
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``node`` group."""
     node = sub.add_parser("node", help="branch IT: keys and the branch's SuperNode")
@@ -210,6 +231,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     ni.add_argument("--out", required=True)
     ni.add_argument("--federation", help="an existing `fedcrm federation init` directory")
     handles(ni, cmd_init)
+    nr = nsub.add_parser(
+        "restore-ledger",
+        help="rebuild a deleted or rolled-back privacy ledger from the server's copy",
+        description="Every DP step is refused while a branch's ledger is behind its anchor. "
+        "This rebuilds it from copies the branch signed itself: the server's copy of its "
+        "ledger (<server-dir>/ledgers/<branch>.jsonl, or ledger/<branch>.jsonl of a run "
+        "directory), backups, and the entries the anchor keeps.",
+    )
+    nr.add_argument("--branch-id", required=True)
+    nr.add_argument("--ledger-path", required=True, help="the branch's ledger file to rebuild")
+    nr.add_argument("--state-dir", help="the branch's state folder (default: state/ beside it)")
+    nr.add_argument(
+        "--public-key",
+        action="append",
+        required=True,
+        help="the branch's public signing key (repeat for retired keys)",
+    )
+    nr.add_argument(
+        "--from", dest="source", action="append", default=[], help="a copy or backup (repeatable)"
+    )
+    handles(nr, cmd_restore_ledger, error_exit=1)
     ns = nsub.add_parser(
         "start",
         help="check keys, data and node config, then run flower-supernode (restarted "

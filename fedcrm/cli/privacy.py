@@ -13,7 +13,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Verify signatures, hash chains and epsilon; 1 on any problem."""
     from fedcrm.privacy.verify import format_table, verify_path
 
-    results = verify_path(Path(args.path), keys_dir=Path(args.keys) if args.keys else None)
+    results = verify_path(
+        Path(args.path),
+        keys_dir=Path(args.keys) if args.keys else None,
+        anchor=Path(args.anchor) if args.anchor else None,
+    )
     out.print(format_table(results), markup=False, highlight=False)
     bad = [r for r in results if not r.ok]
     for r in bad:
@@ -42,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     pv = psub.add_parser("verify", help="verify signatures, hash chain and epsilon")
     pv.add_argument("path", help="a ledger file, a directory of ledgers, or a run directory")
     pv.add_argument("--keys", help="directory of <branch_id>.pub files")
+    pv.add_argument(
+        "--anchor",
+        help="the branch's ledger anchor (default for a ledger file: state/anchor.json beside it)",
+    )
     handles(pv, cmd_verify, error_exit=EXIT_INVALID)
     pr = psub.add_parser("report", help="self-contained HTML privacy report")
     pr.add_argument("path", help="a run directory or a ledger directory")

@@ -62,7 +62,8 @@ def load_or_create_key(state_dir: Path) -> bytes:
         return key
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_bytes(KEY_BYTES)
-    tmp = path.with_name(path.name + ".tmp")
+    # A name of this process's own: a shared one could be truncated under another's link.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, key)

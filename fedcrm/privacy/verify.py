@@ -23,6 +23,7 @@ from typing import Any
 from fedcrm.errors import KeyFileError, LedgerError, PrivacyError
 from fedcrm.privacy import signing
 from fedcrm.privacy.accounting import charges_trajectory
+from fedcrm.privacy.anchor import Anchor
 from fedcrm.privacy.ledger_format import charge_of, charges, read_ledger
 
 #: Relative tolerance between a stated and a recomputed epsilon.
@@ -94,6 +95,7 @@ def verify_ledger(
     public_key: signing.Ed25519PublicKey | str | os.PathLike[str] | None,
     *,
     branch_id: str | None = None,
+    anchor: str | os.PathLike[str] | None = None,
 ) -> BranchVerification:
     """Verify one branch ledger.
 
@@ -106,6 +108,9 @@ def verify_ledger(
         (no key known) is itself a failure; everything else is still checked.
     branch_id
         The branch the ledger must belong to (default: the file name's stem).
+    anchor
+        The branch's anchor file: a ledger shorter than (or diverging from)
+        the head it records fails.
 
     Returns
     -------
@@ -134,6 +139,11 @@ def verify_ledger(
     problems += chain_problems
     _check_branch_and_signatures(parsed, branch, key, problems)
     _check_epsilons(parsed, problems)
+    if anchor is not None:
+        try:
+            Anchor(anchor).check([e for _, e in parsed], path)
+        except LedgerError as exc:
+            problems.append(str(exc))
     last = parsed[-1][1] if parsed else None
     return BranchVerification(
         branch_id=branch,
@@ -169,7 +179,10 @@ def _ledgers_and_keys(target: Path, keys_dir: Path | None) -> tuple[list[Path], 
 
 
 def verify_path(
-    ledger_or_run_dir: str | os.PathLike[str], *, keys_dir: str | os.PathLike[str] | None = None
+    ledger_or_run_dir: str | os.PathLike[str],
+    *,
+    keys_dir: str | os.PathLike[str] | None = None,
+    anchor: str | os.PathLike[str] | None = None,
 ) -> list[BranchVerification]:
     """Verify a ledger file, a directory of ledgers, or a run directory.
 
@@ -191,7 +204,11 @@ def verify_path(
         branch = ledger.name.removesuffix(LEDGER_SUFFIX)
         candidates = [d / f"{branch}{signing.PUBLIC_SUFFIX}" for d in key_dirs]
         key_path = next((p for p in candidates if p.is_file()), None)
-        result = verify_ledger(ledger, key_path, branch_id=branch)
+        found = anchor
+        if found is None and len(ledgers) == 1 and Path(ledger_or_run_dir).is_file():
+            beside = ledger.parent / "state" / "anchor.json"
+            found = beside if beside.exists() else None
+        result = verify_ledger(ledger, key_path, branch_id=branch, anchor=found)
         if key_path is None:
             looked = ", ".join(str(p) for p in candidates)
             result.problems[0] = (

@@ -25,6 +25,7 @@ from fedcrm.config import RunConfig, compose
 from fedcrm.errors import FedCRMError
 from fedcrm.server.exchange import KeepWarm
 from fedcrm.server.fedavg import FedAvgJob, Reporter
+from fedcrm.server.ledger_store import LedgerStore, keys_from_dir
 from fedcrm.server.outputs import write_outputs
 from fedcrm.server.run_dir import RunDir
 
@@ -59,6 +60,8 @@ def run_job(
     node_wait_s: float = 120.0,
     deployment: bool = False,
     expected_nodes: int | None = None,
+    server_dir: str | Path | None = None,
+    signing_keys: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run a configured job on ``grid`` and write its run directory.
 
@@ -66,6 +69,9 @@ def run_job(
     (``federation.keep_warm_s``); simulated nodes never sleep.
     ``expected_nodes`` (simulation) makes the job wait for that many SuperNodes
     before the first round instead of ``federation.min_branches``.
+    ``server_dir`` (deployment) holds the server's ledger copies across runs
+    (``ledgers/``) and the branches' public signing keys (``keys/``);
+    ``signing_keys`` names another folder of public keys (simulation).
     """
     t0 = time.perf_counter()
     if cfg.privacy.dp and cfg.task.cutoff is None:
@@ -77,6 +83,13 @@ def run_job(
     run_dir = RunDir(out_dir)
     he_context = load_server_context(cfg, keys_dir or cfg.privacy.keys_dir)
     run_id = run_id or uuid.uuid4().hex[:12]
+    keys = (
+        Path(signing_keys) if signing_keys else (Path(server_dir) / "keys" if server_dir else None)
+    )
+    if server_dir is not None:
+        ledgers = LedgerStore(Path(server_dir), public_keys=keys_from_dir(keys))
+    else:
+        ledgers = LedgerStore(run_dir.path, ledger_dir="ledger", public_keys=keys_from_dir(keys))
     job_class: Any = FedAvgJob
     if cfg.model.name == "gbdt":
         from fedcrm.server.gbdt_job import GBDTJob
@@ -92,8 +105,13 @@ def run_job(
         node_wait_s=node_wait_s,
         keep_warm=keep_warm_policy(cfg) if deployment else None,
         expected_nodes=expected_nodes,
+        ledgers=ledgers,
     )
-    result = job.run()
+    try:
+        result = job.run()
+    finally:
+        # The run directory verifies on its own: its branches' ledgers and public keys.
+        ledgers.export(run_dir.path, [b.branch_id for b in job.branches.values()], keys)
     if deployment:
         result["standby_messages"] = job.courier.standby_sent
         # The app the branches were asked to run, as their --approve-app pins it.
@@ -115,6 +133,7 @@ def make_server_app(
     keys_dir: str | Path | None = None,
     results: dict[str, Any] | None = None,
     expected_nodes: int | None = None,
+    signing_keys: str | Path | None = None,
 ) -> ServerApp:
     """A ServerApp for the simulation; the result lands in ``results["federated"]``."""
     app = ServerApp()
@@ -129,6 +148,7 @@ def make_server_app(
             reporter=reporter,
             keys_dir=keys_dir,
             expected_nodes=expected_nodes,
+            signing_keys=signing_keys,
         )
         if results is not None:
             results["federated"] = result
@@ -177,5 +197,8 @@ def main(grid: Grid, context: Context) -> None:
         resume=cfg.resume,
     )
     log.info("fedcrm job %s writing to %s", context.run_id, out_dir)
-    result = run_job(grid, cfg, out_dir, run_id=str(context.run_id), deployment=True)
+    server_dir = str(context.run_config.get("server-dir", "")) or None
+    result = run_job(
+        grid, cfg, out_dir, run_id=str(context.run_id), deployment=True, server_dir=server_dir
+    )
     write_outputs(Path(out_dir), cfg, result)

@@ -22,6 +22,7 @@ from fedcrm.config import JobSpec, RunConfig
 from fedcrm.errors import FedCRMError
 from fedcrm.models.evaluation import EvaluationRelease, pooled_metrics
 from fedcrm.server.exchange import Courier, KeepWarm, Reply, wait_for_nodes
+from fedcrm.server.ledger_store import LedgerStore
 from fedcrm.server.run_dir import RunDir, TreeState
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class FederatedJob:
         node_wait_s: float = 120.0,
         keep_warm: KeepWarm | None = None,
         expected_nodes: int | None = None,
+        ledgers: LedgerStore | None = None,
     ) -> None:
         if cfg.privacy.he and he_context is None:
             raise FedCRMError("privacy mode needs the CKKS public context on the server")
@@ -106,6 +108,8 @@ class FederatedJob:
         self.courier = Courier(grid, keep_warm)
         self.cfg = cfg
         self.run_dir = run_dir
+        # The server's copy of each branch's ledger (kept across runs in deployment).
+        self.ledgers = ledgers or LedgerStore(run_dir.path, ledger_dir="ledger")
         self.spec = JobSpec.from_run(cfg, run_id)
         self.reporter = reporter or (lambda rec: log.info("round %s", rec))
         self.he_context = he_context
@@ -246,10 +250,9 @@ class FederatedJob:
         its whole ledger again and the copy gains only what it missed.
         """
         try:
-            history = self.run_dir.copy_ledger_entries(
-                state.branch_id, branch.get("ledger_history", [])
-            )
+            history = self.ledgers.join(state.branch_id, branch.get("ledger_history", []))
         except FedCRMError as exc:
+            state.last_problem = str(exc)
             log.warning("branch %s left out: its ledger does not verify: %s", state.branch_id, exc)
             return False
         if history:
@@ -355,7 +358,7 @@ class FederatedJob:
         whose privacy spend the copy cannot show is not aggregated.
         """
         try:
-            entries = self.run_dir.copy_ledger_entries(b.branch_id, info.get("ledger_entries", []))
+            entries = self.ledgers.extend(b.branch_id, info.get("ledger_entries", []))
         except FedCRMError as exc:
             b.failed_rounds += 1
             b.last_problem = problems[b.branch_id] = f"ledger entries rejected: {exc}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ class TreeState:
 
 
 class RunDir:
-    """Writes ``rounds.jsonl``, ``summary.json``, ``ledger/``, the model and checkpoints."""
+    """Writes ``rounds.jsonl``, ``summary.json``, the model and checkpoints."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -72,36 +71,6 @@ class RunDir:
         tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
         tmp.replace(path)
         return path
-
-    def copy_ledger_entries(
-        self, branch_id: str, entries: Sequence[str | dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """Extend the server's copy of a branch's ledger (chain checked, never re-signed).
-
-        ``entries`` are what the branch sent (JSON text or parsed). Entries the
-        copy already holds (same ``seq`` and ``hash``, e.g. re-sent after a
-        resume or by a branch that came back) are skipped; anything else must
-        extend the chain (:func:`fedcrm.privacy.ledger.append_entries`).
-        Returns the entries as parsed.
-
-        Raises
-        ------
-        LedgerError
-            Naming the branch and the entry that is not JSON or does not fit;
-            nothing is written then.
-        """
-        from fedcrm.errors import LedgerError
-        from fedcrm.privacy.ledger import append_entries
-
-        parsed = []
-        for i, e in enumerate(entries):
-            try:
-                parsed.append(json.loads(e) if isinstance(e, str) else e)
-            except ValueError:
-                raise LedgerError(f"branch {branch_id}: ledger entry {i} is not JSON") from None
-        if parsed:
-            append_entries(self.ledger_path(branch_id), parsed, branch_id=branch_id)
-        return parsed
 
     # ---------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: dict[str, Any], global_state: Any) -> None:
@@ -177,10 +146,6 @@ class RunDir:
         kept = [r for r in self.rounds() if r.get("trained_round", last_round + 1) <= last_round]
         path = self.path / "rounds.jsonl"
         path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-
-    def ledger_path(self, branch_id: str) -> Path:
-        """Where the server keeps its copy of ``branch_id``'s ledger."""
-        return self.path / "ledger" / f"{branch_id}.jsonl"
 
     def save_model(self, weights: list[np.ndarray], card: dict[str, Any]) -> Path:
         """Save released weights (``model.npz``) with their model card."""

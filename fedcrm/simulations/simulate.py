@@ -257,6 +257,7 @@ def simulate(
         keys_dir=he_keys,
         results=results,
         expected_nodes=len(node_configs),
+        signing_keys=out_dir / "keys" if cfg.privacy.dp else None,
     )
     client_app = make_client_app(node_configs, mods=client_mods)
     threads = max(1, int(cfg.federation.num_cpus_per_branch))

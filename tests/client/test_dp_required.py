@@ -76,6 +76,9 @@ def test_the_server_counts_the_refusal_and_stops_asking(tmp_path: Path) -> None:
 
     job = FederatedJob.__new__(FederatedJob)  # only _handle_status is exercised
     job.run_dir = RunDir(tmp_path / "run")
+    from fedcrm.server.ledger_store import LedgerStore
+
+    job.ledgers = LedgerStore(tmp_path / "run", ledger_dir="ledger")
     b = BranchState(node_id=1, branch_id="b1", train_customers=1, test_customers=1,
                     excluded_customers=0, n_tabular=1)  # fmt: skip
     problems: dict[str, str] = {}

@@ -33,7 +33,11 @@ FLWR = str(BIN / "flwr")
 
 # Tiny jobs: a 2-round LSTM run with 3 branches takes ~30 s on 2 shared cores.
 # (Add federation.round_timeout per test: Hydra refuses a key given twice.)
-TINY = "model.hidden_size=8 model.embedding_dim=4 task.max_events=10 baseline=false"
+# The synthetic data's public cutoff: DP jobs need a fixed one.
+TINY = (
+    "model.hidden_size=8 model.embedding_dim=4 task.max_events=10 baseline=false "
+    "task.cutoff=2024-10-02"
+)
 
 
 def free_port() -> int:

@@ -162,7 +162,7 @@ def _history(tmp_path: Path, branch: str, rounds: int) -> list[str]:
 
 
 def _copy(job: FederatedJob, branch: str) -> list[int]:
-    path = job.run_dir.ledger_path(branch)
+    path = job.ledgers.path(branch)
     if not path.exists():
         return []
     return [json.loads(x)["round"] for x in path.read_text().splitlines() if x.strip()]
@@ -221,3 +221,19 @@ def test_a_branch_whose_ledger_history_is_tampered_is_left_out(
     assert "branch c left out: its ledger does not verify" in caplog.text
     assert sorted(b.branch_id for b in job.branches.values()) == ["a", "b"]
     assert _copy(job, "c") == []
+
+
+def test_a_branch_whose_ledger_went_backwards_is_left_out(
+    job_for: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's copy holds two entries; the branch comes back with one (rolled back)."""
+    grid = InfoGrid({1: {"id": "a", "history": _history(tmp_path, "a", 2)}, 2: {"id": "b"}})
+    job = job_for(grid)
+    job.connect()
+    assert _copy(job, "a") == [1, 2]
+    del grid.nodes[1]
+    grid.nodes[4] = {"id": "a", "history": _history(tmp_path, "a", 2)[:1]}
+    with caplog.at_level("WARNING"):
+        assert job.admit_new_nodes() == []
+    assert "ledger-behind-anchor" in caplog.text
+    assert _copy(job, "a") == [1, 2]  # the copy keeps what it held
