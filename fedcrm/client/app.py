@@ -27,6 +27,7 @@ from fedcrm.client.branch import BranchData, BranchSettings, load_branch_data
 from fedcrm.client.standby import register_standby
 from fedcrm.config import JobSpec
 from fedcrm.errors import FedCRMError
+from fedcrm.identity import id_path
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ def make_client_app(
 def _export_local_model(settings: BranchSettings, spec: JobSpec, weights: list[np.ndarray]) -> None:
     assert settings.model_dir is not None
     settings.model_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.model_dir / f"model-{spec.run_id}.npz"
+    path = id_path(settings.model_dir, spec.run_id, "run id", prefix="model-", suffix=".npz")
     np.savez(path, *weights)
     log.info("branch %s exported the final model to %s", settings.branch_id, path)
 

@@ -6,7 +6,8 @@ simulation builds the same keys for each simulated branch:
 ==================== =======================================================
 key                  meaning
 ==================== =======================================================
-``branch-id``        the branch's id (as in the export's ``branch_id``)
+``branch-id``        the branch's id (as in the export's ``branch_id``; a path-safe
+                     id, :func:`fedcrm.identity.check_id`)
 ``data-path``        directory with the branch export (customers/events), or
                      a prepared feature cache (``train.npz``/``test.npz``)
 ``ledger-path``      the branch's append-only privacy ledger (JSON lines)
@@ -35,6 +36,7 @@ import numpy as np
 from fedcrm.config import TaskConfig
 from fedcrm.data.dataset import FeatureSet
 from fedcrm.errors import ConfigError
+from fedcrm.identity import check_id
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ class BranchSettings:
             return value
 
         return cls(
-            branch_id=str(node_config["branch-id"]).strip(),
+            branch_id=check_id(str(node_config["branch-id"]).strip(), "node config `branch-id`"),
             data_path=data_path,
             ledger_path=path("ledger-path", must_exist=False),
             signing_key=path("signing-key"),

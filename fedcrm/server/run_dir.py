@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from fedcrm.identity import id_path
+
 log = logging.getLogger(__name__)
 
 
@@ -179,8 +181,14 @@ class RunDir:
         path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def ledger_path(self, branch_id: str) -> Path:
-        """Where the server keeps its copy of ``branch_id``'s ledger."""
-        return self.path / "ledger" / f"{branch_id}.jsonl"
+        """Where the server keeps its copy of ``branch_id``'s ledger.
+
+        Raises
+        ------
+        ConfigError
+            When ``branch_id`` (from a branch's message) is not a path-safe id.
+        """
+        return id_path(self.path / "ledger", branch_id, "branch id", suffix=".jsonl")
 
     def save_model(self, weights: list[np.ndarray], card: dict[str, Any]) -> Path:
         """Save released weights (``model.npz``) with their model card."""

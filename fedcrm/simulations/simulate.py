@@ -20,6 +20,7 @@ from typing import Any
 from fedcrm.config import RunConfig, cpu_count
 from fedcrm.data.dataset import FeatureSet
 from fedcrm.errors import ConfigError
+from fedcrm.identity import id_path
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def branch_node_configs(
             cfg.privacy.mode,
         )
     for pid, b in enumerate(sorted(branches)):
-        bdir = out_dir / "branches" / b
+        bdir = id_path(out_dir / "branches", b, "branch_id in the data")
         write_feature_cache(bdir / "features", *branches[b], excluded[b])
         nc: dict[str, Any] = {
             "branch-id": b,
