@@ -185,7 +185,7 @@ def check_node_auth_key(path: Path | None, setting: str, report: Report) -> None
         report.add(
             setting,
             f"{path} is not an unencrypted OpenSSH private key (Flower needs EC P-384 in "
-            "OpenSSH format, as `fedcrm federation init` writes)",
+            "OpenSSH format, as `fedcrm node init` writes)",
         )
         return
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in (
