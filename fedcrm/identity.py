@@ -48,25 +48,6 @@ from typing import Any
 
 from fedcrm.errors import ConfigError, IdentityError
 
-__all__ = [
-    "MAX_ID_LENGTH",
-    "REASON_INVALID_ID",
-    "REASON_NOT_ADMITTED",
-    "REASON_OTHER_NODE",
-    "REASON_UNKNOWN_BRANCH",
-    "BranchIdentity",
-    "Roster",
-    "RosterFile",
-    "SigningKey",
-    "check_id",
-    "check_node_identity",
-    "id_path",
-    "identity_refusal",
-    "is_valid_id",
-    "load_roster",
-    "save_roster",
-]
-
 MAX_ID_LENGTH = 64
 _ID = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_-]{{0,{MAX_ID_LENGTH - 1}}}")
 
