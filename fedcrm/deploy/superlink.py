@@ -24,6 +24,11 @@ from fedcrm.deploy import admission
 from fedcrm.deploy.provision import Federation
 from fedcrm.errors import KeyFileError
 
+UNREGISTERED_KEY = (
+    "the running SuperLink unregistered this node key before and refuses it until it "
+    "restarts; the branch makes a new one (`fedcrm node rotate-keys --node`)"
+)
+
 
 @dataclass(frozen=True)
 class Registration:
@@ -144,8 +149,11 @@ def register_with_superlink(fed: Federation, branches: dict[str, str]) -> list[R
                     ),
                     None,
                 )
-            if node_id is not None:
-                admission.record_node_ids(fed, {branch_id: node_id})
+                if node_id is None:
+                    # Flower never takes an unregistered key back while it runs.
+                    out.append(Registration(branch_id, None, UNREGISTERED_KEY))
+                    continue
+            admission.record_node_ids(fed, {branch_id: node_id})
             out.append(Registration(branch_id, node_id))
     return out
 

@@ -187,6 +187,21 @@ def test_branch_born_keys_to_a_finished_run_refusing_two_intruders(
     assert again["success"] and again["branches"][dep.branches[0]]["registered"], again
     assert again["branches"][dep.branches[0]]["change"] == "unchanged"
 
+    # Back with --replace: the running SuperLink never takes its unregistered key back,
+    # so the branch rotates its node key, and its running `node start` picks the new one up.
+    request = str(dep.branch_dir(gone) / f"{gone}.request.json")
+    argv = ("server", "register", "--federation", str(dep.fed), "--request", request)
+    back = dep.cli(*argv, "--replace", "--format", "json", check=False)
+    assert back.returncode == 1, back.stdout + back.stderr
+    assert (
+        "rotate-keys --node" in json.loads(back.stdout.splitlines()[-1])["branches"][gone]["error"]
+    )
+    dep.cli("node", "rotate-keys", "--branch-dir", str(dep.branch_dir(gone)), "--node")
+    rotated = json.loads(dep.cli(*argv, "--format", "json").stdout.splitlines()[-1])
+    assert rotated["branches"][gone]["change"] == "rotated", rotated
+    new_id = rotated["branches"][gone]["node-id"]
+    dep.wait_for(lambda: f"SuperNode ID: {new_id}" in node.text(), 150, f"{gone}'s new node key")
+
 
 def test_tls_node_auth_gbdt_run(deployment: Any, crm: dict[str, Path], tmp_path: Path) -> None:
     """The tree job over the same deployment path: a few trees, DP histograms, ledgers."""
