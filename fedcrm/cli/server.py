@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedcrm.cli._common import handles, subparsers
 from fedcrm.deploy.processes import SERVER_TASK_POLL_INTERVAL, passthrough, run_flower, say
+
+if TYPE_CHECKING:
+    from fedcrm.deploy.provision import Federation
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -134,7 +137,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _take_off(fed: Any, openssh: str | None) -> str:
+def _take_off(fed: Federation, openssh: str | None) -> str:
     """Unregister a node key from the running SuperLink; what happened, in words."""
     from fedcrm.deploy.superlink import superlink_answers, unregister_from_superlink
 
