@@ -19,13 +19,20 @@ Measures, over TLS with SuperNode authentication (``fedcrm federation init``,
    state), side by side: ``sqlite_over_memory`` holds the ratios of SuperLink
    CPU per exchange and of the standby round trip.
 2. ``init_to_finished``: wall time from ``fedcrm federation init`` to a
-   finished 2-round DP-LSTM run with 3 branches (the real fedcrm app), and
-   ``init_to_finished_subprocess_executor``, the same with Flower's SuperExec.
+   finished 2-round DP-LSTM run with 3 branches (the real fedcrm app), along
+   the README's walk-through: ``fedcrm node init`` at each branch, ``fedcrm
+   server register --request``, ``fedcrm node app-hash``, ``fedcrm server
+   start``, ``fedcrm node start --federation KIT --branch-dir DIR
+   --approve-app HASH``, ``flwr run``; and
+   ``init_to_finished_subprocess_executor``, the same with Flower's SuperExec
+   (``flower-supernode`` started directly: ``fedcrm node start`` runs a branch
+   with keys only under the warm executor, which can pin the app).
 3. ``ten_supernodes``: a 2-round (``--ten-rounds``) LSTM run with 10 SuperNodes
    on this machine.
 
 Usage: ``python bench/latency.py [--reps 5] [--skip-ten] [--skip-stock]
-[--skip-subprocess] [--skip-sqlite] [--skip-e2e] [--only-ten] [--keep DIR]``.
+[--skip-subprocess] [--skip-sqlite] [--skip-e2e] [--only-ten] [--only-e2e]
+[--keep DIR]``.
 Never part of the test run.
 """
 
@@ -180,14 +187,21 @@ class Local:
         self.procs.append(p)
         return p
 
-    def up(self, data: dict[str, Path]) -> None:
+    def up(self, data: dict[str, Path], app: Path | str) -> None:
+        """The README's walk-through: keys made at each branch, registered, kit, nodes pinned."""
         fedcrm = str(BIN / "fedcrm")
-        self.sh(fedcrm, "federation", "init", "--out", str(self.fed), "--branches",
-                ",".join(self.branches), "--server-address", self.address)  # fmt: skip
+        self.sh(fedcrm, "federation", "init", "--out", str(self.fed), "--server-address",
+                self.address)  # fmt: skip
         self.sh(fedcrm, "federation", "connection", "--federation", str(self.fed))
-        # Admitted before the start: `fedcrm server start` registers them once the
-        # SuperLink answers.
-        self.sh(fedcrm, "server", "register", "--federation", str(self.fed), "--all")
+        for b in self.branches:
+            bdir = self.root / "branches" / b
+            self.sh(fedcrm, "node", "init", "--branch-id", b, "--out", str(bdir))
+            # Admitted before the start: `fedcrm server start` registers them once the
+            # SuperLink answers.
+            self.sh(fedcrm, "server", "register", "--federation", str(self.fed), "--request",
+                    str(bdir / f"{b}.request.json"))  # fmt: skip
+        # What each branch pins after reviewing the app (the same hash for all).
+        fab = self.sh(fedcrm, "node", "app-hash", str(app)).strip()
         # The SuperLink's SuperExec only starts ServerApps: Flower's 1 s poll is plenty.
         server_cmd = [fedcrm, "server", "start", "--federation", str(self.fed)]
         if self.database:
@@ -202,11 +216,25 @@ class Local:
                 break
             time.sleep(0.3)
         for b in self.branches:
-            self.spawn(f"node-{b}", [fedcrm, "node", "start", "--federation", str(self.fed),
-                                     "--branch-id", b, "--data-path", str(data[b]),
-                                     "--epsilon-ceiling", "50", "--runtime-port",
-                                     str(free_port()), "--no-connect-check",
-                                     "--executor", self.executor])  # fmt: skip
+            bdir = self.root / "branches" / b
+            if self.executor == "warm":
+                cmd = [fedcrm, "node", "start", "--federation", str(self.fed / "kit"),
+                       "--branch-dir", str(bdir), "--data-path", str(data[b]),
+                       "--epsilon-ceiling", "50", "--runtime-port", str(free_port()),
+                       "--no-connect-check", "--approve-app", fab]  # fmt: skip
+            else:
+                # Flower's own executor cannot pin an app, so `fedcrm node start` refuses a
+                # branch with keys on it: run flower-supernode as node start would otherwise.
+                config = (
+                    f'branch-id="{b}" data-path="{data[b]}" ledger-path="{bdir}/ledger.jsonl" '
+                    f'signing-key="{bdir}/keys/{b}.key" model-dir="{bdir}/models" '
+                    f'cache-dir="{bdir}/cache" epsilon-ceiling=50.0'
+                )
+                cmd = ["flower-supernode", "--root-certificates", str(self.fed / "kit" / "ca.crt"),
+                       "--superlink", self.address, "--auth-supernode-private-key",
+                       str(bdir / "keys" / "node_auth_key"), "--node-config", config,
+                       "--port", str(free_port())]  # fmt: skip
+            self.spawn(f"node-{b}", cmd)
         if self.executor == "warm":
             # Measure exchanges, not the warm SuperExecs' one-off imports (~10 s of CPU each).
             deadline = time.monotonic() + 300
@@ -322,7 +350,7 @@ def bench_exchange(
     branches = sorted(data)[:nodes]
     local = Local(tmp / f"exchange-{name}", branches, poll, executor, database=database)
     try:
-        local.up({b: data[b] for b in branches})
+        local.up({b: data[b] for b in branches}, app)
         out = tmp / f"ping-{name}.json"
         superlink = local.procs[0].pid  # its own process group: supervisor + SuperLink
         cpu0 = group_cpu_s(superlink)
@@ -356,13 +384,14 @@ def bench_end_to_end(
     t0 = time.perf_counter()
     local = Local(tmp / name, sorted(data), "0.1", executor)
     try:
-        local.up(data)
+        local.up(data, REPO)
         t_up = time.perf_counter() - t0
         outdir = tmp / name / "runs"
         rid = local.run(
             ".",
             f"config-overrides='federation.rounds={rounds} privacy=dp "
-            f"federation.min_branches={len(data)} {TINY}' output-dir='{outdir}'",
+            f"federation.min_branches={len(data)} {TINY}' output-dir='{outdir}' "
+            f"server-dir='{local.fed / 'server'}'",
         )
         status = local.wait(rid)
         total = time.perf_counter() - t0
@@ -404,6 +433,9 @@ def main() -> None:
         help="skip the runs with Flower's own subprocess executor (fedcrm's default is warm)",
     )
     ap.add_argument("--only-ten", action="store_true", help="only the 10-SuperNode run")
+    ap.add_argument(
+        "--only-e2e", action="store_true", help="only the init-to-finished run (warm executor)"
+    )
     ap.add_argument("--skip-e2e", action="store_true", help="skip the init-to-finished runs")
     ap.add_argument(
         "--skip-sqlite",
@@ -421,9 +453,11 @@ def main() -> None:
         else:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedcrm-latency-")))
         data3 = crm(tmp / "crm3", 3, 150)
-        if args.only_ten:
+        if args.only_ten or args.only_e2e:
             args.skip_stock = args.skip_subprocess = True
-        if not args.only_ten:
+        if args.only_e2e:
+            args.skip_ten = True
+        if not (args.only_ten or args.only_e2e):
             log("exchange latency, fedcrm's settings: warm executor, poll interval 0.1 s")
             result["exchange_warm"] = bench_exchange(
                 tmp, data3, "0.1", "keepwarm,pushpull,stock", args.reps

@@ -14,9 +14,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedcrm.errors import ConfigError
+from fedcrm.identity import is_valid_id
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -306,6 +314,14 @@ class JobSpec(_Strict):
     local_epochs: int
     seed: int
     release: bool = True
+
+    @field_validator("run_id")
+    @classmethod
+    def _path_safe_run_id(cls, value: str) -> str:
+        # Branches name files after it (model-<run_id>.npz): it must never be a path.
+        if not is_valid_id(value):
+            raise ValueError("run_id must be a path-safe id (letters, digits, '-', '_')")
+        return value
 
     @classmethod
     def from_run(cls, cfg: RunConfig, run_id: str) -> JobSpec:

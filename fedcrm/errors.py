@@ -103,3 +103,14 @@ class UpdateRejectedError(FedCRMError):
         self.branch_id = branch_id
         self.reason = reason
         super().__init__(f"update from branch {branch_id} rejected: {reason}")
+
+
+class IdentityError(FedCRMError):
+    """A SuperNode claimed a branch identity the admitted list does not give it.
+
+    ``reason`` is one of the typed reasons of :mod:`fedcrm.identity`.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {message}")

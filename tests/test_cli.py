@@ -54,15 +54,6 @@ def test_data_validate_reports_problems_without_values(
     assert "-77.77" not in printed.out + printed.err
 
 
-def test_node_init_writes_a_private_key_only_the_owner_reads(tmp_path: Path) -> None:
-    assert main(["node", "init", "--branch-id", "b1", "--out", str(tmp_path)]) == 0
-    key = tmp_path / "b1.key"
-    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
-    assert (tmp_path / "b1.pub").exists()
-    # never overwrite an existing key
-    assert main(["node", "init", "--branch-id", "b1", "--out", str(tmp_path)]) == 2
-
-
 def test_keys_init_public_context_has_no_secret_key(tmp_path: Path) -> None:
     from fedcrm.crypto.ckks import load_public_context
 

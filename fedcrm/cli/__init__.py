@@ -1,17 +1,17 @@
 """The ``fedcrm`` command: one module per command group.
 
-==============  =========================================================
+==============  ============================================================
 module          commands
-==============  =========================================================
+==============  ============================================================
 ``simulate``    ``fedcrm simulate`` (Hydra overrides, ``-m`` sweeps)
 ``data``        ``fedcrm data validate|synth|import-cdnow``
-``node``        ``fedcrm node init|start|app-hash``
+``node``        ``fedcrm node init|rotate-keys|start|app-hash``
 ``keys``        ``fedcrm keys init``
 ``privacy``     ``fedcrm privacy verify|report``
 ``plot``        ``fedcrm plot privacy-utility``
 ``federation``  ``fedcrm federation init|cert|connection``
-``server``      ``fedcrm server start|register|unregister``
-==============  =========================================================
+``server``      ``fedcrm server start|register|unregister|revoke-key|nodes``
+==============  ============================================================
 
 Exit codes: 0 success, 1 the checked thing is invalid (data, ledger), 2 usage
 or configuration error.

@@ -13,10 +13,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     fed = init_federation(
         args.out,
-        [b.strip() for b in args.branches.split(",")],
         args.server_address,
         extra_sans=args.extra_san or (),
-        he=not args.no_he,
         cert_days=args.cert_days,
         overwrite=args.overwrite,
     )
@@ -32,7 +30,10 @@ def cmd_cert(args: argparse.Namespace) -> int:
     sans = reissue_server_cert(
         fed, server_address=args.server_address, extra_sans=args.extra_san or (), days=args.days
     )
-    print(f"server certificate re-issued for {', '.join(sans)} (valid {args.days} days)")
+    print(
+        f"server certificate re-issued for {', '.join(sans)} (valid {args.days} days); "
+        f"{fed.kit_dir} holds the address: hand it to the branches again if it changed"
+    )
     return 0
 
 
@@ -47,21 +48,21 @@ def cmd_connection(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``federation`` group."""
-    fed = sub.add_parser("federation", help="provision a real deployment (CA, TLS, node keys)")
+    fed = sub.add_parser("federation", help="provision a real deployment (CA, TLS, branch kit)")
     fsub = subparsers(fed, "federation_cmd")
 
     fi = fsub.add_parser(
-        "init", help="CA, server certificate, per-branch node and ledger keys, HE key ceremony"
+        "init",
+        help="CA, server certificate and the kit for branches (no branch key: branches make "
+        "their own with `fedcrm node init`)",
     )
     fi.add_argument("--out", required=True, help="the federation directory to create")
-    fi.add_argument("--branches", required=True, help="comma-separated branch ids")
     fi.add_argument(
         "--server-address", required=True, help="HOST:PORT SuperNodes use to reach the SuperLink"
     )
     fi.add_argument(
         "--extra-san", action="append", help="another DNS name or IP for the server certificate"
     )
-    fi.add_argument("--no-he", action="store_true", help="skip the CKKS key ceremony")
     fi.add_argument("--cert-days", type=int, default=365)
     fi.add_argument("--overwrite", action="store_true")
     handles(fi, cmd_init)

@@ -1,4 +1,4 @@
-"""``fedcrm node init|start|app-hash``: a branch's keys and its SuperNode (branch IT).
+"""``fedcrm node init|rotate-keys|start|app-hash``: a branch's keys and its SuperNode (branch IT).
 
 ``node start`` runs the preflight checks (:mod:`fedcrm.deploy.preflight`) and
 then ``flower-supernode`` with the federation's TLS and authentication flags
@@ -22,44 +22,65 @@ from fedcrm.errors import ConfigError
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """``fedcrm node init``: a branch's ledger signing key (and federation onboarding)."""
-    from fedcrm.privacy.signing import generate_signing_key
+    """``fedcrm node init``: the branch's keys, born here, and its request file."""
+    from fedcrm.deploy.branch_dir import init_branch_dir, init_steps
+    from fedcrm.deploy.request import fingerprint
 
-    out_dir = Path(args.out)
-    if getattr(args, "federation", None):
-        from fedcrm.deploy.provision import onboard_branch
-
-        onboard_branch(Path(args.federation), args.branch_id, out_dir)
-        return 0
-    priv, pub = generate_signing_key(out_dir, args.branch_id)
-    console.print(
-        f"branch {args.branch_id}: signing key {priv} (keep it at the branch, mode 0600); "
-        f"public key {pub} (give it to the compliance officer)"
-    )
+    bd, body = init_branch_dir(Path(args.out), args.branch_id, overwrite=args.overwrite)
+    print(init_steps(bd, fingerprint(body)), flush=True)
     return 0
 
 
+def cmd_rotate_keys(args: argparse.Namespace) -> int:
+    """``fedcrm node rotate-keys``: new node and/or signing key, a request signed by the old one."""
+    from fedcrm.deploy.branch_dir import load_branch_dir, rotate_keys, rotate_steps
+    from fedcrm.deploy.request import fingerprint
+
+    both = not (args.node or args.signing)
+    node, signing_key = args.node or both, args.signing or both
+    bd = load_branch_dir(Path(args.branch_dir))
+    body = rotate_keys(bd, node=node, signing_key=signing_key)
+    print(rotate_steps(bd, fingerprint(body), node=node, signing_key=signing_key), flush=True)
+    return 0
+
+
+def branch_dir_of(args: argparse.Namespace, kit_root: Path) -> Path:
+    """``--branch-dir``, else the kit's parent folder when it is a branch folder, else ``.``."""
+    from fedcrm.deploy.branch_dir import BRANCH_FILE
+
+    if args.branch_dir:
+        return Path(args.branch_dir)
+    if (kit_root.parent / BRANCH_FILE).is_file():
+        return kit_root.parent
+    return Path.cwd()
+
+
 def node_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Path | None]]:
-    """The federation, the node config and the branch's files from ``node start`` args."""
-    from fedcrm.deploy.provision import load_federation
+    """The kit, the node config and the TLS/auth files from ``node start`` args."""
+    from fedcrm.deploy.branch_dir import load_branch_dir
+    from fedcrm.deploy.provision import load_kit
 
-    fed = load_federation(args.federation)
-    files = fed.branch(args.branch_id)
+    kit = load_kit(args.federation)
+    bd = load_branch_dir(branch_dir_of(args, kit.root))
+    if args.branch_id and args.branch_id != bd.branch_id:
+        raise ConfigError(
+            f"--branch-id {args.branch_id} is not the branch of {bd.root} ({bd.branch_id}); "
+            "give that branch's folder with --branch-dir"
+        )
 
-    def pick(flag_value: str | None, key: str) -> Path | None:
-        return Path(flag_value).resolve() if flag_value else files.get(key)
+    def pick(flag_value: str | None, default: Path) -> Path:
+        return Path(flag_value).resolve() if flag_value else default
 
     node_config: dict[str, Any] = {
-        "branch-id": args.branch_id,
+        "branch-id": bd.branch_id,
         "data-path": str(Path(args.data_path).resolve()),
-        "ledger-path": str(pick(args.ledger_path, "ledger_path") or ""),
-        "signing-key": str(pick(args.signing_key, "signing_key") or ""),
-        "model-dir": str(pick(args.model_dir, "model_dir") or ""),
-        "cache-dir": str(pick(args.cache_dir, "cache_dir") or _default_cache(files)),
+        "ledger-path": str(pick(args.ledger_path, bd.ledger_path)),
+        "signing-key": str(pick(args.signing_key, bd.signing_key)),
+        "model-dir": str(pick(args.model_dir, bd.model_dir)),
+        "cache-dir": str(pick(args.cache_dir, bd.cache_dir)),
     }
-    he = pick(args.he_secret_context, "he_secret_context")
-    if he is not None:
-        node_config["he-secret-context"] = str(he)
+    if args.he_secret_context:
+        node_config["he-secret-context"] = str(Path(args.he_secret_context).resolve())
     for flag, key in (("epsilon_ceiling", "epsilon-ceiling"), ("delta", "delta")):
         raw = getattr(args, flag)
         if raw is not None:
@@ -68,15 +89,10 @@ def node_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[s
             except ValueError:
                 node_config[key] = str(raw)  # preflight names the key
     resolved = {
-        "root_certificates": pick(args.root_certificates, "ca_cert"),
-        "auth_key": pick(args.auth_key, "node_auth_private_key"),
+        "root_certificates": pick(args.root_certificates, kit.ca_cert),
+        "auth_key": pick(args.auth_key, bd.node_key),
     }
-    return fed, node_config, resolved
-
-
-def _default_cache(files: dict[str, Path | None]) -> str:
-    """The branch folder's ``cache/`` (federations provisioned before ``cache_dir`` existed)."""
-    return str(files["dir"] / "cache") if files.get("dir") else ""
+    return kit, node_config, resolved
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -93,10 +109,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         load_cert,
         node_config_string,
     )
-    from fedcrm.deploy.provision import parse_address
+    from fedcrm.deploy.tls import parse_address
 
-    fed, node_config, files = node_settings(args)
-    superlink = args.superlink or fed.server_address
+    kit, node_config, files = node_settings(args)
+    branch_id = node_config["branch-id"]
+    superlink = args.superlink or kit.server_address
     report = Report()
     try:
         parse_address(superlink)
@@ -113,10 +130,10 @@ def cmd_start(args: argparse.Namespace) -> int:
         check_signing_key(Path(node_config["signing-key"]), "--signing-key", report)
     check_node_config(node_config, report)
     if not any(p.startswith("--data-path") for p in report.problems):
-        check_data(Path(node_config["data-path"]), args.branch_id, report)
+        check_data(Path(node_config["data-path"]), branch_id, report)
     check_port_free("127.0.0.1", args.runtime_port, "--runtime-port", report)
-    approved = _approved_apps(args, report)
-    report.raise_if_any(f"the SuperNode of branch {args.branch_id}")
+    approved = _approved_apps(args, node_config, report)
+    report.raise_if_any(f"the SuperNode of branch {branch_id}")
     for note in report.notes:
         say(f"note: {note}")
     cmd = [
@@ -149,15 +166,34 @@ def cmd_start(args: argparse.Namespace) -> int:
     )
 
 
-def _approved_apps(args: argparse.Namespace, report: Any) -> list[str] | None:
-    """The FAB hashes of ``--approve-app`` (``None``: any app runs, with a note saying so)."""
+def _approved_apps(
+    args: argparse.Namespace, node_config: dict[str, Any], report: Any
+) -> list[str] | None:
+    """The FAB hashes of ``--approve-app`` (``None``: any app runs).
+
+    A branch holding an epsilon ceiling, a signing key or an HE key (every branch
+    folder holds a signing key) must pin the apps it reviewed: otherwise the
+    server's app would run next to those keys and bypass every branch-side check.
+    """
     from fedcrm.deploy.approval import resolve_approved
 
-    if not args.approve_app:
-        report.notes.append(
-            "any app the SuperLink is asked to run will run at this branch; pin the apps "
-            "you approved with --approve-app (`fedcrm node app-hash APP_DIR` gives the hash)"
+    holds = [
+        what
+        for what, key in (
+            ("an epsilon ceiling", "epsilon-ceiling"),
+            ("a ledger signing key", "signing-key"),
+            ("an HE secret key", "he-secret-context"),
         )
+        if node_config.get(key) not in (None, "")
+    ]
+    if not args.approve_app:
+        if holds:
+            report.add(
+                "--approve-app",
+                f"this branch holds {' and '.join(holds)}, so it runs only an app it reviewed: "
+                "print the hash of the reviewed app with `fedcrm node app-hash APP_DIR` and pass "
+                "--approve-app HASH (or the app directory, or its .fab file)",
+            )
         return None
     if args.executor != "warm":
         report.add("--approve-app", "needs --executor warm (Flower's own executor cannot check)")
@@ -226,10 +262,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``node`` group."""
     node = sub.add_parser("node", help="branch IT: keys and the branch's SuperNode")
     nsub = subparsers(node, "node_cmd")
-    ni = nsub.add_parser("init", help="create a branch's ledger signing key")
+    ni = nsub.add_parser(
+        "init",
+        help="make this branch's keys (node, ledger signing, key agreement) and its request file",
+    )
     ni.add_argument("--branch-id", required=True)
-    ni.add_argument("--out", required=True)
-    ni.add_argument("--federation", help="an existing `fedcrm federation init` directory")
+    ni.add_argument("--out", required=True, help="the branch's folder (created, mode 0700)")
+    ni.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace keys made before (the central team must then register with --replace)",
+    )
     handles(ni, cmd_init)
     nr = nsub.add_parser(
         "restore-ledger",
@@ -252,13 +295,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--from", dest="source", action="append", default=[], help="a copy or backup (repeatable)"
     )
     handles(nr, cmd_restore_ledger, error_exit=1)
+    nk = nsub.add_parser(
+        "rotate-keys",
+        help="new node and/or signing key; writes a request signed by the old signing key",
+    )
+    nk.add_argument("--branch-dir", required=True, help="the folder `fedcrm node init` made")
+    nk.add_argument("--node", action="store_true", help="rotate the node key")
+    nk.add_argument(
+        "--signing", action="store_true", help="rotate the ledger signing key (default: both)"
+    )
+    handles(nk, cmd_rotate_keys)
     ns = nsub.add_parser(
         "start",
         help="check keys, data and node config, then run flower-supernode (restarted "
         "when it exits)",
     )
-    ns.add_argument("--federation", required=True)
-    ns.add_argument("--branch-id", required=True)
+    ns.add_argument(
+        "--federation",
+        required=True,
+        metavar="KIT",
+        help="the kit folder from the central team (CA certificate, SuperLink address)",
+    )
+    ns.add_argument(
+        "--branch-dir",
+        help="the folder `fedcrm node init` made (default: the kit's parent folder when it is "
+        "one, else the current directory)",
+    )
+    ns.add_argument("--branch-id", help="checked against the branch folder's id when given")
     ns.add_argument("--data-path", required=True, help="the branch export directory")
     ns.add_argument("--epsilon-ceiling", help="most epsilon this branch will ever spend (DP)")
     ns.add_argument("--delta", help="the branch's delta (DP; default below 1/n)")
@@ -270,8 +333,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default: the branch folder's cache/)",
     )
     ns.add_argument("--signing-key", help="default: the branch folder's signing key")
-    ns.add_argument("--he-secret-context", help="default: the branch folder's he_secret.ctx")
-    ns.add_argument("--root-certificates", help="default: the branch folder's ca.crt")
+    ns.add_argument("--he-secret-context", help="the branch's CKKS secret context (HE runs)")
+    ns.add_argument("--root-certificates", help="default: the kit's ca.crt")
     ns.add_argument("--auth-key", help="node auth private key (default: branch folder's)")
     ns.add_argument("--superlink", help="HOST:PORT (default: the federation's address)")
     ns.add_argument(
@@ -301,7 +364,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="HASH|DIR|FILE.fab",
         help="run only this app (repeatable): its FAB hash (`fedcrm node app-hash`), the "
-        "app directory you reviewed, or its .fab file (default: any app the SuperLink sends)",
+        "app directory you reviewed, or its .fab file; required when the branch holds an "
+        "epsilon ceiling, a signing key or HE keys",
     )
     ns.add_argument("--check-only", action="store_true", help="print the command, do not start")
     ns.add_argument("flower_args", nargs="*", help="after --: passed to flower-supernode")

@@ -6,7 +6,8 @@ simulation builds the same keys for each simulated branch:
 ==================== =======================================================
 key                  meaning
 ==================== =======================================================
-``branch-id``        the branch's id (as in the export's ``branch_id``)
+``branch-id``        the branch's id (as in the export's ``branch_id``; a path-safe
+                     id, :func:`fedcrm.identity.check_id`)
 ``data-path``        directory with the branch export (customers/events), or
                      a prepared feature cache (``train.npz``/``test.npz``)
 ``ledger-path``      the branch's append-only privacy ledger (JSON lines)
@@ -48,6 +49,7 @@ from fedcrm.config import TaskConfig
 from fedcrm.data.dataset import FeatureSet
 from fedcrm.data.split import DEFAULT_TEST_FRACTION
 from fedcrm.errors import ConfigError
+from fedcrm.identity import check_id
 from fedcrm.models.evaluation import DEFAULT_MIN_COUNT
 
 log = logging.getLogger(__name__)
@@ -155,7 +157,7 @@ class BranchSettings:
 
         test_fraction = positive("test-fraction", upper=1.0)
         return cls(
-            branch_id=str(node_config["branch-id"]).strip(),
+            branch_id=check_id(str(node_config["branch-id"]).strip(), "node config `branch-id`"),
             data_path=data_path,
             ledger_path=path("ledger-path", must_exist=False),
             signing_key=path("signing-key"),

@@ -246,7 +246,7 @@ def _margin(
     digests = [tree_digest(t) for t in trees]
     key = (run_id, branch_id)
     done, margin = _MARGINS.get(key, ([], None))
-    if margin is None or digests[: len(done)] != done:
+    if margin is None or margin.shape[0] != binned.shape[0] or digests[: len(done)] != done:
         done, margin = [], np.full(binned.shape[0], base_margin(BASE_SCORE))
     margin = margin.copy()
     for tree in trees[len(done) :]:
@@ -264,6 +264,7 @@ def _binned(run_id: str, branch_id: str, X: np.ndarray, edges: list[np.ndarray])
     digest = hashlib.sha256(
         b"".join(np.asarray(e, np.float32).tobytes() + b"|" for e in edges)
     ).hexdigest()
+    digest += f":{id(X)}:{X.shape}"  # the branch's data of this process, not another's
     cached = _BINNED.get((run_id, branch_id))
     if cached is not None and cached[0] == digest:
         return cached[1]

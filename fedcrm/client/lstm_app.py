@@ -34,6 +34,7 @@ from fedcrm.client.messages import (
 from fedcrm.client.privacy_gate import PrivacyGate, Step
 from fedcrm.config import JobSpec
 from fedcrm.errors import FedCRMError
+from fedcrm.identity import id_path
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,6 @@ def export_local_model(settings: BranchSettings, spec: JobSpec, weights: list[np
     """Keep the final model at the branch (``model-dir``)."""
     assert settings.model_dir is not None
     settings.model_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.model_dir / f"model-{spec.run_id}.npz"
+    path = id_path(settings.model_dir, spec.run_id, "run id", prefix="model-", suffix=".npz")
     np.savez(path, *weights)
     log.info("branch %s exported the final model to %s", settings.branch_id, path)

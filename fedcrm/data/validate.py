@@ -39,6 +39,7 @@ from fedcrm.data.contract import (
     read_table,
 )
 from fedcrm.errors import Problem
+from fedcrm.identity import is_valid_id
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +237,13 @@ def _check_pair(
             agg["line"][~agg["e"]],
             "branch_id",
             "branch has no events (none of its customers appears in the events file)",
+        )
+        _emit(
+            out,
+            rel,
+            agg["line"][[not is_valid_id(b) for b in agg.index]],
+            "branch_id",
+            "not a valid branch id (letters, digits, '-' and '_' only; ids become file names)",
         )
     if customers is not None:
         customers = customers.assign(_file=pair.rel(pair.customers or "customers.csv"), _line=lines)

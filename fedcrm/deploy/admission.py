@@ -1,50 +1,51 @@
-"""Which branches the SuperLink admits: ``server/admitted.json`` and its registration.
+"""Which branches the central team admits: ``server/admitted.json`` and the changes to it.
 
-Flower admits a SuperNode (``--enable-supernode-auth``) once its public key is
-registered through the SuperLink's Control API (``flwr supernode register``).
-The SuperLink keeps registrations in its state, which fedcrm keeps in memory
-(the README, Latency, says why), so a restarted SuperLink has forgotten them.
-The federation directory therefore holds the list: ``fedcrm server register``
-adds a branch to ``server/admitted.json`` (and registers it at once when the
-SuperLink is up), ``fedcrm server start`` registers every listed branch each
-time the SuperLink starts, and ``fedcrm server unregister`` takes one off.
+The admitted list is the roster of :mod:`fedcrm.identity` (format and key
+statuses are described there): per branch its node public key, the SuperLink
+node id it was registered under, its ledger signing public keys (current,
+retired, revoked) and its key-agreement public key. Only public keys are in
+it; a compliance officer can read who may join and verify any ledger with it.
 
-The file is JSON: ``{"format": 1, "branches": {"<branch_id>": {"public_key":
-"<OpenSSH public key>", "admitted": "<UTC time>"}}}``; a compliance officer can
-read who may join. Only public keys are in it.
+Changes, each made by one ``fedcrm server ...`` command:
+
+==================  ==========================================================
+``register``        :func:`admit_request`: a branch's first request; a rotation
+                    signed by its current signing key; the same request again
+                    (no change); with ``--replace``, new keys confirmed out of band
+``unregister``      :func:`remove_branch`: status ``removed`` (keys kept, so its
+                    old ledgers still verify)
+``revoke-key``      :func:`revoke_signing_key` / :func:`revoke_node_key`: the
+                    branch is out until it sends a new request
+==================  ==========================================================
+
+Registration with a running SuperLink is :mod:`fedcrm.deploy.superlink`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from fedcrm.deploy.provision import Federation, check_branch_id
-from fedcrm.errors import ConfigError, KeyFileError
+from fedcrm.deploy.provision import Federation
+from fedcrm.deploy.request import BranchRequest
+from fedcrm.errors import ConfigError
+from fedcrm.identity import (
+    ACTIVE,
+    CURRENT,
+    REMOVED,
+    RETIRED,
+    REVOKED,
+    ROSTER_FILE,
+    BranchIdentity,
+    Roster,
+    SigningKey,
+    load_roster,
+    save_roster,
+)
 
-ADMITTED_FILE = "server/admitted.json"
-FORMAT = 1
+ADMITTED_FILE = f"server/{ROSTER_FILE}"
 
-
-@dataclass(frozen=True)
-class Registration:
-    """What the SuperLink answered for one branch."""
-
-    branch_id: str
-    node_id: int | None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Registered now, or registered already."""
-        return self.error is None
+ADMITTED, ROTATED, REPLACED, UNCHANGED = "admitted", "rotated", "replaced", "unchanged"
 
 
 def admitted_path(fed: Federation) -> Path:
@@ -52,273 +53,236 @@ def admitted_path(fed: Federation) -> Path:
     return fed.root / ADMITTED_FILE
 
 
-def _entries(fed: Federation) -> dict[str, dict[str, str]]:
-    """The validated ``branches`` of the admission list (empty when there is none yet).
+def load(fed: Federation) -> Roster:
+    """The federation's roster (empty before the first registration).
 
     Raises
     ------
     ConfigError
-        When the file exists but is not a fedcrm admission list; it is left as it is.
+        When the file exists but is not an admitted list; it is left as it is.
     """
-    path = admitted_path(fed)
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-        branches = data["branches"]
-        if data.get("format") != FORMAT or not isinstance(branches, dict):
-            raise ValueError("not format 1")
-        for entry in branches.values():
-            str(entry["public_key"])
-        return dict(branches)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
-            f"{path} is not a fedcrm admission list ({type(exc).__name__}); it was left "
-            "untouched: restore it from a backup, or move it away and register the branches "
-            "again with `fedcrm server register`"
-        ) from None
+    return load_roster(admitted_path(fed))
 
 
-def load_admitted(fed: Federation) -> dict[str, str]:
-    """Branch id -> OpenSSH public key of every admitted branch (empty when none yet).
+def save(fed: Federation, roster: Roster) -> Path:
+    """Write the federation's roster."""
+    return save_roster(roster, admitted_path(fed))
 
-    Raises
-    ------
-    ConfigError
-        When the file exists but is not a fedcrm admission list; it is left as it is.
+
+@dataclass(frozen=True)
+class Admission:
+    """What :func:`admit_request` changed.
+
+    ``retired_node_key`` is the node key the branch no longer uses (to take off
+    the SuperLink), when the request replaced it.
     """
-    return {str(b): str(entry["public_key"]) for b, entry in _entries(fed).items()}
+
+    identity: BranchIdentity
+    change: str
+    fingerprint: str
+    retired_node_key: str | None = None
 
 
-def _save(fed: Federation, branches: dict[str, dict[str, str]]) -> Path:
-    path = admitted_path(fed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"format": FORMAT, "branches": branches}, indent=2, sort_keys=True))
-    tmp.replace(path)
-    return path
-
-
-def key_bytes(openssh: str, source: str) -> bytes:
-    """The public key as Flower stores it, from its OpenSSH text; ``source`` names it in errors.
-
-    Raises
-    ------
-    KeyFileError
-        When it is not an EC public key on a NIST curve (what Flower accepts).
-    """
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from flwr.supercore.primitives.asymmetric import public_key_to_bytes, uses_nist_ec_curve
-
-    try:
-        key = serialization.load_ssh_public_key(openssh.encode())
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise KeyFileError(
-            f"{source} is not an OpenSSH public key; use the node key from "
-            "`fedcrm federation init` / `fedcrm node init` (public/nodes/<branch>.pub)"
-        ) from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not uses_nist_ec_curve(key):
-        raise KeyFileError(
-            f"{source} is not an EC public key on a NIST curve (Flower's node "
-            "authentication needs one, e.g. P-384)"
-        )
-    return bytes(public_key_to_bytes(key))
-
-
-def admit(fed: Federation, branch_id: str, public_key: Path | None = None) -> str:
-    """Add ``branch_id`` to the admission list; returns its OpenSSH public key.
-
-    The key is ``public_key`` or the federation's ``public/nodes/<branch_id>.pub``.
-    Admitting a branch again replaces its key (a branch that made a new node key).
-
-    Raises
-    ------
-    ConfigError, KeyFileError
-        Naming ``--branch-id`` / ``--public-key`` when the key is missing or not one
-        Flower accepts.
-    """
-    branch_id = check_branch_id(branch_id)
-    if public_key is None:
-        public_key = fed.root / str(fed.data["public"]["nodes"]) / f"{branch_id}.pub"
-        if not public_key.is_file():
-            raise ConfigError(
-                f"--branch-id {branch_id}: no node key at {public_key}; onboard the branch "
-                "with `fedcrm node init --federation DIR --branch-id ...`, or give its key "
-                "with --public-key"
-            )
-        source = str(public_key)
-    else:
-        if not public_key.is_file():
-            raise KeyFileError(f"--public-key {public_key}: no such file")
-        source = f"--public-key {public_key}"
-    text = public_key.read_text(errors="replace").strip()
-    key_bytes(text, source)
-    entries = _entries(fed)
-    entries[branch_id] = {
-        "public_key": text,
-        "admitted": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    _save(fed, entries)
-    return text
-
-
-def revoke(fed: Federation, branch_id: str) -> str:
-    """Take ``branch_id`` off the admission list; returns the key it had.
-
-    Raises
-    ------
-    ConfigError
-        When the branch is not on the list.
-    """
-    entries = _entries(fed)
-    if branch_id not in entries:
-        known = ", ".join(sorted(entries)) or "none"
-        raise ConfigError(f"--branch-id {branch_id} is not admitted (admitted: {known})")
-    key = str(entries.pop(branch_id)["public_key"])
-    _save(fed, entries)
-    return key
-
-
-# -------------------------------------------------------------- Control API
-def control_client(fed: Federation, address: str | None = None) -> Any:
-    """A client of the SuperLink's Control API over TLS with the federation's CA.
-
-    The same requests ``flwr supernode register|unregister|ls`` send (Flower's
-    own HTTP client, without account login, which fedcrm does not use).
-    """
-    from flwr.cli.cli_client_interceptor import CliClientHttpInterceptor
-    from flwr.supercore.control import ControlHttpClient
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-
-    srv = fed.data["server"]
-    ca = fed.path(srv.get("ca_cert")) or fed.path(fed.data["ca"]["cert"])
-    if ca is None or not ca.is_file():
-        raise KeyFileError(f"{ca}: the federation's CA certificate is missing")
-    return ControlHttpClient.from_server_address(
-        server_address=address or fed.server_address,
-        insecure=False,
-        root_certificates=ca.read_bytes(),
-        interceptors=[
-            CliClientHttpInterceptor(),
-            RuntimeVersionHttpInterceptor(component_name="flwr CLI"),
-        ],
+def _same_keys(identity: BranchIdentity, req: BranchRequest) -> bool:
+    key = identity.signing_key
+    return (
+        identity.node_public_key is not None
+        and _text(identity.node_public_key) == _text(req.node_public_key)
+        and key is not None
+        and key.key_id == req.signing_key_id
+        and identity.agreement_public_key.strip() == req.agreement_public_key.strip()
     )
 
 
-def _flower_error(exc: Exception) -> str:
-    import httpx
-    from flwr.supercore.error import FlowerError  # type: ignore[attr-defined]
-
-    if isinstance(exc, httpx.HTTPStatusError):
-        err = FlowerError.from_json(exc.response.text)
-        if err is not None:
-            return f"[code: {err.code}] {err.message}"
-        return f"HTTP {exc.response.status_code}"
-    return f"{type(exc).__name__}: {exc}"
+def _text(openssh: str) -> str:
+    return " ".join(openssh.split()[:2])
 
 
-def _already_registered(message: str) -> bool:
-    return "already in use" in message.lower()
-
-
-@contextmanager
-def _connected(fed: Federation) -> Iterator[Any]:
-    client = control_client(fed)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def register_with_superlink(fed: Federation, branches: dict[str, str]) -> list[Registration]:
-    """Register each branch's key on the running SuperLink (already registered is fine)."""
-    from flwr.proto.control_pb2 import RegisterNodeRequest
-
-    out = []
-    with _connected(fed) as client:
-        for branch_id, openssh in sorted(branches.items()):
-            try:
-                res = client.RegisterNode(
-                    RegisterNodeRequest(
-                        public_key=key_bytes(openssh, f"{ADMITTED_FILE}: {branch_id}"),
-                        name=branch_id,
-                    )
-                )
-                out.append(Registration(branch_id, int(res.node_id)))
-            except Exception as exc:  # noqa: BLE001 - reported per branch
-                why = _flower_error(exc)
-                if _already_registered(why):
-                    out.append(Registration(branch_id, None))
-                else:
-                    out.append(Registration(branch_id, None, why))
-    return out
-
-
-def unregister_from_superlink(fed: Federation, openssh: str) -> int:
-    """Unregister the SuperNode with this key from the running SuperLink; its node id (0: none)."""
-    from flwr.proto.control_pb2 import ListNodesRequest, UnregisterNodeRequest
-
-    wanted = key_bytes(openssh, ADMITTED_FILE)
-    with _connected(fed) as client:
-        for info in client.ListNodes(ListNodesRequest()).nodes_info:
-            if bytes(info.public_key) == wanted:
-                client.UnregisterNode(UnregisterNodeRequest(node_id=info.node_id))
-                return int(info.node_id)
-    return 0
-
-
-def superlink_answers(fed: Federation) -> str | None:
-    """``None`` when the SuperLink's Control API answers, else why not."""
-    from flwr.proto.control_pb2 import ListNodesRequest
-
-    try:
-        with _connected(fed) as client:
-            client.ListNodes(ListNodesRequest())
-        return None
-    except Exception as exc:  # noqa: BLE001 - the reason is the answer
-        return _flower_error(exc)
-
-
-def register_when_up(
-    fed: Federation,
-    *,
-    alive: Callable[[], bool],
-    timeout: float = 120.0,
-    say: Callable[[str], None] | None = None,
-) -> list[Registration]:
-    """Wait for a starting SuperLink to answer, then register every admitted branch.
-
-    ``alive`` tells whether the SuperLink process still runs (the wait ends if not).
-    """
-    say = say or (lambda text: print(f"fedcrm: {text}", file=sys.stderr, flush=True))
-    branches = load_admitted(fed)
-    if not branches:
-        say(
-            "no branch is admitted yet: register each with "
-            f"`fedcrm server register --federation {fed.root} --branch-id <branch>`"
+def _refuse_reused_keys(roster: Roster, req: BranchRequest) -> None:
+    """A key may belong to one branch only, and a retired or revoked key never comes back."""
+    b = req.branch_id
+    owner = roster.owner_of_node_key(req.node_public_key)
+    mine = roster.get(b)
+    if owner is not None and owner != b:
+        raise ConfigError(f"{req.source}: its node key is registered for branch {owner}")
+    if mine is not None and any(
+        _text(k) == _text(req.node_public_key) for k in mine.revoked_node_keys
+    ):
+        raise ConfigError(f"{req.source}: its node key was revoked; the branch makes a new one")
+    owner = roster.owner_of_signing_key(req.signing_key_id)
+    if owner is not None and owner != b:
+        raise ConfigError(f"{req.source}: its signing key belongs to branch {owner}")
+    old = mine.key(req.signing_key_id) if mine is not None else None
+    if old is not None and old.status != CURRENT:
+        raise ConfigError(
+            f"{req.source}: its signing key {old.key_id} is {old.status}; a rotation needs a "
+            "new key (`fedcrm node rotate-keys --signing`)"
         )
-        return []
-    deadline = time.monotonic() + timeout
-    why: str | None = "not tried"
-    while alive() and time.monotonic() < deadline:
-        why = superlink_answers(fed)
-        if why is None:
-            break
-        time.sleep(0.5)
-    if why is not None:
-        if alive():
-            say(
-                f"the SuperLink did not answer at {fed.server_address} within {timeout:.0f} s "
-                f"({why}); register the branches with `fedcrm server register` once it does"
+
+
+def _new_keys(current: BranchIdentity, req: BranchRequest, old_status: str) -> BranchIdentity:
+    """``current`` with the request's keys; the replaced signing key gets ``old_status``."""
+    keys = list(current.signing_keys)
+    if current.key(req.signing_key_id) is None:
+        keys = [
+            SigningKey(k.key_id, k.public_key, old_status) if k.status == CURRENT else k
+            for k in keys
+        ]
+        keys.append(SigningKey(req.signing_key_id, req.signing_public_key))
+    node_changed = _text(current.node_public_key or "") != _text(req.node_public_key)
+    return current.with_changes(
+        status=ACTIVE,
+        node_public_key=req.node_public_key,
+        node_id=None if node_changed else current.node_id,
+        signing_keys=tuple(keys),
+        agreement_public_key=req.agreement_public_key,
+    )
+
+
+def admit_request(fed: Federation, req: BranchRequest, *, replace: bool = False) -> Admission:
+    """Record a checked request (:func:`fedcrm.deploy.request.read_request`) in the roster.
+
+    Raises
+    ------
+    ConfigError
+        For a rotation of a branch that is not admitted, a request for an admitted
+        branch that its current signing key did not sign (unless ``replace``), or
+        keys another branch holds or that were retired or revoked.
+    """
+    roster = load(fed)
+    b = req.branch_id
+    current = roster.get(b)
+    _refuse_reused_keys(roster, req)
+    if current is None:
+        if req.previous_signing_key_id:
+            raise ConfigError(
+                f"{req.source}: a key rotation for branch {b}, which is not admitted; register "
+                "its first request (from `fedcrm node init`) instead"
             )
-        return []
-    results = register_with_superlink(fed, branches)
-    done = [r.branch_id for r in results if r.ok]
-    if done:
-        say(f"registered the admitted branches with the SuperLink: {', '.join(done)}")
-    for r in results:
-        if not r.ok:
-            say(f"branch {r.branch_id} could not be registered: {r.error}")
-    return results
+        identity = BranchIdentity(
+            branch_id=b,
+            node_public_key=req.node_public_key,
+            signing_keys=(SigningKey(req.signing_key_id, req.signing_public_key),),
+            agreement_public_key=req.agreement_public_key,
+        )
+        save(fed, roster.with_branch(identity))
+        return Admission(identity, ADMITTED, req.fingerprint)
+    if current.admitted and _same_keys(current, req):
+        return Admission(current, UNCHANGED, req.fingerprint)
+    key = current.signing_key
+    rotation = (
+        current.status == ACTIVE
+        and key is not None
+        and req.previous_signing_key_id == key.key_id
+        and req.signed_by_previous(key.public_key)
+    )
+    if not (rotation or replace):
+        held = f"signing key {key.key_id}" if key is not None else "no current signing key"
+        raise ConfigError(
+            f"{req.source}: branch {b} is admitted already ({current.status}, {held}) and "
+            "this request is not a key rotation signed by its current signing key. If the "
+            "branch made new keys (`node init --overwrite`, lost keys, a revoked key), confirm "
+            f"the fingerprint {req.fingerprint} with the branch over the phone and pass --replace"
+        )
+    identity = _new_keys(current, req, RETIRED)
+    save(fed, roster.with_branch(identity))
+    old_node = current.node_public_key
+    retired = old_node if old_node and _text(old_node) != _text(req.node_public_key) else None
+    return Admission(identity, ROTATED if rotation else REPLACED, req.fingerprint, retired)
+
+
+def _known(roster: Roster, branch_id: str) -> BranchIdentity:
+    identity = roster.get(branch_id)
+    if identity is None:
+        known = ", ".join(sorted(roster.branches)) or "none"
+        raise ConfigError(f"--branch-id {branch_id} is not in the admitted list (known: {known})")
+    return identity
+
+
+def remove_branch(fed: Federation, branch_id: str) -> BranchIdentity:
+    """Mark ``branch_id`` removed; returns its identity before (its node key, to unregister).
+
+    Its signing keys stay, so its past ledgers still verify.
+
+    Raises
+    ------
+    ConfigError
+        When the branch is not admitted.
+    """
+    roster = load(fed)
+    identity = _known(roster, branch_id)
+    if identity.status == REMOVED:
+        active = ", ".join(roster.admitted()) or "none"
+        raise ConfigError(f"--branch-id {branch_id} is not admitted (admitted: {active})")
+    save(fed, roster.with_branch(identity.with_changes(status=REMOVED, node_id=None)))
+    return identity
+
+
+def revoke_signing_key(fed: Federation, branch_id: str, key_id: str) -> BranchIdentity:
+    """Revoke one of a branch's signing keys: no ledger entry signed with it verifies any more.
+
+    Revoking the current key leaves the branch without one: it is out (and should
+    be taken off the SuperLink) until it registers new keys with ``--replace``.
+
+    Raises
+    ------
+    ConfigError
+        When the branch or the key is unknown.
+    """
+    roster = load(fed)
+    identity = _known(roster, branch_id)
+    if identity.key(key_id) is None:
+        ids = ", ".join(k.key_id for k in identity.signing_keys)
+        raise ConfigError(
+            f"--key-id {key_id} is not a signing key of {branch_id} (its keys: {ids})"
+        )
+    keys = tuple(
+        SigningKey(k.key_id, k.public_key, REVOKED) if k.key_id == key_id else k
+        for k in identity.signing_keys
+    )
+    changed = identity.with_changes(signing_keys=keys)
+    if changed.signing_key is None:
+        changed = changed.with_changes(node_id=None)
+    save(fed, roster.with_branch(changed))
+    return changed
+
+
+def revoke_node_key(fed: Federation, branch_id: str) -> str:
+    """Revoke a branch's node key; returns it (to take off the SuperLink).
+
+    The branch is out until a key rotation (``fedcrm node rotate-keys --node``,
+    signed by its current signing key) brings a new node key.
+
+    Raises
+    ------
+    ConfigError
+        When the branch is unknown or holds no node key.
+    """
+    roster = load(fed)
+    identity = _known(roster, branch_id)
+    if not identity.node_public_key:
+        raise ConfigError(f"--branch-id {branch_id} holds no node key (revoked already)")
+    key = identity.node_public_key
+    save(
+        fed,
+        roster.with_branch(
+            identity.with_changes(
+                node_public_key=None,
+                node_id=None,
+                revoked_node_keys=(*identity.revoked_node_keys, key),
+            )
+        ),
+    )
+    return key
+
+
+def record_node_ids(fed: Federation, node_ids: dict[str, int]) -> None:
+    """Store the SuperLink node ids the admitted branches were registered under."""
+    if not node_ids:
+        return
+    roster = load(fed)
+    for b, node_id in node_ids.items():
+        identity = roster.get(b)
+        if identity is not None and identity.node_id != node_id:
+            roster = roster.with_branch(identity.with_changes(node_id=node_id))
+    save(fed, roster)

@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedcrm.deploy.provision import cert_sans, is_ip, is_private_mode
+from fedcrm.deploy.tls import cert_sans, is_ip, is_private_mode
 from fedcrm.errors import ConfigError
 
 
@@ -185,7 +185,7 @@ def check_node_auth_key(path: Path | None, setting: str, report: Report) -> None
         report.add(
             setting,
             f"{path} is not an unencrypted OpenSSH private key (Flower needs EC P-384 in "
-            "OpenSSH format, as `fedcrm federation init` writes)",
+            "OpenSSH format, as `fedcrm node init` writes)",
         )
         return
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in (
@@ -214,7 +214,7 @@ def check_tls_handshake(ca_path: Path, address: str, report: Report, timeout: fl
 
     An unreachable SuperLink is only a note (the SuperNode keeps retrying).
     """
-    from fedcrm.deploy.provision import parse_address
+    from fedcrm.deploy.tls import parse_address
 
     host, port = parse_address(address)
     try:

@@ -1,15 +1,24 @@
-"""Ed25519 signing keys of branches (the one module wrapping cryptography's hazmat).
+"""A branch's own keys: Ed25519 ledger signing, X25519 key agreement (wraps cryptography).
+
+Both are born on the branch's machine (``fedcrm node init``); only their
+public halves leave it.
 
 File formats:
 
-* private key ``<branch_id>.key``: PEM, PKCS#8, unencrypted Ed25519 private key
-  (``-----BEGIN PRIVATE KEY-----``), file mode 0600;
-* public key ``<branch_id>.pub``: PEM, X.509 SubjectPublicKeyInfo
-  (``-----BEGIN PUBLIC KEY-----``).
+* signing private key ``<branch_id>.key``: PEM, PKCS#8, unencrypted Ed25519
+  private key (``-----BEGIN PRIVATE KEY-----``), file mode 0600;
+* signing public key ``<branch_id>.pub``: PEM, X.509 SubjectPublicKeyInfo
+  (``-----BEGIN PUBLIC KEY-----``); a verifier's ``<branch_id>.pub`` may hold
+  several such blocks (the branch's current and retired keys);
+* agreement private key ``<branch_id>.x25519.key``: PEM, PKCS#8, unencrypted
+  X25519 private key (RFC 7748), file mode 0600;
+* agreement public key ``<branch_id>.x25519.pub``: PEM, X.509
+  SubjectPublicKeyInfo. Other branches derive pairwise secrets with it
+  (secure-aggregation masks, handing over the encryption secret).
 
 Signatures are raw 64-byte Ed25519 signatures (RFC 8032), carried as base64
 text. A key is named by :func:`key_id`, the first 16 hex digits of the SHA-256
-of its raw 32-byte public key.
+of its raw 32-byte public key (for either kind).
 """
 
 from __future__ import annotations
@@ -21,22 +30,34 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from fedcrm.errors import KeyFileError
+from fedcrm.errors import ConfigError, KeyFileError
+from fedcrm.identity import check_id
 
 __all__ = [
     "Ed25519PrivateKey",
     "Ed25519PublicKey",
+    "X25519PrivateKey",
+    "X25519PublicKey",
+    "agreement_public_key_from_pem",
+    "generate_agreement_key",
     "generate_signing_key",
     "key_id",
+    "load_agreement_private_key",
+    "load_agreement_public_key",
     "load_private_key",
     "load_public_key",
+    "load_public_keys",
     "public_key_of",
+    "public_pem",
     "sign",
+    "signing_public_key_from_pem",
     "verify_signature",
 ]
 
@@ -44,12 +65,40 @@ logger = logging.getLogger(__name__)
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
+AGREEMENT_PRIVATE_SUFFIX = ".x25519.key"
+AGREEMENT_PUBLIC_SUFFIX = ".x25519.pub"
+_PEM_BLOCK = b"-----END PUBLIC KEY-----"
 
 
-def _public_pem(public_key: Ed25519PublicKey) -> bytes:
+def _public_pem(public_key: Ed25519PublicKey | X25519PublicKey) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def public_pem(
+    key: Ed25519PrivateKey | Ed25519PublicKey | X25519PrivateKey | X25519PublicKey,
+) -> str:
+    """The public half of ``key`` as PEM SubjectPublicKeyInfo text."""
+    if isinstance(key, (Ed25519PrivateKey, X25519PrivateKey)):
+        key = key.public_key()
+    return _public_pem(key).decode("ascii")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.unlink(missing_ok=True)
+    # Create with 0600 from the start: the key is never readable by others, even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600)  # in case the umask removed owner bits
+
+
+def _key_file_name(branch_id: str) -> str:
+    try:
+        return check_id(branch_id, "branch id")
+    except ConfigError as exc:
+        raise KeyFileError(f"cannot name a key file: {exc}") from None
 
 
 def generate_signing_key(
@@ -66,7 +115,7 @@ def generate_signing_key(
     out_dir
         Directory for both files (created if missing).
     branch_id
-        Names the files; letters, digits, ``-``, ``_`` and ``.``.
+        Names the files; a path-safe id (:func:`fedcrm.identity.check_id`).
     overwrite
         Replace an existing key. A replaced key no longer verifies the
         entries it signed, so this is off by default.
@@ -82,14 +131,7 @@ def generate_signing_key(
         If the key exists and ``overwrite`` is false, or ``branch_id`` is not a
         plain file name.
     """
-    if (
-        not branch_id
-        or branch_id in (".", "..")
-        or any(not (c.isalnum() or c in "-_.") for c in branch_id)
-    ):
-        raise KeyFileError(
-            f"branch id {branch_id!r} cannot name a key file; use letters, digits, '-', '_', '.'"
-        )
+    branch_id = _key_file_name(branch_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     private_path = out / f"{branch_id}{PRIVATE_SUFFIX}"
@@ -105,12 +147,7 @@ def generate_signing_key(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    private_path.unlink(missing_ok=True)
-    # Create with 0600 from the start: the key is never readable by others, even briefly.
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private_pem)
-    os.chmod(private_path, 0o600)  # in case the umask removed owner bits
+    _write_private(private_path, private_pem)
     public_path.write_bytes(_public_pem(key.public_key()))
     return private_path, public_path
 
@@ -126,17 +163,7 @@ def _read(path: Path, kind: str) -> bytes:
         raise KeyFileError(f"cannot read {kind} key file {path}: {exc.strerror}") from None
 
 
-def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    """Load a branch's Ed25519 private key (PEM PKCS#8, unencrypted).
-
-    Logs a warning when the file is readable by group or others.
-
-    Raises
-    ------
-    KeyFileError
-        If the file is missing, unreadable, not PEM, or not an Ed25519 private key.
-    """
-    path = Path(path)
+def _load_private(path: Path, cls: type, what: str) -> Any:
     data = _read(path, "private")
     try:
         mode = path.stat().st_mode
@@ -153,20 +180,46 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         if b"PUBLIC KEY" in data:
-            raise KeyFileError(
-                f"{path} holds a public key; give the private key (<branch_id>.key)"
-            ) from None
+            raise KeyFileError(f"{path} holds a public key; give the private key") from None
         raise KeyFileError(
             f"{path} is not an unencrypted PEM PKCS#8 private key; "
             "create one with `fedcrm node init`"
         ) from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 private key")
+    if not isinstance(key, cls):
+        raise KeyFileError(f"{path} holds a {type(key).__name__}, not an {what} private key")
     return key
 
 
+def _public_from_pem(data: bytes, cls: type, what: str, source: str) -> Any:
+    if b"PRIVATE KEY" in data:
+        raise KeyFileError(
+            f"{source} holds a private key; give the public key and keep the private key "
+            "at the branch"
+        )
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise KeyFileError(f"{source} is not a PEM SubjectPublicKeyInfo public key") from None
+    if not isinstance(key, cls):
+        raise KeyFileError(f"{source} holds a {type(key).__name__}, not an {what} public key")
+    return key
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """Load a branch's Ed25519 private key (PEM PKCS#8, unencrypted).
+
+    Logs a warning when the file is readable by group or others.
+
+    Raises
+    ------
+    KeyFileError
+        If the file is missing, unreadable, not PEM, or not an Ed25519 private key.
+    """
+    return _load_private(Path(path), Ed25519PrivateKey, "Ed25519")  # type: ignore[no-any-return]
+
+
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
-    """Load a branch's Ed25519 public key (PEM SubjectPublicKeyInfo).
+    """Load a branch's Ed25519 public key (PEM SubjectPublicKeyInfo; the first block).
 
     Raises
     ------
@@ -174,19 +227,33 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
         If the file is missing, unreadable, a private key, or not an Ed25519 public key.
     """
     path = Path(path)
+    return signing_public_key_from_pem(_read(path, "public"), str(path))
+
+
+def signing_public_key_from_pem(data: str | bytes, source: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM SubjectPublicKeyInfo text; ``source`` names it in errors.
+
+    Raises
+    ------
+    KeyFileError
+        If it is a private key, not PEM, or not an Ed25519 public key.
+    """
+    raw = data.encode("ascii", "replace") if isinstance(data, str) else data
+    return _public_from_pem(raw, Ed25519PublicKey, "Ed25519", source)  # type: ignore[no-any-return]
+
+
+def load_public_keys(path: str | os.PathLike[str]) -> list[Ed25519PublicKey]:
+    """Every Ed25519 public key in a file of PEM blocks (a branch's current and retired keys).
+
+    Raises
+    ------
+    KeyFileError
+        If the file is missing or unreadable, or a block is not an Ed25519 public key.
+    """
+    path = Path(path)
     data = _read(path, "public")
-    if b"PRIVATE KEY" in data:
-        raise KeyFileError(
-            f"{path} holds a private key; give the public key (<branch_id>.pub) and keep "
-            "the private key at the branch"
-        )
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise KeyFileError(f"{path} is not a PEM SubjectPublicKeyInfo public key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 public key")
-    return key
+    blocks = [b + _PEM_BLOCK for b in data.split(_PEM_BLOCK) if b.strip()]
+    return [signing_public_key_from_pem(b, str(path)) for b in blocks]
 
 
 def public_key_of(key: Ed25519PrivateKey | Ed25519PublicKey) -> Ed25519PublicKey:
@@ -194,11 +261,11 @@ def public_key_of(key: Ed25519PrivateKey | Ed25519PublicKey) -> Ed25519PublicKey
     return key.public_key() if isinstance(key, Ed25519PrivateKey) else key
 
 
-def key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
-    """First 16 hex digits of the SHA-256 of the raw 32-byte public key."""
-    raw = public_key_of(key).public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+def key_id(key: Ed25519PrivateKey | Ed25519PublicKey | X25519PrivateKey | X25519PublicKey) -> str:
+    """First 16 hex digits of the SHA-256 of the raw 32-byte public key (Ed25519 or X25519)."""
+    if isinstance(key, (Ed25519PrivateKey, X25519PrivateKey)):
+        key = key.public_key()
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -215,3 +282,77 @@ def verify_signature(public_key: Ed25519PublicKey, data: bytes, signature: str) 
     except (InvalidSignature, binascii.Error, ValueError, UnicodeEncodeError, AttributeError):
         return False
     return True
+
+
+# --------------------------------------------------------------- agreement keys
+def generate_agreement_key(
+    out_dir: str | os.PathLike[str], branch_id: str, *, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Create the X25519 key-agreement key of ``branch_id`` in ``out_dir``.
+
+    Writes ``<branch_id>.x25519.key`` (PEM PKCS#8, mode 0600) and
+    ``<branch_id>.x25519.pub`` (PEM SubjectPublicKeyInfo).
+
+    Returns
+    -------
+    tuple of Path
+        ``(private_key_path, public_key_path)``.
+
+    Raises
+    ------
+    KeyFileError
+        If the key exists and ``overwrite`` is false, or ``branch_id`` is not a path-safe id.
+    """
+    branch_id = _key_file_name(branch_id)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    private_path = out / f"{branch_id}{AGREEMENT_PRIVATE_SUFFIX}"
+    public_path = out / f"{branch_id}{AGREEMENT_PUBLIC_SUFFIX}"
+    if not overwrite and (private_path.exists() or public_path.exists()):
+        raise KeyFileError(f"{private_path} already exists; pass --overwrite to replace it")
+    key = X25519PrivateKey.generate()
+    _write_private(
+        private_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    public_path.write_bytes(_public_pem(key.public_key()))
+    return private_path, public_path
+
+
+def load_agreement_private_key(path: str | os.PathLike[str]) -> X25519PrivateKey:
+    """Load a branch's X25519 private key (PEM PKCS#8, unencrypted).
+
+    Raises
+    ------
+    KeyFileError
+        If the file is missing, unreadable, not PEM, or not an X25519 private key.
+    """
+    return _load_private(Path(path), X25519PrivateKey, "X25519")  # type: ignore[no-any-return]
+
+
+def load_agreement_public_key(path: str | os.PathLike[str]) -> X25519PublicKey:
+    """Load an X25519 public key file (PEM SubjectPublicKeyInfo).
+
+    Raises
+    ------
+    KeyFileError
+        If the file is missing, unreadable, a private key, or not an X25519 public key.
+    """
+    path = Path(path)
+    return agreement_public_key_from_pem(_read(path, "public"), str(path))
+
+
+def agreement_public_key_from_pem(data: str | bytes, source: str) -> X25519PublicKey:
+    """An X25519 public key from PEM SubjectPublicKeyInfo text; ``source`` names it in errors.
+
+    Raises
+    ------
+    KeyFileError
+        If it is a private key, not PEM, or not an X25519 public key.
+    """
+    raw = data.encode("ascii", "replace") if isinstance(data, str) else data
+    return _public_from_pem(raw, X25519PublicKey, "X25519", source)  # type: ignore[no-any-return]

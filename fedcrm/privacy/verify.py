@@ -3,24 +3,33 @@
 For each ledger: every line is a complete JSON entry of the right shape, for
 the right branch; ``seq`` runs 0, 1, 2, ... with no gap or reorder; each
 ``prev_hash`` is the previous entry's hash; each ``hash`` matches its entry;
-each entry was signed by the branch's key; every release entry releases a
+each entry was signed by one of the branch's keys, the one its ``key_id``
+names (a branch that rotated its signing key has several: its current and
+retired keys; a revoked key verifies nothing); every release entry releases a
 reservation; and the cumulative epsilon each entry states is what the
 parameters of every charge so far give with the accountant it names
 (relative tolerance 1e-6), in parallel across the train and evaluation sides
 of one split, sequentially otherwise
-(:func:`fedcrm.privacy.accounting.composed_epsilon`). Every problem is
+(:func:`fedcrm.privacy.accounting.composed_epsilon`). A ledger checked against
+its anchor must still hold the head the anchor records. Every problem is
 collected, naming the branch and the line and ``seq`` of the entry.
+
+Keys come from a directory of ``<branch_id>.pub`` files (PEM blocks, one per
+key) or from the central team's admitted list (``server/admitted.json``, see
+:mod:`fedcrm.identity`), which also names revoked keys.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcrm.errors import KeyFileError, LedgerError, PrivacyError
+from fedcrm.errors import ConfigError, KeyFileError, LedgerError, PrivacyError
+from fedcrm.identity import Roster, load_roster
 from fedcrm.privacy import signing
 from fedcrm.privacy.accounting import charges_trajectory
 from fedcrm.privacy.anchor import Anchor
@@ -29,6 +38,11 @@ from fedcrm.privacy.ledger_format import charge_of, charges, read_ledger
 #: Relative tolerance between a stated and a recomputed epsilon.
 EPSILON_RTOL = 1e-6
 LEDGER_SUFFIX = ".jsonl"
+
+PublicKeys = (
+    signing.Ed25519PublicKey | Sequence[signing.Ed25519PublicKey] | str | os.PathLike[str] | None
+)
+"""What :func:`verify_ledger` takes as a branch's keys."""
 
 
 @dataclass
@@ -49,23 +63,25 @@ class BranchVerification:
 def _check_branch_and_signatures(
     parsed: list[tuple[int, dict[str, Any]]],
     branch_id: str,
-    public_key: signing.Ed25519PublicKey | None,
+    keys: Mapping[str, signing.Ed25519PublicKey] | None,
+    revoked: Collection[str],
     problems: list[str],
 ) -> None:
-    own_key_id = signing.key_id(public_key) if public_key is not None else None
     for number, entry in parsed:
         where = f"line {number} (seq {entry['seq']})"
         if entry["branch_id"] != branch_id:
             problems.append(f"{where}: belongs to branch {entry['branch_id']}")
-        if public_key is None:
+        if keys is None:
             continue
-        if entry["key_id"] != own_key_id:
+        key = keys.get(entry["key_id"])
+        if entry["key_id"] in revoked:
+            problems.append(f"{where}: signed by revoked key {entry['key_id']}")
+        elif key is None:
+            known = ", ".join(sorted(keys)) or "none"
             problems.append(
-                f"{where}: signed by unknown key {entry['key_id']} (branch key is {own_key_id})"
+                f"{where}: signed by unknown key {entry['key_id']} (branch keys: {known})"
             )
-        elif not signing.verify_signature(
-            public_key, bytes.fromhex(entry["hash"]), entry["signature"]
-        ):
+        elif not signing.verify_signature(key, bytes.fromhex(entry["hash"]), entry["signature"]):
             problems.append(f"{where}: bad signature")
 
 
@@ -90,12 +106,31 @@ def _check_epsilons(parsed: list[tuple[int, dict[str, Any]]], problems: list[str
             )
 
 
+def _key_map(public_keys: PublicKeys, problems: list[str], branch: str) -> dict[str, Any] | None:
+    """Key id -> key from a key, a list of keys or a PEM file (``None``: no key known)."""
+    if public_keys is None:
+        problems.append(f"unknown key: no public key for branch {branch}")
+        return None
+    if isinstance(public_keys, signing.Ed25519PublicKey):
+        found = [public_keys]
+    elif isinstance(public_keys, (str, os.PathLike)):
+        try:
+            found = signing.load_public_keys(public_keys)
+        except KeyFileError as exc:
+            problems.append(f"unknown key: {exc}")
+            return None
+    else:
+        found = list(public_keys)
+    return {signing.key_id(k): k for k in found}
+
+
 def verify_ledger(
     path: str | os.PathLike[str],
-    public_key: signing.Ed25519PublicKey | str | os.PathLike[str] | None,
+    public_key: PublicKeys,
     *,
     branch_id: str | None = None,
     anchor: str | os.PathLike[str] | None = None,
+    revoked: Collection[str] = (),
 ) -> BranchVerification:
     """Verify one branch ledger.
 
@@ -104,13 +139,17 @@ def verify_ledger(
     path
         The ledger file (``<branch_id>.jsonl``).
     public_key
-        The branch's Ed25519 public key or the path of its PEM file. ``None``
-        (no key known) is itself a failure; everything else is still checked.
+        The branch's Ed25519 public key(s): a key, a list of keys, or the path of
+        a PEM file (one block per key). Each entry is checked with the key its
+        ``key_id`` names. ``None`` (no key known) is itself a failure;
+        everything else is still checked.
     branch_id
         The branch the ledger must belong to (default: the file name's stem).
     anchor
         The branch's anchor file: a ledger shorter than (or diverging from)
         the head it records fails.
+    revoked
+        Key ids whose signatures no longer count (revoked by the central team).
 
     Returns
     -------
@@ -120,16 +159,7 @@ def verify_ledger(
     path = Path(path)
     branch = branch_id or path.name.removesuffix(LEDGER_SUFFIX)
     problems: list[str] = []
-    key: signing.Ed25519PublicKey | None = None
-    if public_key is None:
-        problems.append(f"unknown key: no public key for branch {branch}")
-    elif isinstance(public_key, signing.Ed25519PublicKey):
-        key = public_key
-    else:
-        try:
-            key = signing.load_public_key(public_key)
-        except KeyFileError as exc:
-            problems.append(f"unknown key: {exc}")
+    keys = _key_map(public_key, problems, branch)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -137,7 +167,7 @@ def verify_ledger(
         data = b""
     parsed, chain_problems = read_ledger(data)
     problems += chain_problems
-    _check_branch_and_signatures(parsed, branch, key, problems)
+    _check_branch_and_signatures(parsed, branch, keys, set(revoked), problems)
     _check_epsilons(parsed, problems)
     if anchor is not None:
         try:
@@ -154,7 +184,7 @@ def verify_ledger(
         problems=problems,
         accountant=last["accountant"] if last else None,
         path=str(path),
-        key_id=signing.key_id(key) if key is not None else None,
+        key_id=", ".join(sorted(keys)) if keys else None,
     )
 
 
@@ -178,6 +208,18 @@ def _ledgers_and_keys(target: Path, keys_dir: Path | None) -> tuple[list[Path], 
     return ledgers, [keys_dir] if keys_dir is not None else around
 
 
+def _roster_keys(roster: Roster, branch: str) -> tuple[list[Any] | None, set[str]]:
+    identity = roster.get(branch)
+    if identity is None:
+        return None, set()
+    keys = [
+        signing.signing_public_key_from_pem(k.public_key, f"admitted list: {branch} {k.key_id}")
+        for k in identity.verifying_keys().values()
+    ]
+    revoked = {k.key_id for k in identity.signing_keys} - set(identity.verifying_keys())
+    return keys, revoked
+
+
 def verify_path(
     ledger_or_run_dir: str | os.PathLike[str],
     *,
@@ -188,26 +230,42 @@ def verify_path(
 
     A run directory holds ``ledger/<branch_id>.jsonl`` and
     ``keys/<branch_id>.pub``. Elsewhere keys are looked for in ``keys_dir``
-    when given, else in a ``keys/`` directory beside or above the ledgers,
-    else beside them. A branch whose public key is not found fails verification.
+    when given (a directory of ``<branch_id>.pub`` files, or an admitted list
+    ``admitted.json``), else in a ``keys/`` directory beside or above the
+    ledgers, else beside them. A branch whose public key is not found fails
+    verification.
 
     Raises
     ------
     LedgerError
         When ``ledger_or_run_dir`` holds no ledger.
+    ConfigError
+        When ``keys_dir`` is a JSON file but not an admitted list.
     """
+    roster = None
+    if keys_dir is not None and Path(keys_dir).is_file():
+        roster = load_roster(keys_dir)
+        if not roster.branches:
+            raise ConfigError(f"--keys {keys_dir}: the admitted list names no branch")
     ledgers, key_dirs = _ledgers_and_keys(
         Path(ledger_or_run_dir), Path(keys_dir) if keys_dir is not None else None
     )
     results = []
     for ledger in ledgers:
         branch = ledger.name.removesuffix(LEDGER_SUFFIX)
-        candidates = [d / f"{branch}{signing.PUBLIC_SUFFIX}" for d in key_dirs]
-        key_path = next((p for p in candidates if p.is_file()), None)
         found = anchor
         if found is None and len(ledgers) == 1 and Path(ledger_or_run_dir).is_file():
             beside = ledger.parent / "state" / "anchor.json"
             found = beside if beside.exists() else None
+        if roster is not None:
+            keys, revoked = _roster_keys(roster, branch)
+            result = verify_ledger(ledger, keys, branch_id=branch, revoked=revoked, anchor=found)
+            if keys is None:
+                result.problems[0] = f"unknown key: branch {branch} is not in {keys_dir}"
+            results.append(result)
+            continue
+        candidates = [d / f"{branch}{signing.PUBLIC_SUFFIX}" for d in key_dirs]
+        key_path = next((p for p in candidates if p.is_file()), None)
         result = verify_ledger(ledger, key_path, branch_id=branch, anchor=found)
         if key_path is None:
             looked = ", ".join(str(p) for p in candidates)

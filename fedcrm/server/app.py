@@ -23,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedcrm.config import RunConfig, compose
 from fedcrm.errors import FedCRMError
+from fedcrm.identity import ROSTER_FILE, RosterFile
 from fedcrm.server.exchange import KeepWarm
 from fedcrm.server.fedavg import FedAvgJob, Reporter
 from fedcrm.server.ledger_store import LedgerStore, keys_from_dir
@@ -62,6 +63,7 @@ def run_job(
     expected_nodes: int | None = None,
     server_dir: str | Path | None = None,
     signing_keys: str | Path | None = None,
+    identities: RosterFile | None = None,
 ) -> dict[str, Any]:
     """Run a configured job on ``grid`` and write its run directory.
 
@@ -72,6 +74,8 @@ def run_job(
     ``server_dir`` (deployment) holds the server's ledger copies across runs
     (``ledgers/``) and the branches' public signing keys (``keys/``);
     ``signing_keys`` names another folder of public keys (simulation).
+    ``identities`` (deployment) is the admitted list each joining node is checked
+    against (:func:`fedcrm.identity.check_node_identity`).
     """
     t0 = time.perf_counter()
     if cfg.privacy.dp and cfg.task.cutoff is None:
@@ -106,6 +110,7 @@ def run_job(
         keep_warm=keep_warm_policy(cfg) if deployment else None,
         expected_nodes=expected_nodes,
         ledgers=ledgers,
+        identities=identities,
     )
     try:
         result = job.run()
@@ -183,6 +188,24 @@ def resolve_run_dir(output_dir: str, run_id: str, *, resume: bool = False) -> st
     return str(base / f"run-{run_id}")
 
 
+def load_identities(server_dir: str) -> RosterFile:
+    """The admitted list in the run-config key ``server-dir`` (the federation's ``server/``).
+
+    Raises
+    ------
+    FedCRMError
+        When the key is empty or names a folder without an admitted list: a
+        deployment run never takes a node's word for its branch id.
+    """
+    if not server_dir.strip():
+        raise FedCRMError(
+            "deployment runs need the run-config key server-dir: the federation's server/ "
+            "folder, whose admitted.json binds each branch id to its SuperNode "
+            "(flwr run . fedcrm --run-config \"server-dir='/srv/fed/server' ...\")"
+        )
+    return RosterFile(Path(server_dir).expanduser() / ROSTER_FILE)
+
+
 app = ServerApp()
 
 
@@ -191,14 +214,24 @@ def main(grid: Grid, context: Context) -> None:
     """Deployment entry point: compose the config from the run config and run."""
     overrides = shlex.split(str(context.run_config.get("config-overrides", "")))
     cfg = compose(overrides)
+    identities = load_identities(str(context.run_config.get("server-dir", "")))
     out_dir = resolve_run_dir(
         str(context.run_config.get("output-dir", "")) or cfg.output_dir,
         str(context.run_id),
         resume=cfg.resume,
     )
     log.info("fedcrm job %s writing to %s", context.run_id, out_dir)
-    server_dir = str(context.run_config.get("server-dir", "")) or None
+    server_dir = str(context.run_config.get("server-dir", ""))
+    # The branches' ledger keys beside the ledger copies (`fedcrm privacy verify RUN_DIR`).
+    identities.roster().write_signing_keys(Path(out_dir) / "keys")
     result = run_job(
-        grid, cfg, out_dir, run_id=str(context.run_id), deployment=True, server_dir=server_dir
+        grid,
+        cfg,
+        out_dir,
+        run_id=str(context.run_id),
+        deployment=True,
+        identities=identities,
+        server_dir=server_dir,
     )
+    identities.roster().write_signing_keys(Path(out_dir) / "keys")
     write_outputs(Path(out_dir), cfg, result)

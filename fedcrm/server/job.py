@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from fedcrm import protocol as P
 from fedcrm.config import JobSpec, RunConfig
 from fedcrm.errors import FedCRMError
+from fedcrm.identity import RosterFile, identity_refusal
 from fedcrm.models.evaluation import EvaluationRelease, pooled_metrics
 from fedcrm.server.exchange import Courier, KeepWarm, Reply, wait_for_nodes
 from fedcrm.server.ledger_store import LedgerStore
@@ -101,6 +102,7 @@ class FederatedJob:
         keep_warm: KeepWarm | None = None,
         expected_nodes: int | None = None,
         ledgers: LedgerStore | None = None,
+        identities: RosterFile | None = None,
     ) -> None:
         if cfg.privacy.he and he_context is None:
             raise FedCRMError("privacy mode needs the CKKS public context on the server")
@@ -127,6 +129,9 @@ class FederatedJob:
         self.timings: dict[str, float] = {}
         self.resumed_state: dict[str, Any] | None = None
         self.last_reliability: list[dict[str, Any]] = []
+        # The deployment's admitted list: a node may act only as the branch it is
+        # registered for (None in simulation: only the id's form is checked).
+        self.identities = identities
 
     # ------------------------------------------------------------ messages
     def _message(self, node: int, mtype: str, round_num: int, payload: dict[str, Any]) -> Message:
@@ -192,6 +197,10 @@ class FederatedJob:
                 log.warning("node %s left out: %s", reply.node_id, reply.error)
                 continue
             branch = reply_branch(reply)
+            refusal = identity_refusal(self.identities, branch.get("branch_id"), reply.node_id)
+            if refusal is not None:
+                log.warning("node %s left out: %s", reply.node_id, refusal)
+                continue
             if branch.get("status") != P.STATUS_OK:
                 log.warning(
                     "branch %s left out: %s", branch.get("branch_id"), branch.get("message")

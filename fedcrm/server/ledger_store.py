@@ -37,17 +37,15 @@ KeyRing = dict[str, signing.Ed25519PublicKey]
 
 
 def keys_from_dir(directory: Path | None) -> Callable[[str], KeyRing | None]:
-    """Public keys ``<branch_id>.pub`` (and ``<branch_id>.*.pub``, retired) in ``directory``."""
+    """Public keys in ``directory/<branch_id>.pub`` (PEM blocks: current and retired keys)."""
 
     def lookup(branch_id: str) -> KeyRing | None:
         if directory is None:
             return None
-        ring: KeyRing = {}
-        for path in [directory / f"{branch_id}.pub", *directory.glob(f"{branch_id}.*.pub")]:
-            if path.is_file():
-                key = signing.load_public_key(path)
-                ring[signing.key_id(key)] = key
-        return ring or None
+        path = directory / f"{branch_id}.pub"
+        if not path.is_file():
+            return None
+        return {signing.key_id(k): k for k in signing.load_public_keys(path)}
 
     return lookup
 
@@ -89,9 +87,9 @@ class LedgerStore:
 
     def path(self, branch_id: str) -> Path:
         """The copy of ``branch_id``'s ledger."""
-        from fedcrm.ids import check_id
+        from fedcrm.identity import id_path
 
-        return self.dir / f"{check_id(branch_id, 'branch id')}.jsonl"
+        return id_path(self.dir, branch_id, "branch id", suffix=".jsonl")
 
     def held(self, branch_id: str) -> list[dict[str, Any]]:
         """The entries the copy holds."""
@@ -141,9 +139,9 @@ class LedgerStore:
             dst = run_dir / "ledger" / src.name
             if src.exists() and src.resolve() != dst.resolve():
                 shutil.copyfile(src, dst)
-            if keys_dir is not None:
-                for key in [keys_dir / f"{b}.pub", *keys_dir.glob(f"{b}.*.pub")]:
-                    target = run_dir / "keys" / key.name
-                    if key.is_file() and key.resolve() != target.resolve():
-                        target.parent.mkdir(exist_ok=True)
-                        shutil.copyfile(key, target)
+            key = keys_dir / f"{b}.pub" if keys_dir is not None else None
+            if key is not None and key.is_file():
+                target = run_dir / "keys" / key.name
+                if key.resolve() != target.resolve():
+                    target.parent.mkdir(exist_ok=True)
+                    shutil.copyfile(key, target)

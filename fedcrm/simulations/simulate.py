@@ -20,6 +20,7 @@ from typing import Any
 from fedcrm.config import RunConfig, cpu_count
 from fedcrm.data.dataset import FeatureSet
 from fedcrm.errors import ConfigError
+from fedcrm.identity import id_path
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def branch_rng_seed(cfg: RunConfig, branch_id: str) -> int | None:
 
 def branch_settings(cfg: RunConfig, out_dir: Path, branch_id: str) -> dict[str, Any]:
     """The node config of a simulated branch (its files under ``branches/<branch_id>/``)."""
-    bdir = out_dir / "branches" / branch_id
+    bdir = id_path(out_dir / "branches", branch_id, "branch_id in the data")
     nc: dict[str, Any] = {
         "branch-id": branch_id,
         "data-path": str(bdir / "features"),

@@ -6,7 +6,8 @@ written by the attacker, driven through the real Flower simulation, or - where
 a whole run would be too slow - the same messages delivered to the ClientApp
 directly. The attacker controls every message value (seeds, bounds, flags,
 round and level numbers, model weights) and, as DP assumes, may know every
-customer but the one it targets.
+customer but the one it targets. Other attacks play through a command, a node
+config or a file, and check the damage did not happen.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ TREE_JOB = [
     f"task.cutoff={CUTOFF}",
 ]
 BRANCHES = ("branch_00", "branch_01", "branch_02")
+#: An id that, used as a file name, would climb out of its folder.
+ESCAPE = "../../escaped"
 
 
 def job(overrides: list[str], run_id: str) -> JobSpec:
@@ -182,3 +185,20 @@ def run_attack(
             },
         )
     return results
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> tuple[Path, Callable[[], list[Path]]]:
+    """A working folder two levels down, and a function listing what ``ESCAPE`` created.
+
+    ``ESCAPE`` used as a file name in the folder (or in a folder below it) would
+    land beside it or above it, still inside ``tmp_path``; nothing legitimate
+    has "escaped" in its name, so any such path is damage.
+    """
+    work = tmp_path / "outer" / "inner"
+    work.mkdir(parents=True)
+
+    def escaped() -> list[Path]:
+        return sorted(tmp_path.rglob("*escaped*"))
+
+    return work, escaped

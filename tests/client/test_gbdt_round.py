@@ -183,7 +183,9 @@ def test_dp_releases_are_noisy_recorded_once_and_refused_past_the_ceiling(tmp_pa
     assert refusal["would_spend"] > refusal["ceiling"] == 3.6 >= refusal["spent"]
     reservations = [e for e in entries if e["kind"] == "reservation"]
     assert len(reservations) == 2  # 2 trees fit under 3.6 after the edges, the third does not
-    assert len(entries) == 2 + 2 * 3  # each tree's three levels are three releases
+    releases = [e for e in entries if e["kind"] == "release"]
+    # Each tree's levels (up to max_depth 3; noise may stop a tree early) are releases.
+    assert 2 <= len(releases) <= 2 * 3 and len(entries) == len(reservations) + len(releases)
     plan = R.plan_dp(spec, 1e-4, 5)
     e = reservations[0]
     assert e["mechanism"] == "gaussian" and e["steps"] == 1 and e["sample_rate"] == 1.0

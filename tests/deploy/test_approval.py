@@ -143,11 +143,6 @@ def test_node_start_pins_the_approved_apps_in_the_warm_superexec(
     assert warm[warm.index("--approved-fabs") + 1] == fab_hash_of_dir(app)
     assert "any app the SuperLink" not in captured.err
 
-    assert node_start(fed, data_dir, "--no-connect-check") == 0  # no pin: said so, nothing passed
-    captured = capsys.readouterr()
-    assert "--approved-fabs" not in captured.out
-    assert "note: any app the SuperLink is asked to run will run at this branch" in captured.err
-
 
 @pytest.mark.parametrize(
     ("extra", "message"),

@@ -2,8 +2,9 @@
 
 Wrong CA, expired or mismatched certificate, a key not matching its
 certificate or readable by others, a missing key file, a wrong data path, an
-export breaking the data contract, malformed node-config values, a busy port.
-``--check-only`` prints the Flower command instead of running it.
+export breaking the data contract, malformed node-config values, a busy port,
+a branch with keys but no pinned app. ``--check-only`` prints the Flower
+command instead of running it.
 """
 
 from __future__ import annotations
@@ -21,17 +22,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from fedcrm.deploy.provision import (
-    _pem_key,
-    init_federation,
-    make_ca,
-    make_server_cert,
-    write_cert,
-    write_private,
-)
+from fedcrm.deploy.provision import init_federation
+from fedcrm.deploy.tls import make_ca, make_server_cert, pem_key, write_cert, write_private
 from fedcrm.errors import ConfigError
 
-from .conftest import free_port, node_start, run_cli
+from .conftest import SOME_APP, branch_dir, free_port, node_start, run_cli
 
 
 def _server(fed: Path, *extra: str) -> int:
@@ -45,7 +40,7 @@ def _reissue(fed: Path, sans: list[str], **kw: object) -> None:
     ca = x509.load_pem_x509_certificate((fed / "ca" / "ca.crt").read_bytes())
     key, cert = make_server_cert(ca_key, ca, sans, **kw)  # type: ignore[arg-type]
     write_cert(fed / "server" / "server.pem", cert)
-    write_private(fed / "server" / "server.key", _pem_key(key))
+    write_private(fed / "server" / "server.key", pem_key(key))
 
 
 # ------------------------------------------------------------------ server
@@ -99,7 +94,7 @@ def test_wrong_ca(fed: Path) -> None:
 
 def test_key_not_matching_the_certificate(fed: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
-    init_federation(other, ["x"], "127.0.0.1:1", he=False)
+    init_federation(other, "127.0.0.1:1")
     shutil.copyfile(other / "server" / "server.key", fed / "server" / "server.key")
     with pytest.raises(ConfigError, match=r"--ssl-keyfile: .*is not the key of"):
         _server(fed)
@@ -132,16 +127,20 @@ def test_node_start_builds_the_supernode_command(
     assert node_start(fed, data_dir, "--epsilon-ceiling", "8", "--no-connect-check") == 0
     cmd = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
     assert cmd[0] == "flower-supernode" and "--insecure" not in cmd
-    assert cmd[cmd.index("--root-certificates") + 1].endswith("branches/b1/ca.crt")
-    assert cmd[cmd.index("--auth-supernode-private-key") + 1].endswith("b1/node_auth_key")
+    assert cmd[cmd.index("--root-certificates") + 1] == str(fed / "kit" / "ca.crt")
+    key = branch_dir(fed) / "keys" / "node_auth_key"
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(key)
     from flwr.common.config import parse_config_args
 
     node_config = parse_config_args([cmd[cmd.index("--node-config") + 1]])
     assert node_config["branch-id"] == "b1" and node_config["epsilon-ceiling"] == 8.0
     assert Path(node_config["data-path"]) == data_dir.resolve()
-    for key in ("ledger-path", "signing-key", "model-dir"):
-        assert key in node_config
-    assert node_config["cache-dir"].endswith("branches/b1/cache")
+    b1 = branch_dir(fed)
+    assert node_config["ledger-path"] == str(b1 / "ledger.jsonl")
+    assert node_config["signing-key"] == str(b1 / "keys" / "b1.key")
+    assert node_config["model-dir"] == str(b1 / "models")
+    assert node_config["cache-dir"] == str(b1 / "cache")
+    assert "he-secret-context" not in node_config  # only with --he-secret-context
 
 
 def test_node_start_runs_the_warm_superexec_by_default(
@@ -157,25 +156,55 @@ def test_node_start_runs_the_warm_superexec_by_default(
     assert warm[warm.index("--runtime-api-address") + 1] == f"127.0.0.1:{port}"
     # The supervisor's pid: the SuperExec outlives SuperNode restarts, not `node start`.
     assert int(warm[warm.index("--parent-pid") + 1]) == os.getpid()
+    assert warm[warm.index("--approved-fabs") + 1] == SOME_APP
 
 
-def test_node_start_with_flowers_own_executor(
+def test_a_branch_with_keys_runs_only_a_pinned_app(fed: Path, data_dir: Path) -> None:
+    """It holds a signing key (every branch does); without --approve-app it does not start."""
+    with pytest.raises(ConfigError, match=r"--approve-app: this branch holds a ledger signing"):
+        node_start(fed, data_dir, "--no-connect-check", approve=False)
+    with pytest.raises(ConfigError, match=r"holds an epsilon ceiling and a ledger") as e:
+        node_start(fed, data_dir, "--no-connect-check", "--epsilon-ceiling", "8", approve=False)
+    assert "fedcrm node app-hash APP_DIR" in str(e.value)
+
+
+def test_flowers_own_executor_cannot_pin_an_app(fed: Path, data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--approve-app: needs --executor warm"):
+        node_start(fed, data_dir, "--no-connect-check", "--executor", "subprocess")
+
+
+def test_the_branch_folder_defaults_to_the_kits_parent(
     fed: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert node_start(fed, data_dir, "--no-connect-check", "--executor", "subprocess") == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert "--isolation" not in shlex.split(lines[-1])
-    assert not any("warm_exec" in line for line in lines)
+    kit = branch_dir(fed) / "kit"
+    shutil.copytree(fed / "kit", kit)  # the branch unpacked the kit into its folder
+    argv = ["node", "start", "--federation", str(kit), "--data-path", str(data_dir),
+            "--runtime-port", str(free_port()), "--check-only", "--no-connect-check",
+            "--approve-app", SOME_APP]  # fmt: skip
+    assert run_cli(argv) == 0
+    cmd = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cmd[cmd.index("--root-certificates") + 1] == str(kit / "ca.crt")
+    key = branch_dir(fed) / "keys" / "node_auth_key"
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(key)
+
+
+def test_missing_kit_or_branch_folder_names_the_flag(fed: Path, data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--federation .*no kit.json"):
+        run_cli(["node", "start", "--federation", str(fed / "server"), "--data-path",
+                 str(data_dir), "--check-only"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"--branch-dir .*fedcrm node init"):
+        run_cli(["node", "start", "--federation", str(fed / "kit"), "--branch-dir",
+                 str(fed), "--data-path", str(data_dir), "--check-only"])  # fmt: skip
 
 
 def test_missing_node_auth_key(fed: Path, data_dir: Path) -> None:
-    (fed / "branches" / "b1" / "node_auth_key").unlink()
+    (branch_dir(fed) / "keys" / "node_auth_key").unlink()
     with pytest.raises(ConfigError, match=r"--auth-key: .*does not exist"):
         node_start(fed, data_dir, "--no-connect-check")
 
 
 def test_node_auth_key_in_the_wrong_format(fed: Path, data_dir: Path) -> None:
-    shutil.copyfile(fed / "server" / "server.key", fed / "branches" / "b1" / "node_auth_key")
+    shutil.copyfile(fed / "server" / "server.key", branch_dir(fed) / "keys" / "node_auth_key")
     with pytest.raises(ConfigError, match=r"--auth-key: .*OpenSSH"):
         node_start(fed, data_dir, "--no-connect-check")
 
@@ -206,10 +235,9 @@ def test_malformed_node_config_values(fed: Path, data_dir: Path, flag: str, valu
         node_start(fed, data_dir, flag, value, "--no-connect-check")
 
 
-def test_unknown_branch(fed: Path, data_dir: Path) -> None:
-    with pytest.raises(ConfigError, match="--branch-id"):
-        run_cli(["node", "start", "--federation", str(fed), "--branch-id", "zz",
-              "--data-path", str(data_dir), "--check-only"])  # fmt: skip
+def test_a_branch_id_other_than_the_folders(fed: Path, data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--branch-id zz is not the branch of .* \(b1\)"):
+        node_start(fed, data_dir, "--branch-id", "zz")
 
 
 def test_runtime_port_in_use(fed: Path, data_dir: Path) -> None:
@@ -218,9 +246,7 @@ def test_runtime_port_in_use(fed: Path, data_dir: Path) -> None:
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(ConfigError, match=r"--runtime-port: .*in use"):
-            run_cli(["node", "start", "--federation", str(fed), "--branch-id", "b1",
-                  "--data-path", str(data_dir), "--runtime-port", str(port),
-                  "--no-connect-check", "--check-only"])  # fmt: skip
+            node_start(fed, data_dir, "--runtime-port", str(port), "--no-connect-check")
 
 
 @pytest.fixture
@@ -228,7 +254,7 @@ def tls_server(tmp_path: Path) -> Iterator[str]:
     """A TLS listener with the certificate of *another* federation."""
     other = tmp_path / "other"
     port = free_port()
-    init_federation(other, ["x"], f"127.0.0.1:{port}", he=False)
+    init_federation(other, f"127.0.0.1:{port}")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(other / "server" / "server.pem", other / "server" / "server.key")
     sock = socket.socket()

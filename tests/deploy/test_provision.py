@@ -1,4 +1,4 @@
-"""Provisioning: CA, server certificate SANs, node key formats, file modes, federation.json."""
+"""Provisioning: CA, server certificate SANs, file modes, the kit, and no branch key anywhere."""
 
 from __future__ import annotations
 
@@ -9,24 +9,24 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedcrm.cli import main
 from fedcrm.deploy.provision import (
-    cert_sans,
     init_federation,
     load_federation,
-    onboard_branch,
-    parse_address,
+    load_kit,
+    reissue_server_cert,
 )
+from fedcrm.deploy.tls import cert_sans, parse_address
 from fedcrm.errors import ConfigError
+
+PRIVATE_MARKERS = (b"PRIVATE KEY-----",)  # PEM and OpenSSH private keys alike
 
 
 @pytest.fixture(scope="module")
 def fed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fed") / "federation"
-    init_federation(out, ["b1", "b2"], "127.0.0.1:9092", extra_sans=["superlink.example.com"])
+    init_federation(out, "127.0.0.1:9092", extra_sans=["superlink.example.com"])
     return out
 
 
@@ -47,133 +47,86 @@ def test_server_certificate_covers_the_address_and_is_signed_by_the_ca(fed_dir: 
 
 
 def test_dns_address_gets_a_dns_san(tmp_path: Path) -> None:
-    init_federation(tmp_path / "f", ["b1"], "superlink.corp:443", he=False)
+    init_federation(tmp_path / "f", "superlink.corp:443")
     cert = _cert(tmp_path / "f" / "server" / "server.pem")
     ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert ext.get_values_for_type(x509.DNSName) == ["superlink.corp"]
 
 
-def test_node_auth_keys_are_p384_in_openssh_format(fed_dir: Path) -> None:
-    for b in ("b1", "b2"):
-        priv = fed_dir / "branches" / b / "node_auth_key"
-        assert priv.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
-        key = serialization.load_ssh_private_key(priv.read_bytes(), password=None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
-        pub_text = (fed_dir / "public" / "nodes" / f"{b}.pub").read_bytes()
-        assert pub_text.startswith(b"ecdsa-sha2-nistp384 ")
-        pub = serialization.load_ssh_public_key(pub_text)
-        assert pub.public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
+def test_the_only_private_keys_are_the_ca_and_tls_keys_mode_0600(fed_dir: Path) -> None:
+    holding = sorted(
+        str(p.relative_to(fed_dir))
+        for p in fed_dir.rglob("*")
+        if p.is_file() and any(m in p.read_bytes() for m in PRIVATE_MARKERS)
+    )
+    assert holding == ["ca/ca.key", "server/server.key"]
+    assert not [p for p in fed_dir.rglob("*") if p.suffix == ".ctx"]  # no HE context either
+    for rel in holding:
+        assert stat.S_IMODE((fed_dir / rel).stat().st_mode) == 0o600, rel
+    for folder in ("ca", "server"):
+        assert stat.S_IMODE((fed_dir / folder).stat().st_mode) == 0o700, folder
 
 
-def test_flower_accepts_the_node_public_key(fed_dir: Path) -> None:
-    from flwr.cli.supernode.register import try_load_public_key
+def test_the_kit_holds_the_ca_certificate_and_the_address_only(fed_dir: Path) -> None:
+    kit = fed_dir / "kit"
+    assert sorted(p.name for p in kit.iterdir()) == ["ca.crt", "kit.json"]
+    assert (kit / "ca.crt").read_bytes() == (fed_dir / "ca" / "ca.crt").read_bytes()
+    loaded = load_kit(kit)
+    assert loaded.server_address == "127.0.0.1:9092" and loaded.ca_cert == kit / "ca.crt"
+    # The central team may point at the whole federation directory: its kit is used.
+    assert load_kit(fed_dir) == loaded
+    with pytest.raises(ConfigError, match=r"--federation .*no kit.json"):
+        load_kit(fed_dir / "server")
 
-    assert try_load_public_key(fed_dir / "public" / "nodes" / "b1.pub")
 
-
-def test_private_keys_are_mode_0600(fed_dir: Path) -> None:
-    secrets = [
-        fed_dir / "ca" / "ca.key",
-        fed_dir / "server" / "server.key",
-        fed_dir / "he" / "he_secret.ctx",
-        *[
-            fed_dir / "branches" / b / n
-            for b in ("b1", "b2")
-            for n in ("node_auth_key", "he_secret.ctx")
-        ],
-        *[fed_dir / "branches" / b / "signing" / f"{b}.key" for b in ("b1", "b2")],
-    ]
-    for path in secrets:
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    assert not (fed_dir / "server" / "he_secret.ctx").exists()  # the server holds no HE secret
+def test_a_new_address_reaches_the_kit(tmp_path: Path) -> None:
+    fed = load_federation(init_federation(tmp_path / "f", "127.0.0.1:9092").root)
+    reissue_server_cert(fed, server_address="10.0.0.7:9443")
+    assert load_kit(tmp_path / "f" / "kit").server_address == "10.0.0.7:9443"
+    assert "10.0.0.7" in cert_sans(_cert(tmp_path / "f" / "server" / "server.pem"))
 
 
 def test_federation_json_describes_the_layout(fed_dir: Path) -> None:
     data = json.loads((fed_dir / "federation.json").read_text())
-    assert data["server_address"] == "127.0.0.1:9092"
+    assert data["format"] == 2 and data["server_address"] == "127.0.0.1:9092"
+    assert "branches" not in data and "he" not in data
     fed = load_federation(fed_dir)
-    for b in ("b1", "b2"):
-        files = fed.branch(b)
-        for key in ("ca_cert", "node_auth_private_key", "signing_key", "he_secret_context"):
-            assert files[key] is not None and files[key].exists(), (b, key)
-    with pytest.raises(ConfigError, match="--branch-id"):
-        fed.branch("nope")
+    assert fed.server_dir == fed_dir / "server" and fed.kit_dir == fed_dir / "kit"
 
 
-def test_onboard_branch_adds_one_branch(fed_dir: Path, tmp_path: Path) -> None:
-    files = onboard_branch(fed_dir, "b3", tmp_path / "b3", echo=None)
-    assert (tmp_path / "b3" / "node_auth_key").exists()
-    assert (fed_dir / "public" / "nodes" / "b3.pub").exists()
-    assert files["he_secret_context"] is not None
-    assert "b3" in load_federation(fed_dir).branches
-    with pytest.raises(ConfigError, match="already"):
-        onboard_branch(fed_dir, "b3", tmp_path / "again", echo=None)
+def test_a_federation_of_the_old_central_key_layout_is_refused(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "federation.json").write_text(json.dumps({"format": 1, "server_address": "h:1"}))
+    with pytest.raises(ConfigError, match=r"format 1; .*fedcrm node init"):
+        load_federation(old)
 
 
-def test_cli_init_prints_next_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(
-        [
-            "federation",
-            "init",
-            "--out",
-            str(tmp_path / "f"),
-            "--branches",
-            "a,b",
-            "--server-address",
-            "10.1.2.3:9092",
-            "--no-he",
-        ]
-    )
-    assert rc == 0
-    text = capsys.readouterr().out
-    assert "--enable-supernode-auth" in text and "fedcrm server register" in text
-    assert "fedcrm node start" in text and "flwr run . fedcrm" in text
-    # An existing federation is not overwritten by accident.
-    assert (
-        main(
-            [
-                "federation",
-                "init",
-                "--out",
-                str(tmp_path / "f"),
-                "--branches",
-                "a",
-                "--server-address",
-                "10.1.2.3:9092",
-                "--no-he",
-            ]
-        )
-        == 2
-    )
-
-
-def test_cli_node_init_with_federation_onboards(
-    fed_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_cli_init_prints_the_branch_born_key_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = main(
-        [
-            "node",
-            "init",
-            "--federation",
-            str(fed_dir),
-            "--branch-id",
-            "b4",
-            "--out",
-            str(tmp_path / "b4"),
-        ]
-    )
-    assert rc == 0
-    assert "fedcrm server register" in capsys.readouterr().out
+    argv = ["federation", "init", "--out", str(tmp_path / "f"), "--server-address", "10.1.2.3:9092"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    for step in (
+        "holds no branch key",
+        "fedcrm node init --branch-id",
+        "fedcrm server register --federation",
+        "--request",
+        "kit/",
+        "fedcrm node start --federation kit",
+        "--approve-app",
+        "server-dir=",
+        "fedcrm server nodes",
+    ):
+        assert step in text, step
+    # An existing federation is not overwritten by accident; --overwrite starts afresh.
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
 
 
 @pytest.mark.parametrize("bad", ["localhost", "host:0", "host:99999", ":9092", "h:x"])
 def test_bad_server_address_names_the_flag(bad: str) -> None:
     with pytest.raises(ConfigError, match="--server-address"):
         parse_address(bad)
-
-
-def test_bad_branch_ids_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--branches"):
-        init_federation(tmp_path / "f", ["ok", "not ok/"], "127.0.0.1:1", he=False)
-    with pytest.raises(ConfigError, match="twice"):
-        init_federation(tmp_path / "g", ["a", "a"], "127.0.0.1:1", he=False)

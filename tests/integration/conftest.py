@@ -1,11 +1,13 @@
 """Real Flower processes on 127.0.0.1 for the integration tests.
 
 Every test gets its own federation directory (``fedcrm federation init``),
-free ports, and ``FLWR_HOME``; the SuperLink and SuperNodes are started with
-``fedcrm server start`` / ``fedcrm node start`` (which run the Flower
-processes under a supervisor), each in its own process group, and every group
-is killed in the fixture's teardown. Branches are admitted with ``fedcrm server
-register``.
+free ports, and ``FLWR_HOME``. Each branch makes its own keys in its own folder
+(``fedcrm node init``, as on the branch's machine) and is admitted from its
+request file (``fedcrm server register --request``); its SuperNode starts with
+the federation's kit and its folder (``fedcrm node start --federation KIT
+--branch-dir DIR``), pinning this repository's app (``--approve-app``). The
+SuperLink and SuperNodes run under fedcrm's supervisor, each in its own
+process group, and every group is killed in the fixture's teardown.
 """
 
 from __future__ import annotations
@@ -124,17 +126,31 @@ def crm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return split_branches(root / "all", root / "split")
 
 
+@pytest.fixture
+def app_hash() -> str:
+    """The FAB hash of this repository's app, as `flwr run .` sends it (what branches pin).
+
+    Per test (about a second): any file of the repository is part of the app, so a
+    hash taken earlier in the session may no longer be the one `flwr run .` sends.
+    """
+    from fedcrm.deploy.approval import fab_hash_of_dir
+
+    return fab_hash_of_dir(REPO)
+
+
 @dataclass
 class Deployment:
-    """A federation directory plus the Flower processes started for it."""
+    """A federation directory, the branches' own folders, and the Flower processes started."""
 
     root: Path
     branches: Sequence[str]
+    app_hash: str
     port: int = field(default_factory=free_port)
     procs: list[Proc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.fed = self.root / "federation"
+        self.kit = self.fed / "kit"
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.flwr_home = self.root / "flwr_home"
@@ -181,20 +197,25 @@ class Deployment:
         """Run ``flwr ...`` from the repository root (the app directory ``.``)."""
         return self._run(FLWR, args, check, timeout)
 
-    def init(self, *extra: str) -> None:
-        """``fedcrm federation init`` + ``fedcrm federation connection``."""
-        self.cli(
-            "federation",
-            "init",
-            "--out",
-            str(self.fed),
-            "--branches",
-            ",".join(self.branches),
-            "--server-address",
-            self.address,
-            *extra,
-        )
+    def init(self) -> None:
+        """``fedcrm federation init`` + ``connection``, and ``fedcrm node init`` per branch."""
+        self.cli("federation", "init", "--out", str(self.fed), "--server-address", self.address)
         self.cli("federation", "connection", "--federation", str(self.fed))
+        for b in self.branches:
+            self.node_init(b)
+
+    def branch_dir(self, branch: str) -> Path:
+        """The folder a branch keeps its keys, ledger and cache in (its own machine)."""
+        return self.root / "branches" / branch
+
+    def ledger(self, branch: str) -> Path:
+        """The branch's own privacy ledger."""
+        return self.branch_dir(branch) / "ledger.jsonl"
+
+    def node_init(self, branch: str) -> Path:
+        """``fedcrm node init`` at the branch; returns its request file."""
+        self.cli("node", "init", "--branch-id", branch, "--out", str(self.branch_dir(branch)))
+        return self.branch_dir(branch) / f"{branch}.request.json"
 
     def spawn(self, name: str, cmd: Sequence[str]) -> Proc:
         """Start ``cmd`` in a new process group, output to ``logs/<name>.{out,err}``."""
@@ -232,29 +253,25 @@ class Deployment:
         return proc
 
     def register(self, branch: str) -> dict:
-        """``fedcrm server register``: admitted, and registered if the SuperLink is up."""
+        """``fedcrm server register --request``: admitted, and registered if the SuperLink is up."""
+        request = self.branch_dir(branch) / f"{branch}.request.json"
         res = self.cli(
-            "server", "register", "--federation", str(self.fed), "--branch-id", branch,
+            "server", "register", "--federation", str(self.fed), "--request", str(request),
             "--format", "json",
         )  # fmt: skip
         return dict(json.loads(res.stdout.strip().splitlines()[-1]))
 
     def start_node(self, branch: str, data: Path, *extra: str, name: str | None = None) -> Proc:
-        """``fedcrm node start`` for ``branch`` (own runtime port)."""
+        """``fedcrm node start`` for ``branch`` with the kit and its folder (own runtime port).
+
+        The branch pins this repository's app unless ``extra`` has ``--approve-app``.
+        """
+        pin = [] if "--approve-app" in extra else ["--approve-app", self.app_hash]
         cmd = [
-            FEDCRM,
-            "node",
-            "start",
-            "--federation",
-            str(self.fed),
-            "--branch-id",
-            branch,
-            "--data-path",
-            str(data),
-            "--runtime-port",
-            str(free_port()),
-            *extra,
-        ]
+            FEDCRM, "node", "start", "--federation", str(self.kit),
+            "--branch-dir", str(self.branch_dir(branch)), "--data-path", str(data),
+            "--runtime-port", str(free_port()), *pin, *extra,
+        ]  # fmt: skip
         return self.spawn(name or f"node-{branch}", cmd)
 
     @staticmethod
@@ -272,8 +289,11 @@ class Deployment:
         )
 
     def run(self, overrides: str, output_dir: Path, app: Path | str = ".") -> int:
-        """``flwr run <app> fedcrm --run-config ...``; returns the run id."""
-        run_config = f"config-overrides='{overrides}' output-dir='{output_dir}'"
+        """``flwr run <app> fedcrm --run-config ...`` with the admitted list; returns the run id."""
+        run_config = (
+            f"config-overrides='{overrides}' output-dir='{output_dir}' "
+            f"server-dir='{self.fed / 'server'}'"
+        )
         res = self.flwr("run", str(app), "fedcrm", "--run-config", run_config, "--format", "json")
         data = json.loads(res.stdout)
         assert data.get("success"), data
@@ -323,10 +343,10 @@ class Deployment:
 
 @pytest.fixture
 def deployment(
-    tmp_path: Path, crm: dict[str, Path], request: pytest.FixtureRequest
+    tmp_path: Path, crm: dict[str, Path], app_hash: str, request: pytest.FixtureRequest
 ) -> Iterator[Deployment]:
-    """A provisioned (not started) deployment with the 3 synthetic branches."""
-    dep = Deployment(tmp_path, sorted(crm))
+    """A deployment of the 3 synthetic branches, not provisioned yet (``init()`` does it)."""
+    dep = Deployment(tmp_path, sorted(crm), app_hash)
     try:
         yield dep
     finally:

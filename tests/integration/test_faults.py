@@ -36,12 +36,17 @@ def _trained_rounds(run_dir: Path) -> list[int]:
     return [r["trained_round"] for r in rounds if "trained_round" in r]
 
 
-def _start_all(dep: Any, crm: dict[str, Path], ceiling: str | None = "50") -> dict[str, Any]:
+def _start_all(
+    dep: Any, crm: dict[str, Path], ceiling: str | None = "50", app: Path | None = None
+) -> dict[str, Any]:
+    """Provision, start, register and start every branch; ``app``: the app they pin instead."""
     dep.init()
     server = dep.start_server()
     for b in dep.branches:
         dep.register(b)
     args = ["--epsilon-ceiling", ceiling] if ceiling else []
+    if app is not None:
+        args += ["--approve-app", str(app)]
     nodes = {b: dep.start_node(b, crm[b], *args) for b in dep.branches}
     dep.wait_online(list(nodes.values()))
     return {"server": server, "nodes": nodes}
@@ -100,11 +105,7 @@ def test_supernodes_killed_mid_round(deployment: Any, crm: dict[str, Path], tmp_
         # an instant before the signal keeps that entry, since its update may have
         # been on its way. Either way round 1 was aggregated without it (above), and
         # the server's copy is the branch's own ledger once it is back.
-        own = [
-            e["round"]
-            for e in _ledger(dep.fed / "branches" / victim / "ledger.jsonl")
-            if e["run_id"] == str(run_id)
-        ]
+        own = [e["round"] for e in _ledger(dep.ledger(victim)) if e["run_id"] == str(run_id)]
         copy = [e["round"] for e in _ledger(run_dir / "ledger" / f"{victim}.jsonl")]
         assert own in (([2], [1, 2]) if rejoined else ([], [1])), own
         assert copy == (own if rejoined else []), (copy, own)
@@ -150,7 +151,7 @@ def test_superlink_restart_and_resume(
     assert summary["rounds"] == 3 and summary["stopped_reason"] is None, summary
     assert _trained_rounds(run_dir) == [1, 2, 3]
     for b in dep.branches:
-        own = _ledger(dep.fed / "branches" / b / "ledger.jsonl")
+        own = _ledger(dep.ledger(b))
         copy = _ledger(run_dir / "ledger" / f"{b}.jsonl")
         assert [e["seq"] for e in own] == list(range(len(own)))
         rounds = [e["round"] for e in own]
@@ -212,6 +213,7 @@ clientapp = "faulty_client:app"
 [tool.flwr.app.config]
 "config-overrides" = ""
 "output-dir" = ""
+"server-dir" = ""
 """
 
 
@@ -219,13 +221,14 @@ def test_faulty_branch_update_is_excluded(
     deployment: Any, crm: dict[str, Path], tmp_path: Path
 ) -> None:
     dep = deployment
-    # No epsilon ceiling: a branch holding one refuses this job without DP.
-    _start_all(dep, crm, ceiling=None)
     bad = dep.branches[-1]
     app = tmp_path / "faulty_app"
     app.mkdir()
     (app / "pyproject.toml").write_text(textwrap.dedent(FAULTY_PYPROJECT))
     (app / "faulty_client.py").write_text(FAULTY_CLIENT.replace("{bad}", bad))
+    # No epsilon ceiling: a branch holding one refuses this job without DP. The branches
+    # pin this test app (their ledger keys make them run only an app they approved).
+    _start_all(dep, crm, ceiling=None, app=app)
     out = tmp_path / "runs"
     run_id = dep.run(
         f"federation.rounds=2 federation.min_branches=2 federation.round_timeout=120 {dep.TINY}",

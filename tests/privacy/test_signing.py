@@ -1,4 +1,4 @@
-"""Ed25519 branch keys: files, permissions, signatures."""
+"""Branch keys: Ed25519 signing and X25519 key agreement files, permissions, signatures."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ import pytest
 
 from fedcrm.errors import KeyFileError
 from fedcrm.privacy.signing import (
+    agreement_public_key_from_pem,
+    generate_agreement_key,
     generate_signing_key,
     key_id,
+    load_agreement_private_key,
+    load_agreement_public_key,
     load_private_key,
     load_public_key,
+    load_public_keys,
     sign,
     verify_signature,
 )
@@ -83,3 +88,46 @@ def test_readable_private_key_warns(tmp_path: Path, caplog: pytest.LogCaptureFix
         load_private_key(private_path)
 
     assert "chmod 600" in caplog.text
+
+
+def test_agreement_keys_round_trip_and_agree(tmp_path: Path) -> None:
+    a_priv, a_pub = generate_agreement_key(tmp_path / "a", "a")
+    b_priv, b_pub = generate_agreement_key(tmp_path / "b", "b")
+
+    assert (a_priv.name, a_pub.name) == ("a.x25519.key", "a.x25519.pub")
+    assert stat.S_IMODE(a_priv.stat().st_mode) == 0o600
+    assert a_priv.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    a, b = load_agreement_private_key(a_priv), load_agreement_private_key(b_priv)
+    # Each side derives the same pairwise secret from the other's public key file.
+    assert a.exchange(load_agreement_public_key(b_pub)) == b.exchange(
+        load_agreement_public_key(a_pub)
+    )
+    assert key_id(a) == key_id(load_agreement_public_key(a_pub))
+    with pytest.raises(KeyFileError, match="already exists"):
+        generate_agreement_key(tmp_path / "a", "a")
+
+
+def test_agreement_and_signing_keys_are_not_mistaken_for_each_other(tmp_path: Path) -> None:
+    sign_priv, sign_pub = generate_signing_key(tmp_path, "b1")
+    agree_priv, agree_pub = generate_agreement_key(tmp_path, "b1")
+
+    with pytest.raises(KeyFileError, match="not an X25519 private key"):
+        load_agreement_private_key(sign_priv)
+    with pytest.raises(KeyFileError, match="not an Ed25519 public key"):
+        load_public_key(agree_pub)
+    with pytest.raises(KeyFileError, match="not an X25519 public key"):
+        agreement_public_key_from_pem(sign_pub.read_text(), "request")
+    with pytest.raises(KeyFileError, match="holds a private key"):
+        agreement_public_key_from_pem(agree_priv.read_text(), "request")
+
+
+def test_a_verifier_file_may_hold_a_branchs_current_and_retired_keys(tmp_path: Path) -> None:
+    _, old = generate_signing_key(tmp_path / "old", "b1")
+    _, new = generate_signing_key(tmp_path / "new", "b1")
+    both = tmp_path / "b1.pub"
+    both.write_text(old.read_text() + new.read_text())
+
+    keys = load_public_keys(both)
+
+    assert [key_id(k) for k in keys] == [key_id(load_public_key(p)) for p in (old, new)]
+    assert key_id(load_public_key(both)) == key_id(keys[0])

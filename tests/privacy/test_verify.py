@@ -10,8 +10,10 @@ import pytest
 
 from fedcrm.errors import LedgerError
 from fedcrm.privacy import signing
-from fedcrm.privacy.ledger import canonical_json, entry_hash
+from fedcrm.privacy.ledger import Ledger, canonical_json, entry_hash
 from fedcrm.privacy.verify import format_table, verify_ledger, verify_path
+
+from .conftest import fill
 
 
 def _lines(path: Path) -> list[bytes]:
@@ -124,3 +126,52 @@ def test_keys_dir_option_and_missing_ledgers(run_dir: Path, tmp_path: Path) -> N
     assert all(r.ok for r in verify_path(run_dir, keys_dir=moved))
     with pytest.raises(LedgerError, match="no ledger"):
         verify_path(moved)
+
+
+def _rotated_ledger(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """b1's ledger: 2 entries signed with its old key, then 2 with its new one."""
+    old_priv, old_pub = signing.generate_signing_key(tmp_path / "old", "b1")
+    new_priv, new_pub = signing.generate_signing_key(tmp_path / "new", "b1")
+    path = tmp_path / "ledger" / "b1.jsonl"
+    fill(Ledger(path, branch_id="b1", signing_key=old_priv), 2)
+    fill(Ledger(path, branch_id="b1", signing_key=new_priv), 2, run_id="run-2")
+    return path, old_pub, new_pub
+
+
+def test_a_rotated_key_verifies_with_every_key_of_the_branch(tmp_path: Path) -> None:
+    path, old_pub, new_pub = _rotated_ledger(tmp_path)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "b1.pub").write_text(new_pub.read_text() + old_pub.read_text())
+
+    (result,) = verify_path(path.parent, keys_dir=keys)
+
+    assert result.ok, result.problems
+    only_new = verify_ledger(path, new_pub)
+    assert [p.split(":")[0] for p in only_new.problems] == ["line 1 (seq 0)", "line 2 (seq 1)"]
+    assert all("signed by unknown key" in p for p in only_new.problems)
+
+
+def test_the_admitted_list_verifies_retired_keys_and_refuses_revoked_ones(tmp_path: Path) -> None:
+    from fedcrm.identity import BranchIdentity, Roster, SigningKey, save_roster
+
+    path, old_pub, new_pub = _rotated_ledger(tmp_path)
+    old_id = signing.key_id(signing.load_public_key(old_pub))
+    new_id = signing.key_id(signing.load_public_key(new_pub))
+
+    def roster_with(old_status: str) -> Path:
+        keys = (
+            SigningKey(old_id, old_pub.read_text(), old_status),
+            SigningKey(new_id, new_pub.read_text()),
+        )
+        identity = BranchIdentity("b1", "ecdsa-sha2-nistp384 AAAA", keys, "x", node_id=1)
+        return save_roster(Roster({"b1": identity}), tmp_path / f"admitted-{old_status}.json")
+
+    (retired,) = verify_path(path, keys_dir=roster_with("retired"))
+    assert retired.ok, retired.problems
+    (revoked,) = verify_path(path, keys_dir=roster_with("revoked"))
+    assert not revoked.ok
+    assert revoked.problems == [
+        f"line 1 (seq 0): signed by revoked key {old_id}",
+        f"line 2 (seq 1): signed by revoked key {old_id}",
+    ]

@@ -237,3 +237,45 @@ def test_a_branch_whose_ledger_went_backwards_is_left_out(
         assert job.admit_new_nodes() == []
     assert "ledger-behind-anchor" in caplog.text
     assert _copy(job, "a") == [1, 2]  # the copy keeps what it held
+
+
+def _roster_file(tmp_path: Path, bindings: dict[str, int]) -> Any:
+    """An admitted list binding each branch id to a SuperLink node id."""
+    from fedcrm.identity import BranchIdentity, Roster, RosterFile, SigningKey, save_roster
+
+    roster = Roster(
+        {
+            b: BranchIdentity(b, f"ecdsa-sha2-nistp384 KEY{b}", (SigningKey(b * 8, "PEM"),), "x",
+                              node_id=node)
+            for b, node in bindings.items()
+        }
+    )  # fmt: skip
+    return RosterFile(save_roster(roster, tmp_path / "server" / "admitted.json"))
+
+
+def test_a_node_presenting_another_branchs_id_is_refused_and_the_job_goes_on(
+    job_for: Any, tmp_path: Path
+) -> None:
+    """Node 3 is registered for branch c but announces branch a; a's own node joins."""
+    grid = InfoGrid({3: {"id": "a"}, 1: {"id": "a"}, 2: {"id": "b"}})
+    job = job_for(grid, identities=_roster_file(tmp_path, {"a": 1, "b": 2, "c": 3}))
+    job.connect()
+    assert {n: b.branch_id for n, b in job.branches.items()} == {1: "a", 2: "b"}
+    assert 3 in job.left_out
+    # Nor does a node no branch is registered with take a's slot while a's SuperNode is away.
+    del grid.nodes[1]
+    grid.nodes[4] = {"id": "a"}
+    assert job.admit_new_nodes() == []
+    assert sorted(job.branches) == [1, 2] and 4 in job.left_out
+
+
+def test_a_branch_id_that_is_not_path_safe_never_names_a_file(job_for: Any, tmp_path: Path) -> None:
+    history = _history(tmp_path, "a", 1)
+    grid = InfoGrid(
+        {1: {"id": "a"}, 2: {"id": "b"}, 3: {"id": "../../escaped", "history": history}}
+    )
+    job = job_for(grid)  # simulation: no admitted list, the id's form is still checked
+    job.connect()
+    assert sorted(b.branch_id for b in job.branches.values()) == ["a", "b"]
+    assert not (tmp_path / "escaped.jsonl").exists()
+    assert sorted(p.name for p in (tmp_path / "run" / "ledger").iterdir()) == []
