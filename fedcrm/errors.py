@@ -87,3 +87,11 @@ class UpdateRejectedError(FedCRMError):
         self.branch_id = branch_id
         self.reason = reason
         super().__init__(f"update from branch {branch_id} rejected: {reason}")
+
+
+class SchemaMismatchError(FedCRMError):
+    """Features at hand are not the ones a model was trained on (names, kinds, vocabularies)."""
+
+
+class BundleError(FedCRMError):
+    """A model bundle is missing, malformed, too large, or fails its hash or signature check."""

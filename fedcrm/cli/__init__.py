@@ -11,6 +11,7 @@ module          commands
 ``plot``        ``fedcrm plot privacy-utility``
 ``federation``  ``fedcrm federation init|cert|connection``
 ``server``      ``fedcrm server start|register|unregister``
+``score``       ``fedcrm score``, ``fedcrm explain`` (a model at work at a branch)
 ==============  =========================================================
 
 Exit codes: 0 success, 1 the checked thing is invalid (data, ledger), 2 usage

@@ -271,7 +271,7 @@ def make_client_app(
         summary, _ = evaluate_weights(spec, data, weights)
         records: dict[str, Any] = {P.METRICS: MetricRecord(_pack_summary(summary, "eval."))}
         if settings.model_dir is not None:
-            _export_local_model(settings, spec, weights)
+            _export_local_model(settings, spec, weights, data)
         if spec.privacy.he and spec.release:
             # The DP-protected aggregate is released to the server only when asked.
             records[P.WEIGHTS] = ArrayRecord(numpy_ndarrays=weights)
@@ -280,12 +280,18 @@ def make_client_app(
     return app
 
 
-def _export_local_model(settings: BranchSettings, spec: JobSpec, weights: list[np.ndarray]) -> None:
+def _export_local_model(
+    settings: BranchSettings, spec: JobSpec, weights: list[np.ndarray], data: BranchData
+) -> None:
+    from fedcrm.models.bundle_writers import write_branch_bundle
+
     assert settings.model_dir is not None
-    settings.model_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.model_dir / f"model-{spec.run_id}.npz"
-    np.savez(path, *weights)
-    log.info("branch %s exported the final model to %s", settings.branch_id, path)
+    path = write_branch_bundle(
+        settings.model_dir, model=weights, model_config=spec.model, task=spec.task,
+        run_id=spec.run_id, branch_id=settings.branch_id, train=data.train, test=data.test,
+        signing_key=settings.signing_key,
+    )  # fmt: skip
+    log.info("branch %s keeps the model as the bundle %s", settings.branch_id, path)
 
 
 app = make_client_app()

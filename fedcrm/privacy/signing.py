@@ -33,6 +33,7 @@ __all__ = [
     "Ed25519PublicKey",
     "generate_signing_key",
     "key_id",
+    "key_on_first_use",
     "load_private_key",
     "load_public_key",
     "public_key_of",
@@ -113,6 +114,25 @@ def generate_signing_key(
     os.chmod(private_path, 0o600)  # in case the umask removed owner bits
     public_path.write_bytes(_public_pem(key.public_key()))
     return private_path, public_path
+
+
+def key_on_first_use(out_dir: str | os.PathLike[str], name: str) -> Path:
+    """The private key ``<name>.key`` in ``out_dir``, created (with ``.pub``) when missing.
+
+    For keys nobody provisions by hand: the federation's model release key
+    (``release.key`` beside the server's files) and a branch's model signing
+    key when its node config names none.
+
+    Returns
+    -------
+    Path
+        The private key file; the public key is the same path with ``.pub``.
+    """
+    private_path = Path(out_dir) / f"{name}{PRIVATE_SUFFIX}"
+    if not private_path.exists():
+        generate_signing_key(out_dir, name)
+        logger.info("created the signing key %s", private_path)
+    return private_path
 
 
 def _read(path: Path, kind: str) -> bytes:
