@@ -290,7 +290,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--sequence-share",
         type=float,
         help="LSTM: share of customers (the highest scores of each block of 50,000) whose "
-        "event sequence is attributed too (default 0.1; 0 = tabular reasons only, faster)",
+        "event sequence is attributed too (default 0.02; 0 = tabular reasons only, faster)",
     )
     s.add_argument("--summary", help="also write a JSON summary (counts, drift, calibration)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

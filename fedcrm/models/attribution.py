@@ -52,7 +52,7 @@ def tree_contributions(booster: Any, X: np.ndarray) -> np.ndarray:
 
 
 # -------------------------------------------------------------------- LSTM
-def _tensors(fs: FeatureSet, rows: slice | np.ndarray) -> tuple[torch.Tensor, ...]:
+def _tensors(fs: FeatureSet, rows: np.ndarray | slice) -> tuple[torch.Tensor, ...]:
     lengths = torch.as_tensor(np.asarray(fs.lengths[rows], dtype=np.int64)).clamp(min=1)
     t_max = max(int(lengths.max()), 1) if lengths.numel() else 1
     seq_cat = torch.as_tensor(np.asarray(fs.seq_cat[rows][:, :t_max], dtype=np.int64))
@@ -85,8 +85,10 @@ def lstm_margins(
     n = len(fs)
     logits = np.empty(n, dtype=np.float64)
     states = np.empty((n, model.hidden_size), dtype=np.float32)
+    # Batches of similar lengths: the LSTM runs up to each batch's longest sequence.
+    order = np.argsort(np.asarray(fs.lengths), kind="stable")
     for start in range(0, n, batch_size):
-        rows = slice(start, min(n, start + batch_size))
+        rows = order[start : start + batch_size]
         seq_cat, seq_num, lengths, tab = _tensors(fs, rows)
         h = _last_state(model, model.embed(seq_cat, seq_num), lengths)
         z = model.head(model.head_input(h, _tabular_input(model, tab))).squeeze(-1)
@@ -166,8 +168,9 @@ def sequence_attributions(
     out = np.zeros((n, K, len(SEQUENCE_PARTS)), dtype=np.float64)
     e = model.embedding_dim
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
+    order = np.argsort(np.asarray(fs.lengths), kind="stable")  # similar lengths per batch
     for start in range(0, n, batch_size):
-        rows = slice(start, min(n, start + batch_size))
+        rows = order[start : start + batch_size]
         seq_cat, seq_num, lengths, tab = _tensors(fs, rows)
         b, t = seq_cat.shape[:2]
         with torch.no_grad():

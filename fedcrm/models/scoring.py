@@ -52,8 +52,12 @@ from fedcrm.models.reasons import (
 COLUMNS = ("customer_id", "churn_probability", "risk_decile", "reasons")
 """Columns of the scores table, in order."""
 REASON_SEPARATOR = "; "
-DEFAULT_SEQUENCE_SHARE = 0.1
-"""LSTM: share of each block (highest scores first) given event-sequence attributions."""
+DEFAULT_SEQUENCE_SHARE = 0.02
+"""LSTM: share of each block (highest scores first) given event-sequence attributions.
+
+Integrated gradients through the LSTM cost about 16 forward and backward passes
+per customer (``bench/scoring.py``), so by default only the customers a CRM
+team calls first get them; every customer gets tabular reasons."""
 FOCUS_REASONS = 10
 """Reasons kept in the details of a ``focus`` customer."""
 _EXPLAIN_BLOCK = 20_000
