@@ -32,6 +32,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -159,6 +160,19 @@ def _model_config(manifest: Mapping[str, Any]) -> LSTMModelConfig | GBDTModelCon
 
 
 # ----------------------------------------------------------------- writing
+def _finite(obj: Any) -> Any:
+    """``obj`` with numpy scalars as Python numbers and NaN / infinity as null (strict JSON)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_bundle(
     out_dir: str | os.PathLike[str],
     *,
@@ -219,7 +233,7 @@ def write_bundle(
         "schema": feature_schema(feature_names, max_events=task.max_events),
         "calibration": None if calibration is None else calibration.to_json(),
         "drift_reference": None if drift_reference is None else drift_reference.to_json(),
-        "metrics": dict(metrics or {}),
+        "metrics": _finite(dict(metrics or {})),
         "files": {name: {"sha256": _sha256(payload), "bytes": len(payload)}},
     }
     manifest_bytes = (

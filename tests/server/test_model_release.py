@@ -70,7 +70,7 @@ def test_the_run_directory_writer_adds_bundle_and_calibration_to_the_summary(
         "model": "gbdt",
         "run_id": "r1",
         "rounds": 15,
-        "final": {"auc": 0.8},
+        "final": {"auc": 0.8, "f1": float("nan")},  # NaN metrics must not stop the bundle
         "per_branch": {},
         "privacy": {},
         "weights": TreeArtifact(scoring_world.gbdt, {"trees": 15}),
@@ -83,6 +83,8 @@ def test_the_run_directory_writer_adds_bundle_and_calibration_to_the_summary(
     assert written["calibration"]["method"] == "platt"
     assert (tmp_path / "srv" / "release.pub").exists()
     assert (tmp_path / "run" / "model.xgb.json").exists()  # the existing files stay
+    manifest = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())
+    assert manifest["metrics"] == {"auc": 0.8, "f1": None}
 
 
 def test_calibration_is_a_run_setting() -> None:
