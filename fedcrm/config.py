@@ -206,6 +206,8 @@ class RunConfig(_Strict):
     release: bool = True
     resume: bool = False
     output_dir: str = "runs/latest"
+    # Calibration map fitted from the pooled evaluation releases into the model bundle.
+    calibration: Literal["platt", "isotonic", "none"] = "platt"
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {

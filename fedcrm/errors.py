@@ -114,3 +114,11 @@ class IdentityError(FedCRMError):
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
         super().__init__(f"{reason}: {message}")
+
+
+class SchemaMismatchError(FedCRMError):
+    """Features at hand are not the ones a model was trained on (names, kinds, vocabularies)."""
+
+
+class BundleError(FedCRMError):
+    """A model bundle is missing, malformed, too large, or fails its hash or signature check."""

@@ -11,3 +11,79 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 import torch
 
 torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------
+# Scoring tests (tests/models/test_bundle.py, test_scoring.py, tests/cli/...):
+# a tiny export and a tiny model of each kind trained on it, built once.
+
+import datetime as _dt  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+SCORING_CUTOFF = _dt.date(2024, 10, 2)
+
+
+@dataclass
+class ScoringWorld:
+    """A one-branch synthetic export and models trained on its features at ``cutoff``.
+
+    ``as_of`` is the day before ``cutoff``: scoring as of it sees exactly the
+    training features.
+    """
+
+    export: Path
+    train: Any  # FeatureSet at the cutoff (with labels)
+    task: Any
+    lstm_cfg: Any
+    lstm_weights: list
+    gbdt_cfg: Any
+    gbdt: Any
+    cutoff: _dt.date = SCORING_CUTOFF
+    as_of: _dt.date = SCORING_CUTOFF - _dt.timedelta(days=1)
+
+    def model(self, kind: str) -> tuple[Any, Any]:
+        """``(model, config)`` of ``kind`` (``"lstm"`` or ``"gbdt"``)."""
+        if kind == "lstm":
+            return self.lstm_weights, self.lstm_cfg
+        return self.gbdt, self.gbdt_cfg
+
+    def logits(self, kind: str) -> Any:
+        """The trained model's own logits of the training customers (clipped at 12)."""
+        from fedcrm.models.evaluation import logit
+
+        if kind == "gbdt":
+            return logit(self.gbdt.predict_proba(self.train.tabular)[:, 1])
+        from fedcrm.models.lstm import build_model, set_weights
+        from fedcrm.models.train import predict_proba
+
+        model = build_model(self.lstm_cfg, self.train.tabular.shape[1])
+        set_weights(model, self.lstm_weights)
+        return logit(predict_proba(model, self.train))
+
+
+@pytest.fixture(scope="session")
+def scoring_world(tmp_path_factory: pytest.TempPathFactory) -> ScoringWorld:
+    """See :class:`ScoringWorld` (about 3 s, once per session)."""
+    from fedcrm.config import GBDTModelConfig, LSTMModelConfig, TaskConfig
+    from fedcrm.data.features import build_features
+    from fedcrm.data.loader import load_crm
+    from fedcrm.data.synthetic import write_synthetic
+    from fedcrm.models.gbdt import HistGBDT
+    from fedcrm.models.lstm import build_model, get_weights
+    from fedcrm.models.train import train_local
+
+    export = write_synthetic(
+        tmp_path_factory.mktemp("scoring") / "export", branches=1, customers=600, seed=5
+    )
+    task = TaskConfig(cutoff=SCORING_CUTOFF, max_events=20)
+    fs = build_features(load_crm(export), cutoff=SCORING_CUTOFF, horizon_days=90, max_events=20)
+    lstm_cfg = LSTMModelConfig(embedding_dim=4, hidden_size=8)
+    lstm = build_model(lstm_cfg, fs.tabular.shape[1], seed=0)
+    train_local(lstm, fs, epochs=2, batch_size=64, learning_rate=0.02, seed=0)
+    gbdt_cfg = GBDTModelConfig(n_estimators=15, max_depth=3)
+    gbdt = HistGBDT.from_config(gbdt_cfg).fit(fs.tabular, fs.labels, feature_names=fs.tabular_names)
+    return ScoringWorld(export, fs, task, lstm_cfg, get_weights(lstm), gbdt_cfg, gbdt)

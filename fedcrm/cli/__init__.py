@@ -5,12 +5,13 @@ module          commands
 ==============  ============================================================
 ``simulate``    ``fedcrm simulate`` (Hydra overrides, ``-m`` sweeps)
 ``data``        ``fedcrm data validate|synth|import-cdnow``
-``node``        ``fedcrm node init|rotate-keys|start|app-hash``
+``node``        ``fedcrm node init|rotate-keys|restore-ledger|start|app-hash``
 ``keys``        ``fedcrm keys init``
 ``privacy``     ``fedcrm privacy verify|report``
 ``plot``        ``fedcrm plot privacy-utility``
 ``federation``  ``fedcrm federation init|cert|connection``
 ``server``      ``fedcrm server start|register|unregister|revoke-key|nodes``
+``score``       ``fedcrm score``, ``fedcrm explain`` (a model at work at a branch)
 ==============  ============================================================
 
 Exit codes: 0 success, 1 the checked thing is invalid (data, ledger), 2 usage

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,6 @@ from fedcrm.client.messages import (
 from fedcrm.client.privacy_gate import PrivacyGate, Step
 from fedcrm.config import JobSpec
 from fedcrm.errors import FedCRMError
-from fedcrm.identity import id_path
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def register_lstm_handlers(app: ClientApp, guarded: Callable[..., Any]) -> None:
         if evaluation is not None:
             records[P.METRICS] = metrics_record(evaluation)
         if settings.model_dir is not None:
-            export_local_model(settings, spec, weights)
+            export_local_model(settings, spec, weights, data)
         if spec.privacy.he and spec.release:
             # The final, DP-protected aggregate goes back to the server only when asked.
             records[P.WEIGHTS] = ArrayRecord(numpy_ndarrays=weights)
@@ -146,10 +146,21 @@ def register_lstm_handlers(app: ClientApp, guarded: Callable[..., Any]) -> None:
         return reply(message, branch, **records)
 
 
-def export_local_model(settings: BranchSettings, spec: JobSpec, weights: list[np.ndarray]) -> None:
-    """Keep the final model at the branch (``model-dir``)."""
+def export_local_model(
+    settings: BranchSettings, spec: JobSpec, weights: list[np.ndarray], data: BranchData
+) -> Path:
+    """Keep the final model at the branch (``model-dir``) as a signed bundle of its own.
+
+    The bundle holds the branch's training distribution for drift checks; it
+    never leaves the branch.
+    """
+    from fedcrm.models.bundle_writers import write_branch_bundle
+
     assert settings.model_dir is not None
-    settings.model_dir.mkdir(parents=True, exist_ok=True)
-    path = id_path(settings.model_dir, spec.run_id, "run id", prefix="model-", suffix=".npz")
-    np.savez(path, *weights)
-    log.info("branch %s exported the final model to %s", settings.branch_id, path)
+    path = write_branch_bundle(
+        settings.model_dir, model=weights, model_config=spec.model, task=spec.task,
+        run_id=spec.run_id, branch_id=settings.branch_id, train=data.train, test=data.test,
+        signing_key=settings.signing_key,
+    )  # fmt: skip
+    log.info("branch %s keeps the model as the bundle %s", settings.branch_id, path)
+    return path

@@ -49,6 +49,7 @@ __all__ = [
     "generate_agreement_key",
     "generate_signing_key",
     "key_id",
+    "key_on_first_use",
     "load_agreement_private_key",
     "load_agreement_public_key",
     "load_private_key",
@@ -150,6 +151,25 @@ def generate_signing_key(
     _write_private(private_path, private_pem)
     public_path.write_bytes(_public_pem(key.public_key()))
     return private_path, public_path
+
+
+def key_on_first_use(out_dir: str | os.PathLike[str], name: str) -> Path:
+    """The private key ``<name>.key`` in ``out_dir``, created (with ``.pub``) when missing.
+
+    For keys nobody provisions by hand: the federation's model release key
+    (``release.key`` beside the server's files) and a branch's model signing
+    key when its node config names none.
+
+    Returns
+    -------
+    Path
+        The private key file; the public key is the same path with ``.pub``.
+    """
+    private_path = Path(out_dir) / f"{name}{PRIVATE_SUFFIX}"
+    if not private_path.exists():
+        generate_signing_key(out_dir, name)
+        logger.info("created the signing key %s", private_path)
+    return private_path
 
 
 def _read(path: Path, kind: str) -> bytes:

@@ -1,10 +1,13 @@
 """The fedcrm ServerApp.
 
 Deployment: ``flwr run . <connection> --run-config "config-overrides='...'
-output-dir='runs/x'"``; the module-level ``app`` composes the packaged Hydra
-config with those overrides (the ``branch`` section is ignored: branch-side
-settings come from each SuperNode's node config), loads only the public CKKS
-context when the run is encrypted, and writes the run directory.
+output-dir='runs/x' server-dir='/path/to/server'"``; the module-level ``app``
+composes the packaged Hydra config with those overrides (the ``branch``
+section is ignored: branch-side settings come from each SuperNode's node
+config), loads only the public CKKS context when the run is encrypted, and
+writes the run directory. The released model's bundle is signed with
+``<server-dir>/release.key`` (created there on first use; without
+``server-dir``, in the run directory's ``keys/``).
 
 Simulation builds its ServerApp with :func:`make_server_app`.
 """
@@ -234,4 +237,6 @@ def main(grid: Grid, context: Context) -> None:
         server_dir=server_dir,
     )
     identities.roster().write_signing_keys(Path(out_dir) / "keys")
-    write_outputs(Path(out_dir), cfg, result)
+    write_outputs(
+        Path(out_dir), cfg, result, release_key_dir=Path(server_dir) if server_dir else None
+    )

@@ -266,6 +266,7 @@ class FedAvgJob(FederatedJob):
             "rounds": rounds_done,
             "rounds_planned": self.cfg.federation.rounds,
             "final": {k: final.get(k) for k in METRIC_KEYS},
+            "evaluation_releases": list(self.last_releases),
             "evaluation": {
                 "mechanism": final.get("evaluation"),
                 "customers": final.get("evaluated_customers"),

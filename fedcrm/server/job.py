@@ -129,6 +129,8 @@ class FederatedJob:
         self.timings: dict[str, float] = {}
         self.resumed_state: dict[str, Any] | None = None
         self.last_reliability: list[dict[str, Any]] = []
+        # The branches' evaluation releases of the latest evaluation (for calibration).
+        self.last_releases: list[EvaluationRelease] = []
         # The deployment's admitted list: a node may act only as the branch it is
         # registered for (None in simulation: only the id's form is checked).
         self.identities = identities
@@ -286,6 +288,7 @@ class FederatedJob:
             b.eval_summary = s
         record = {"round": round_num, **{k: pooled.get(k) for k in METRIC_KEYS}}
         if pooled:
+            self.last_releases = list(releases)
             record["evaluated_customers"] = pooled["n"]
             record["evaluation"] = "dp" if releases[0].mechanism == "dp" else "thresholded"
             self.last_reliability = pooled["reliability"]

@@ -28,10 +28,12 @@ def write_outputs(
     *,
     baselines: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    release_key_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Write ``config.yaml``, ``summary.json``, the model + card, plots and report.
+    """Write ``config.yaml``, ``summary.json``, the model + card + bundle, plots and report.
 
-    Returns the summary written.
+    ``release_key_dir`` holds the federation's release key (default: the run
+    directory's ``keys/``). Returns the summary written.
     """
     run_dir = RunDir(out_dir)
     (out_dir / "config.yaml").write_text(
@@ -92,6 +94,23 @@ def write_outputs(
             run_dir.save_model(weights, card)
         else:  # a model object that saves itself (trees)
             weights.save(out_dir, card)
+        try:
+            from fedcrm.server.model_release import write_model_release
+
+            model = weights if isinstance(weights, list) else weights.model
+            summary.update(
+                write_model_release(
+                    out_dir,
+                    cfg,
+                    model,
+                    run_id=str(summary["run_id"]),
+                    key_dir=release_key_dir,
+                    releases=result.get("evaluation_releases"),
+                    metrics=summary["final"],
+                )
+            )
+        except Exception as exc:  # the run's results must still be kept
+            log.error("could not write the model bundle: %s", exc, exc_info=True)
     rounds = run_dir.rounds()
     plot_rounds(rounds, out_dir / "plots", baselines=baselines)
     local = None

@@ -101,6 +101,23 @@ def test_node_config_refuses_it_naming_the_key(sandbox: Sandbox) -> None:
 
 
 # ----------------------------------------------------------------- messages
+def _tiny_data() -> object:
+    from fedcrm.client.branch import BranchData
+    from fedcrm.data.dataset import FeatureSet
+
+    fs = FeatureSet(
+        customer_ids=np.array(["c0"]),
+        branch_ids=np.array(["b1"]),
+        seq_cat=np.zeros((1, 1, 3), np.int64),
+        seq_num=np.zeros((1, 1, 3), np.float32),
+        lengths=np.ones(1, np.int64),
+        tabular=np.zeros((1, 1), np.float32),
+        labels=np.zeros(1, np.int64),
+        tabular_names=["log_x"],
+    )
+    return BranchData(fs, fs, 0)
+
+
 def test_a_run_id_from_the_server_never_names_a_branch_file(sandbox: Sandbox) -> None:
     from fedcrm.client.branch import BranchSettings
     from fedcrm.client.lstm_app import export_local_model
@@ -114,7 +131,9 @@ def test_a_run_id_from_the_server_never_names_a_branch_file(sandbox: Sandbox) ->
     # And were one to get through, the model export still would not follow it.
     settings = BranchSettings("b1", work, model_dir=work / "models")
     with pytest.raises(ConfigError, match="run id"):
-        export_local_model(settings, spec.model_copy(update={"run_id": ESCAPE}), [np.ones(2)])
+        export_local_model(
+            settings, spec.model_copy(update={"run_id": ESCAPE}), [np.ones(2)], _tiny_data()
+        )
     assert escaped() == []
 
 
