@@ -79,6 +79,7 @@ from fedcrm.crypto.bfv_wire import (
     pack_chunk,
     parse_vector,
 )
+from fedcrm.crypto.primitives import write_private
 from fedcrm.errors import EncryptionError, KeyFileError
 
 POLY_MODULUS_DEGREE = 8192
@@ -224,8 +225,7 @@ class SecretContext:
         p = Path(path)
         if p.exists() and not overwrite:
             raise KeyFileError(f"{p} already exists; pass overwrite=True to replace it")
-        _write_private(p, self.serialized)
-        return p
+        return write_private(p, self.serialized)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SecretContext:
@@ -242,17 +242,6 @@ class SecretContext:
         except OSError as exc:
             raise KeyFileError(f"cannot read the BFV secret context {p}: {exc.strerror}") from None
         return cls.from_bytes(data)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def _parameters(ctx: ts.Context, serialized: bytes) -> BFVParameters:
