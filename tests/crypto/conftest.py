@@ -1,4 +1,4 @@
-"""Key ceremonies shared by the crypto tests (real TenSEAL; read-only once made)."""
+"""Keys shared by the crypto tests (real TenSEAL and cryptography; read-only once made)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fedcrm.crypto import ckks
+from fedcrm.crypto import bfv, ckks
+from fedcrm.crypto.roster import BranchIdentity, Roster
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,27 @@ def public_a(keys_a: tuple[Path, Path]) -> ckks.PublicContext:
 @pytest.fixture(scope="session")
 def secret_b(keys_b: tuple[Path, Path]) -> ckks.SecretContext:
     return ckks.load_secret_context(keys_b[0])
+
+
+@pytest.fixture(scope="session")
+def bfv_ctx() -> bfv.SecretContext:
+    return bfv.generate()
+
+
+@pytest.fixture(scope="session")
+def bfv_other() -> bfv.SecretContext:
+    """Same parameters, another secret key."""
+    return bfv.generate()
+
+
+BRANCHES = ("b1", "b2", "b3", "b4", "b5")
+
+
+@pytest.fixture(scope="session")
+def identities() -> dict[str, BranchIdentity]:
+    return {b: BranchIdentity.generate(b) for b in BRANCHES}
+
+
+@pytest.fixture(scope="session")
+def roster(identities: dict[str, BranchIdentity]) -> Roster:
+    return Roster({b: i.entry for b, i in identities.items()})
