@@ -139,8 +139,14 @@ def test_server_parameters_hold_no_key(bfv_ctx: bfv.SecretContext) -> None:
     fields = vars(params)
     assert all(isinstance(v, int | str | bytes) for v in fields.values())
     assert sum(len(v) for v in fields.values() if isinstance(v, bytes)) == 32  # parms_id only
-    assert set(fields) == {"poly_modulus_degree", "data_modulus", "plain_modulus", "parms_id",
-                           "context_id", "max_contributions"}  # fmt: skip
+    assert set(fields) == {
+        "poly_modulus_degree",
+        "data_modulus",
+        "plain_modulus",
+        "parms_id",
+        "context_id",
+        "max_contributions",
+    }
     with pytest.raises(EncryptionError, match="not fedcrm BFV parameters"):
         BFVParameters.from_json(b'{"scheme": "CKKS"}')
 
@@ -172,8 +178,11 @@ def test_server_sums_without_tenseal_and_creates_no_ciphertext(
     for n, (up, _) in uploads.items():
         for i, chunk in enumerate(up.chunks):
             (tmp_path / f"{n}.{i}.chunk").write_bytes(chunk)
-    subprocess.run([sys.executable, "-c", _SERVER_SCRIPT, str(tmp_path), str(LENGTH)],
-                   check=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", _SERVER_SCRIPT, str(tmp_path), str(LENGTH)],
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     chunks = tuple(p.read_bytes() for p in sorted(tmp_path.glob("sum.*.chunk")))
     agg = EncryptedVector(bfv_ctx.parameters.context_id, LENGTH, chunks)
     # The server's output holds exactly the branches' seeds: it made no fresh ciphertext.

@@ -166,8 +166,15 @@ def _reseed(
     for i, data in enumerate(agg.chunks):
         chunk = parse_chunk(ctx.parameters, data)
         infos = order(i, chunk.seed_infos())
-        chunks.append(pack_chunk(ctx.parameters, chunk.c0, b"".join(infos), n_values=chunk.n_values,
-                                 seal_version=chunk.seal_version))  # fmt: skip
+        chunks.append(
+            pack_chunk(
+                ctx.parameters,
+                chunk.c0,
+                b"".join(infos),
+                n_values=chunk.n_values,
+                seal_version=chunk.seal_version,
+            )
+        )
     return dataclasses.replace(agg, chunks=tuple(chunks))
 
 
@@ -184,8 +191,12 @@ def test_refuses_a_forwarded_single_reply(bfv_ctx: bfv.SecretContext, uploads: U
     _refused(bfv_ctx, _agg(bfv_ctx, [uploads["b1"][0]]), uploads["b1"][1], "single")
     # Another branch's reply, forwarded alone or with others, lacks this branch's contribution.
     _refused(bfv_ctx, _agg(bfv_ctx, [uploads["b1"][0]]), uploads["b2"][1], "missing-own")
-    _refused(bfv_ctx, _agg(bfv_ctx, [uploads["b1"][0], uploads["b3"][0]]), uploads["b2"][1],
-             "missing-own")  # fmt: skip
+    _refused(
+        bfv_ctx,
+        _agg(bfv_ctx, [uploads["b1"][0], uploads["b3"][0]]),
+        uploads["b2"][1],
+        "missing-own",
+    )
 
 
 def test_refuses_a_stale_round(
@@ -223,8 +234,9 @@ def test_refuses_too_few_or_an_unexpected_count(
     _refused(bfv_ctx, pair, uploads["b1"][1], "too-few", expected_contributors=3)
     three = _agg(bfv_ctx, [u for u, _ in uploads.values()])
     _refused(bfv_ctx, three, uploads["b1"][1], "too-many", expected_contributors=2)
-    out = bfv.decrypt(bfv_ctx, three, own_seeds=uploads["b3"][1], min_contributors=3,
-                      expected_contributors=3)  # fmt: skip
+    out = bfv.decrypt(
+        bfv_ctx, three, own_seeds=uploads["b3"][1], min_contributors=3, expected_contributors=3
+    )
     assert np.array_equal(out, _sum(bfv_ctx, values, list(NAMES)))
 
 

@@ -15,16 +15,23 @@ CTX = "bfv-context run=r1"
 
 
 def _seal(sender: BranchIdentity, recipient: BranchIdentity, payload: bytes = b"secret") -> bytes:
-    return sealing.seal(payload, signing_key=sender.signing_key,
-                        agreement_key=sender.agreement_key,
-                        recipient_public=recipient.entry.agreement_public, context=CTX)  # fmt: skip
+    return sealing.seal(
+        payload,
+        signing_key=sender.signing_key,
+        agreement_key=sender.agreement_key,
+        recipient_public=recipient.entry.agreement_public,
+        context=CTX,
+    )
 
 
 def _open(blob: bytes, recipient: BranchIdentity, sender: BranchIdentity, ctx: str = CTX) -> bytes:
-    return sealing.open_sealed(blob, agreement_key=recipient.agreement_key,
-                               sender_signing_public=sender.entry.signing_public,
-                               sender_agreement_public=sender.entry.agreement_public,
-                               context=ctx)  # fmt: skip
+    return sealing.open_sealed(
+        blob,
+        agreement_key=recipient.agreement_key,
+        sender_signing_public=sender.entry.signing_public,
+        sender_agreement_public=sender.entry.agreement_public,
+        context=ctx,
+    )
 
 
 def test_bfv_context_travels_sealed(
