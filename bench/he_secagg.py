@@ -52,8 +52,9 @@ def bfv_secagg(n: int, k: int, repeat: int, _timed: Timer) -> dict[str, Any]:
         first = sorted(updates)[0]
         adv_s, _, (_, ad0) = _timed(
             lambda: masking.start_round(idents[first], roster, run_id="bench", step=0),
-            repeat, "secagg_advertise_s",
-        )  # fmt: skip
+            repeat,
+            "secagg_advertise_s",
+        )
         states, ads, threshold = _secagg_step(ctx, roster, idents, 1, tmp)
 
         def quantize(b: str) -> np.ndarray:
@@ -66,27 +67,43 @@ def bfv_secagg(n: int, k: int, repeat: int, _timed: Timer) -> dict[str, Any]:
             return masking.submit(state, ctx, quantize(first), state_path=tmp / "state.json")
 
         enc_s, enc_med, one = _timed(encrypt_mask, repeat, "secagg_quantize_mask_encrypt_s")
-        uploads = {b: masking.submit(states[b], ctx, quantize(b), state_path=tmp / f"{b}.json")
-                   for b in updates}  # fmt: skip
+        uploads = {
+            b: masking.submit(states[b], ctx, quantize(b), state_path=tmp / f"{b}.json")
+            for b in updates
+        }
         agg_s, agg_med, (agg, rejected) = _timed(
             lambda: bfv_aggregate.aggregate(params, uploads), repeat, "secagg_aggregate_s"
         )
         assert not rejected, rejected
         live = sorted(updates)
-        request = unmasking.reveal_request(roster, run_id="bench", step=1, threshold=threshold,
-                                           live=live, dropped=[])  # fmt: skip
-        reveals = {b: masking.reveal(states[b], roster, request, state_path=tmp / f"{b}.json")
-                   for b in live}  # fmt: skip
+        request = unmasking.reveal_request(
+            roster, run_id="bench", step=1, threshold=threshold, live=live, dropped=[]
+        )
+        reveals = {
+            b: masking.reveal(states[b], roster, request, state_path=tmp / f"{b}.json")
+            for b in live
+        }
         corr_s, _, correction = _timed(
-            lambda: unmasking.correction(roster, ads, reveals, run_id="bench", step=1,
-                                         threshold=threshold, live=live, dropped=[], length=n,
-                                         plain_modulus=t),
-            repeat, "secagg_unmask_correction_s",
-        )  # fmt: skip
+            lambda: unmasking.correction(
+                roster,
+                ads,
+                reveals,
+                run_id="bench",
+                step=1,
+                threshold=threshold,
+                live=live,
+                dropped=[],
+                length=n,
+                plain_modulus=t,
+            ),
+            repeat,
+            "secagg_unmask_correction_s",
+        )
         dec_s, dec_med, total = _timed(
             lambda: masking.open_aggregate(states[first], ctx, agg, correction),
-            repeat, "secagg_decrypt_unmask_s",
-        )  # fmt: skip
+            repeat,
+            "secagg_decrypt_unmask_s",
+        )
         exact = bool(np.array_equal(total, sum(quantize(b) for b in live) % t))
         real = fixed_point.dequantize(total, scale=scale, plain_modulus=t)
         max_err = float(np.max(np.abs(real - sum(updates.values()))))
@@ -96,18 +113,38 @@ def bfv_secagg(n: int, k: int, repeat: int, _timed: Timer) -> dict[str, Any]:
         dropped, live2 = [live[-1]], live[:-1]
         for b in live2:
             masking.submit(states2[b], ctx, quantize(b), state_path=tmp / f"{b}.json")
-        ends = [masking.endorse(states2[b], idents[b], live2, dropped, state_path=tmp / f"{b}.json")
-                for b in live2]  # fmt: skip
-        req2 = unmasking.reveal_request(roster, run_id="bench", step=2, threshold=threshold,
-                                        live=live2, dropped=dropped, endorsements=ends)  # fmt: skip
-        rev2 = {b: masking.reveal(states2[b], roster, req2, state_path=tmp / f"{b}.json")
-                for b in live2}  # fmt: skip
+        ends = [
+            masking.endorse(states2[b], idents[b], live2, dropped, state_path=tmp / f"{b}.json")
+            for b in live2
+        ]
+        req2 = unmasking.reveal_request(
+            roster,
+            run_id="bench",
+            step=2,
+            threshold=threshold,
+            live=live2,
+            dropped=dropped,
+            endorsements=ends,
+        )
+        rev2 = {
+            b: masking.reveal(states2[b], roster, req2, state_path=tmp / f"{b}.json") for b in live2
+        }
         corr1_s, _, _ = _timed(
-            lambda: unmasking.correction(roster, ads2, rev2, run_id="bench", step=2,
-                                         threshold=threshold, live=live2, dropped=dropped,
-                                         length=n, plain_modulus=t),
-            repeat, "secagg_unmask_correction_1_dropped_s",
-        )  # fmt: skip
+            lambda: unmasking.correction(
+                roster,
+                ads2,
+                rev2,
+                run_id="bench",
+                step=2,
+                threshold=threshold,
+                live=live2,
+                dropped=dropped,
+                length=n,
+                plain_modulus=t,
+            ),
+            repeat,
+            "secagg_unmask_correction_1_dropped_s",
+        )
     upload = one.nbytes
     q_bits = params.data_modulus.bit_length()
     return {

@@ -233,6 +233,8 @@ def check_contributors(
     if k > params.max_contributions:
         raise ContributorsError("too-many", f"{k} contributions exceed the exact-decryption bound")
     if expected_contributors is not None and k != expected_contributors:
-        raise ContributorsError("too-few" if k < expected_contributors else "too-many",
-                                f"{k} contributions, expected {expected_contributors}")  # fmt: skip
+        raise ContributorsError(
+            "too-few" if k < expected_contributors else "too-many",
+            f"{k} contributions, expected {expected_contributors}",
+        )
     return k

@@ -133,8 +133,10 @@ class BFVParameters:
                 raise ValueError("scheme")
             ints = ("poly_modulus_degree", "data_modulus", "plain_modulus", "max_contributions")
             if any(type(body[k]) is not int for k in ints) or set(body) != {
-                *ints, "parms_id", "context_id",
-            }:  # fmt: skip
+                *ints,
+                "parms_id",
+                "context_id",
+            }:
                 raise ValueError("fields")
             return cls(
                 **{k: body[k] for k in ints},
@@ -260,9 +262,18 @@ def pack_chunk(
     params: BFVParameters, c0: np.ndarray, seeds: bytes, *, n_values: int, seal_version: tuple
 ) -> bytes:
     """Serialize reduced ``c0`` coefficients (N values below q) and seed infos as one chunk."""
-    head = _HEAD.pack(MAGIC, FORMAT_VERSION, seal_version[0], seal_version[1], 0, params.tag,
-                      params.parms_id, n_values, params.poly_modulus_degree,
-                      len(seeds) // sf.INFO_SIZE)  # fmt: skip
+    head = _HEAD.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        seal_version[0],
+        seal_version[1],
+        0,
+        params.tag,
+        params.parms_id,
+        n_values,
+        params.poly_modulus_degree,
+        len(seeds) // sf.INFO_SIZE,
+    )
     return head + np.ascontiguousarray(c0, dtype=np.uint32).tobytes() + seeds
 
 

@@ -46,8 +46,8 @@ What a branch refuses (the safety rules)
   branch therefore never reveals both ``b_j`` and ``e_j`` for the same ``j``,
   and a repeated request gets the same bytes. The claim and the reply are
   saved (file mode 0600) before the reply leaves.
-* Revealing ``e`` shares without ``T`` endorsements from distinct roster
-  branches of exactly that claim.
+* Revealing ``e`` shares without ``T`` endorsements of exactly that claim
+  from distinct live branches.
 
 What this guarantees
 --------------------
@@ -128,8 +128,9 @@ def start_round(
         st, pr.public_raw(ephemeral), sw.commitment(st, b_seed, identity.branch_id), boxes
     )
     ad = sign_message(identity, "advertisement", body)
-    state = RoundState(identity.branch_id, run_id, step, roster.digest, threshold, min_live,
-                       ad, e_raw, b_seed)  # fmt: skip
+    state = RoundState(
+        identity.branch_id, run_id, step, roster.digest, threshold, min_live, ad, e_raw, b_seed
+    )
     return state, ad
 
 
@@ -158,8 +159,9 @@ def receive_advertisements(
     for j, ad in ads.items():
         shared = pr.agree(identity.agreement_key, ad.ephemeral_public)
         try:
-            pair = pr.aead_decrypt(sw.share_key(st, shared, j, me), ad.shares[me],
-                                   st.context("share", j, me))  # fmt: skip
+            pair = pr.aead_decrypt(
+                sw.share_key(st, shared, j, me), ad.shares[me], st.context("share", j, me)
+            )
         except SecureAggregationError:
             raise SecureAggregationError(f"the share sent by branch {j} does not decrypt") from None
         peers[j] = {"ephemeral": ad.ephemeral_public, "shares": pair}
@@ -171,6 +173,8 @@ def receive_advertisements(
 
 def mask(state: RoundState, values: Any, *, plain_modulus: int) -> np.ndarray:
     """``values`` (ints mod t) plus this branch's masks, once per step; erases the round secrets.
+
+    Changes ``state`` in memory only; :func:`submit` also encrypts and saves it.
 
     Raises
     ------
@@ -268,7 +272,7 @@ def reveal(
         signers = set()
         for blob in endorsements:
             signer, body = open_message(roster, "endorsement", blob)
-            if sw.parse_claim(st, body, "endorsement") == (live, dropped):
+            if signer in live and sw.parse_claim(st, body, "endorsement") == (live, dropped):
                 signers.add(signer)
         if len(signers) < state.threshold:
             raise RevealRefusedError(
@@ -303,8 +307,13 @@ def open_aggregate(
     if state.own_seeds is None:
         raise SecureAggregationError("this branch did not submit in this step")
     expected = len(state.claim[0]) if state.claim is not None else None
-    total = bfv.decrypt(ctx, agg, own_seeds=state.own_seeds, min_contributors=state.min_live,
-                        expected_contributors=expected)  # fmt: skip
+    total = bfv.decrypt(
+        ctx,
+        agg,
+        own_seeds=state.own_seeds,
+        min_contributors=state.min_live,
+        expected_contributors=expected,
+    )
     return unmask(total, correction, plain_modulus=ctx.plain_modulus)
 
 

@@ -112,9 +112,14 @@ class Roster:
 
     def to_json(self) -> bytes:
         """Canonical JSON: ``{"branches": {id: {"signing": b64, "agreement": b64}}}``."""
-        return canonical({"branches": {b: {"signing": b64(e.signing_public),
-                                            "agreement": b64(e.agreement_public)}
-                                       for b, e in self.entries.items()}})  # fmt: skip
+        return canonical(
+            {
+                "branches": {
+                    b: {"signing": b64(e.signing_public), "agreement": b64(e.agreement_public)}
+                    for b, e in self.entries.items()
+                }
+            }
+        )
 
     @property
     def digest(self) -> str:
@@ -132,8 +137,12 @@ class Roster:
         """
         try:
             branches = json.loads(data)["branches"]
-            return cls({b: RosterEntry(unb64(e["signing"], 32), unb64(e["agreement"], 32))
-                        for b, e in branches.items()})  # fmt: skip
+            return cls(
+                {
+                    b: RosterEntry(unb64(e["signing"], 32), unb64(e["agreement"], 32))
+                    for b, e in branches.items()
+                }
+            )
         except (ValueError, KeyError, TypeError, AttributeError, SecureAggregationError):
             raise KeyFileError("not a fedcrm roster (JSON with branches and raw keys)") from None
 

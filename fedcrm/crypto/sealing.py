@@ -62,17 +62,25 @@ def seal(
     bytes
         Canonical JSON envelope.
     """
-    recipient = signing.raw_public_bytes(recipient_public) if not isinstance(
-        recipient_public, bytes) else recipient_public  # fmt: skip
+    recipient = (
+        signing.raw_public_bytes(recipient_public)
+        if not isinstance(recipient_public, bytes)
+        else recipient_public
+    )
     sender = signing.raw_public_bytes(agreement_key)
     eph = pr.new_agreement_key()
     eph_pub = pr.public_raw(eph)
     shared = pr.agree(eph, recipient) + pr.agree(agreement_key, recipient)
     key = _key(shared, context, sender, recipient, eph_pub)
     aad = pr.context("fedcrm/sealed/v1", context, pr.b64(sender), pr.b64(recipient))
-    body = {"version": 1, "context": context, "sender": pr.b64(sender),
-            "recipient": pr.b64(recipient), "ephemeral": pr.b64(eph_pub),
-            "ciphertext": pr.b64(pr.aead_encrypt(key, payload, aad))}  # fmt: skip
+    body = {
+        "version": 1,
+        "context": context,
+        "sender": pr.b64(sender),
+        "recipient": pr.b64(recipient),
+        "ephemeral": pr.b64(eph_pub),
+        "ciphertext": pr.b64(pr.aead_encrypt(key, payload, aad)),
+    }
     signature = signing_key.sign(_DOMAIN + pr.canonical(body))
     return pr.canonical({**body, "signature": pr.b64(signature)})
 
@@ -122,8 +130,9 @@ def open_sealed(
         raise SecureAggregationError("sealed payload not signed by the expected sender") from None
     sender, recipient = raw(sender_agreement_public), signing.raw_public_bytes(agreement_key)
     if (env["version"], env["context"]) != (1, context) or (
-        pr.unb64(env["sender"], 32), pr.unb64(env["recipient"], 32)
-    ) != (sender, recipient):  # fmt: skip
+        pr.unb64(env["sender"], 32),
+        pr.unb64(env["recipient"], 32),
+    ) != (sender, recipient):
         raise SecureAggregationError("sealed payload made for another sender, recipient or context")
     eph_pub = pr.unb64(env["ephemeral"], 32)
     shared = pr.agree(agreement_key, eph_pub) + pr.agree(agreement_key, sender)

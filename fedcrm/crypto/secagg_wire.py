@@ -55,12 +55,22 @@ class Step:
 
     def context(self, purpose: str, *parties: str) -> bytes:
         """HKDF info / AES-GCM associated data for ``purpose`` between ``parties``."""
-        return pr.context(f"fedcrm/secagg/{purpose}/v1", self.run_id, self.step, self.roster,
-                          self.threshold, *parties)  # fmt: skip
+        return pr.context(
+            f"fedcrm/secagg/{purpose}/v1",
+            self.run_id,
+            self.step,
+            self.roster,
+            self.threshold,
+            *parties,
+        )
 
     def header(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "step": self.step, "roster": self.roster,
-                "threshold": self.threshold}  # fmt: skip
+        return {
+            "run_id": self.run_id,
+            "step": self.step,
+            "roster": self.roster,
+            "threshold": self.threshold,
+        }
 
     def check(self, body: Mapping[str, Any], what: str) -> None:
         """Refuse a message body made for another run, step, roster or threshold."""
@@ -110,9 +120,12 @@ class Advertisement:
 def advertisement_body(
     step: Step, ephemeral_public: bytes, commitment_: bytes, shares: Mapping[str, bytes]
 ) -> dict[str, Any]:
-    return {**step.header(), "ephemeral": pr.b64(ephemeral_public),
-            "commitment": pr.b64(commitment_),
-            "shares": {j: pr.b64(box) for j, box in sorted(shares.items())}}  # fmt: skip
+    return {
+        **step.header(),
+        "ephemeral": pr.b64(ephemeral_public),
+        "commitment": pr.b64(commitment_),
+        "shares": {j: pr.b64(box) for j, box in sorted(shares.items())},
+    }
 
 
 def parse_advertisement(roster: Roster, step: Step, blob: Any) -> Advertisement:
@@ -180,8 +193,11 @@ def reveal_request(
     step: Step, live: Sequence[str], dropped: Sequence[str], endorsements: Sequence[bytes] = ()
 ) -> bytes:
     """What the server sends live branches to ask for their shares."""
-    body = {**claim_body(step, live, dropped), "kind": "reveal-request",
-            "endorsements": [pr.b64(e) for e in endorsements]}  # fmt: skip
+    body = {
+        **claim_body(step, live, dropped),
+        "kind": "reveal-request",
+        "endorsements": [pr.b64(e) for e in endorsements],
+    }
     return pr.canonical(body)
 
 
@@ -211,11 +227,16 @@ class Reveal:
 
 def reveal_reply(step: Step, reveal: Reveal) -> bytes:
     """Serialize a reveal (canonical JSON)."""
-    return pr.canonical({
-        "kind": "reveal", "run_id": step.run_id, "step": step.step, "revealer": reveal.revealer,
-        "self_mask": {j: pr.b64(s) for j, s in sorted(reveal.self_mask.items())},
-        "ephemeral": {j: pr.b64(s) for j, s in sorted(reveal.ephemeral.items())},
-    })  # fmt: skip
+    return pr.canonical(
+        {
+            "kind": "reveal",
+            "run_id": step.run_id,
+            "step": step.step,
+            "revealer": reveal.revealer,
+            "self_mask": {j: pr.b64(s) for j, s in sorted(reveal.self_mask.items())},
+            "ephemeral": {j: pr.b64(s) for j, s in sorted(reveal.ephemeral.items())},
+        }
+    )
 
 
 def parse_reveal_reply(step: Step, blob: Any) -> Reveal:

@@ -147,8 +147,8 @@ def correction(
     st = step_of(roster, run_id=run_id, step=step, threshold=threshold)
     ads = sw.parse_advertisements(roster, st, list(advertisements.values()))
     live, dropped = sorted(set(live)), sorted(set(dropped))
-    if not set(live) | set(dropped) <= set(ads) or set(live) & set(dropped):
-        raise SecureAggregationError("live and dropped must be disjoint sets of advertisers")
+    if set(live) | set(dropped) != set(ads) or set(live) & set(dropped):
+        raise SecureAggregationError("live and dropped must split exactly the advertisers")
     self_shares: dict[str, dict[int, bytes]] = {j: {} for j in live}
     eph_shares: dict[str, dict[int, bytes]] = {d: {} for d in dropped}
     for branch_id, blob in reveals.items():
@@ -169,13 +169,20 @@ def correction(
                 eph_shares[d][x] = share
     total = np.zeros(length, dtype=np.int64)
     for j in live:
-        seed = _reconstruct(self_shares[j], threshold,
-                            lambda s, j=j: sw.commitment(st, s, j) == ads[j].commitment,
-                            f"self-mask seed of branch {j}")  # fmt: skip
+        seed = _reconstruct(
+            self_shares[j],
+            threshold,
+            lambda s, j=j: sw.commitment(st, s, j) == ads[j].commitment,
+            f"self-mask seed of branch {j}",
+        )
         total += pr.uniform_mod(sw.self_mask_key(st, seed, j), length, plain_modulus)
     for d in dropped:
-        raw = _reconstruct(eph_shares[d], threshold, _ephemeral_matches(ads[d].ephemeral_public),
-                           f"ephemeral key of dropped branch {d}")  # fmt: skip
+        raw = _reconstruct(
+            eph_shares[d],
+            threshold,
+            _ephemeral_matches(ads[d].ephemeral_public),
+            f"ephemeral key of dropped branch {d}",
+        )
         key = pr.agreement_key_from_raw(raw)
         for j in live:
             seed = sw.pairwise_seed(st, pr.agree(key, ads[j].ephemeral_public), j, d)
