@@ -45,4 +45,9 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:  # a submodule reached as an attribute, e.g. fedcrm.crypto.bfv
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise  # the submodule exists but one of its dependencies is missing
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

@@ -25,8 +25,9 @@ server:
 
 :func:`default_threshold` is the smallest ``T`` with ``2T > n + 1``: private
 against the server together with any one branch. For even ``n`` this is the
-majority; for odd ``n`` one more than the majority (with ``n = 5``, a
-majority ``T = 3`` lets the server and one branch unmask a third branch).
+majority; for odd ``n`` one more than the majority: with ``n = 5`` and
+``T = 3`` the server and one branch, giving two groups of branches two
+different dropout claims, rebuild both secrets of a third branch.
 """
 
 from __future__ import annotations
