@@ -38,6 +38,9 @@ parameters only.
    contributor set (own contribution present, exactly ``|L|`` contributions),
    decrypts, and subtracts ``M``: ``sum_L q(x_j) mod t``.
 
+Round trips: three per step (advertise, submit, reveal), four when a branch
+dropped; the next step's advertisement may travel with this step's reply.
+
 What a branch refuses (the safety rules)
 -----------------------------------------
 * A claim where ``L`` and ``D`` overlap, ``L + D`` is not exactly the
@@ -54,9 +57,9 @@ What this guarantees
 Masks are uniform mod ``t`` (exact hiding); BFV hides even the masked
 vectors from the server alone. Against the server colluding with ``c``
 branches (which hold the BFV key, their masks and shares): if ``2T > n + c``,
-no honest branch's individual update is revealed, only sums over the live
-set of a step containing at least two honest branches. Reason: revealing
-``x_i`` needs ``b_i`` (``T`` shares from branches told "i live") and every
+no honest branch's individual update is revealed; what can be unmasked are
+sums in which at least two honest branches' updates are added. Reason:
+revealing ``x_i`` needs ``b_i`` (``T`` shares from branches told "i live") and every
 pairwise seed of ``i`` with an honest peer (the peer's ``e``, from branches
 told "peer dropped"); honest branches decide once per step, and two groups of
 ``T - c`` honest branches acting on different claims do not fit in ``n - c``.
