@@ -104,9 +104,13 @@ def generate_signing_key(
         plain file name.
     """
     return _write_key_pair(
-        out_dir, branch_id, Ed25519PrivateKey.generate(), (PRIVATE_SUFFIX, PUBLIC_SUFFIX),
-        overwrite=overwrite, orphans="the ledger entries it signed",
-    )  # fmt: skip
+        out_dir,
+        branch_id,
+        Ed25519PrivateKey.generate(),
+        (PRIVATE_SUFFIX, PUBLIC_SUFFIX),
+        overwrite=overwrite,
+        orphans="the ledger entries it signed",
+    )
 
 
 def generate_agreement_key(
@@ -129,10 +133,13 @@ def generate_agreement_key(
         As :func:`generate_signing_key`.
     """
     return _write_key_pair(
-        out_dir, branch_id, X25519PrivateKey.generate(),
+        out_dir,
+        branch_id,
+        X25519PrivateKey.generate(),
         (AGREEMENT_PRIVATE_SUFFIX, AGREEMENT_PUBLIC_SUFFIX),
-        overwrite=overwrite, orphans="what peers sealed to it",
-    )  # fmt: skip
+        overwrite=overwrite,
+        orphans="what peers sealed to it",
+    )
 
 
 def _write_key_pair(
