@@ -19,13 +19,14 @@ import numpy as np
 
 from fedcrm.crypto import bfv, bfv_aggregate, fixed_point, masking, unmasking
 from fedcrm.crypto.roster import BranchIdentity, Roster, default_threshold
+from fedcrm.crypto.round_state import RoundState
 
 Timer = Callable[..., tuple[float, float, Any]]
 
 
 def _secagg_step(
-    ctx: bfv.SecretContext, roster: Roster, idents: dict[str, BranchIdentity], step: int, tmp: Path
-) -> tuple[dict[str, masking.RoundState], dict[str, bytes], int]:
+    roster: Roster, idents: dict[str, BranchIdentity], step: int
+) -> tuple[dict[str, RoundState], dict[str, bytes], int]:
     """Advertise and receive for every branch; return states, advertisements, threshold."""
     threshold = default_threshold(roster.n)
     states, ads = {}, {}
@@ -55,7 +56,7 @@ def bfv_secagg(n: int, k: int, repeat: int, _timed: Timer) -> dict[str, Any]:
             repeat,
             "secagg_advertise_s",
         )
-        states, ads, threshold = _secagg_step(ctx, roster, idents, 1, tmp)
+        states, ads, threshold = _secagg_step(roster, idents, 1)
 
         def quantize(b: str) -> np.ndarray:
             return fixed_point.quantize(
@@ -109,7 +110,7 @@ def bfv_secagg(n: int, k: int, repeat: int, _timed: Timer) -> dict[str, Any]:
         max_err = float(np.max(np.abs(real - sum(updates.values()))))
 
         # One branch drops after advertising: endorsements, then its pairwise masks removed.
-        states2, ads2, _ = _secagg_step(ctx, roster, idents, 2, tmp)
+        states2, ads2, _ = _secagg_step(roster, idents, 2)
         dropped, live2 = [live[-1]], live[:-1]
         for b in live2:
             masking.submit(states2[b], ctx, quantize(b), state_path=tmp / f"{b}.json")
