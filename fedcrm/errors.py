@@ -96,6 +96,26 @@ class EncryptionError(FedCRMError):
     """A homomorphic-encryption context or ciphertext is invalid."""
 
 
+class ContributorsError(EncryptionError):
+    """A branch refuses to decrypt an aggregate whose contributor set it does not accept.
+
+    ``reason`` is a short code (``missing-own``, ``single``, ``duplicate``,
+    ``misaligned``, ``too-few``, ``too-many``, ``malformed``); the message says why.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"refusing to decrypt ({reason}): {message}")
+
+
+class SecureAggregationError(FedCRMError):
+    """A secure-aggregation message is invalid, forged, or asks for what a branch must refuse."""
+
+
+class RevealRefusedError(SecureAggregationError):
+    """A branch refuses to reveal shares: the request contradicts an earlier one, or is unsafe."""
+
+
 class UpdateRejectedError(FedCRMError):
     """A branch's reply (update, histogram, ciphertext) was rejected by the server."""
 

@@ -47,13 +47,9 @@ check with probability ``(q / 2**40)**N ~ 0.995`` anyway.
 
 from __future__ import annotations
 
-import os
-import shutil
 import struct
-import tempfile
 import threading
 import weakref
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,15 +57,12 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as seal  # registers SEAL types (Modulus, ...) with pybind
 
+from fedcrm.crypto import seal_format as sf
+from fedcrm.crypto.seal_format import INFO_SIZE
+
 MAGIC = b"FCK1"
 FORMAT_VERSION = 1
 _HEAD = struct.Struct("<4sBBBB8s32sIIIdI")
-_SEAL_HEAD = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr, reserved, size
-_SEAL_MAGIC = 0xA15E
-_COMPR_NONE, _COMPR_ZLIB, _COMPR_ZSTD = 0, 1, 2
-_PRNG_TYPES = (1, 2)  # blake2xb, shake256
-INFO_SIZE = _SEAL_HEAD.size + 1 + 64  # SEAL UniformRandomGeneratorInfo, uncompressed
-_MEMBERS = struct.Struct("<32sBQQQdQ")  # parms_id, is_ntt_form, size, N, L, scale, correction
 _HI_DTYPES = {0: None, 1: np.uint8, 2: np.uint16, 4: np.uint32}
 
 
@@ -106,6 +99,10 @@ class Layout:
 
     def chunk_bytes(self, n_seeds: int) -> int:
         return _HEAD.size + self.plane_bytes + INFO_SIZE * n_seeds
+
+    @property
+    def meta(self) -> sf.CiphertextMeta:
+        return sf.CiphertextMeta(self.parms_id, True, self.poly_degree, self.n_primes, self.scale)
 
 
 def _hi_bytes(bits: int) -> int:
@@ -207,14 +204,7 @@ def parse(layout: Layout, data: bytes) -> Chunk:
 
 
 def _check_info(buf: bytes, off: int) -> None:
-    magic, hsize, _, _, compr, _, size = _SEAL_HEAD.unpack_from(buf, off)
-    if (
-        magic != _SEAL_MAGIC
-        or hsize != _SEAL_HEAD.size
-        or compr != _COMPR_NONE
-        or size != INFO_SIZE
-        or buf[off + _SEAL_HEAD.size] not in _PRNG_TYPES
-    ):
+    if not sf.info_is_valid(buf, off):
         raise WireError("does not deserialize: malformed seed (not a SEAL PRNG info)")
 
 
@@ -260,24 +250,14 @@ def reduce(layout: Layout, total: np.ndarray) -> np.ndarray:
 
 
 class _SealTools:
-    """SEAL encoder/encryptor for one TenSEAL context, and a scratch file per thread.
-
-    TenSEAL's SEAL bindings save a ``Serializable<Ciphertext>`` only to a file
-    path; we use a private directory (mode 0700, on /dev/shm when present) and
-    read the bytes back. Ciphertexts are not secret, they go on the wire.
-    """
+    """SEAL encoder/encryptor for one TenSEAL context, and a scratch directory for SEAL's saves."""
 
     def __init__(self, ctx: ts.Context) -> None:
         sc = ctx.seal_context().data
         self.parms_id = sc.first_parms_id()
         self.encoder = seal.CKKSEncoder(sc)
         self.encryptor = seal.Encryptor(sc, ctx.secret_key().data)
-        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self.dir = tempfile.mkdtemp(prefix="fedcrm-he-", dir=base)
-        self._finalizer = weakref.finalize(self, shutil.rmtree, self.dir, True)
-
-    def path(self) -> str:
-        return os.path.join(self.dir, f"ct-{threading.get_ident()}")
+        self.scratch = sf.Scratch()
 
 
 _TOOLS: weakref.WeakKeyDictionary[Any, _SealTools] = weakref.WeakKeyDictionary()
@@ -292,95 +272,21 @@ def _tools(ctx: ts.Context) -> _SealTools:
         return tools
 
 
-def _decompress(body: bytes, compr: int, size: int) -> bytes:
-    if compr == _COMPR_NONE:
-        return body
-    if compr == _COMPR_ZLIB:
-        return zlib.decompress(body)
-    if compr == _COMPR_ZSTD:
-        import pyarrow as pa  # a dependency already; SEAL's zstd frames, fast C decoder
-
-        return pa.Codec("zstd").decompress(body, decompressed_size=size, asbytes=True)
-    raise ValueError(f"unknown SEAL compression mode {compr}")
-
-
-def _parse_seal_seeded(layout: Layout, blob: bytes) -> tuple[np.ndarray, bytes, tuple[int, int]]:
-    """(c0 uint64 (L*N,), seed info bytes, SEAL version) of a SEAL-saved seeded ciphertext."""
-    magic, hsize, major, minor, compr, _, size = _SEAL_HEAD.unpack_from(blob)
-    if magic != _SEAL_MAGIC or hsize != _SEAL_HEAD.size or size != len(blob):
-        raise ValueError("SEAL did not write a valid ciphertext header")
-    n = layout.n_coeffs
-    dyn = _SEAL_HEAD.size + 8 + 8 * n
-    body = _decompress(blob[hsize:], compr, _MEMBERS.size + dyn + INFO_SIZE)
-    parms_id, ntt, size2, degree, n_primes, scale, correction = _MEMBERS.unpack_from(body)
-    if (parms_id, ntt, size2, degree, n_primes, scale, correction) != (
-        layout.parms_id, 1, 2, layout.poly_degree, layout.n_primes, layout.scale, 1,
-    ):  # fmt: skip
-        raise ValueError("SEAL ciphertext metadata differ from the expected layout")
-    off = _MEMBERS.size + _SEAL_HEAD.size
-    (count,) = struct.unpack_from("<Q", body, off)
-    if count != n or len(body) != _MEMBERS.size + dyn + INFO_SIZE:
-        raise ValueError("SEAL did not save a seeded ciphertext (full c1 present?)")
-    c0 = np.frombuffer(body, np.uint64, n, off + 8)
-    info = body[_MEMBERS.size + dyn :]
-    _check_info(info, 0)
-    return c0, info, (major, minor)
-
-
 def encrypt_chunks(ctx: ts.Context, layout: Layout, vec: np.ndarray) -> list[bytes]:
     """Encode and encrypt ``vec`` (float64) with SEAL, ``layout.slots`` values per chunk."""
     tools = _tools(ctx)
-    path = tools.path()
     out = []
-    try:
-        for i in range(0, vec.size, layout.slots):
-            part = vec[i : i + layout.slots]
-            plain = seal.Plaintext()
-            tools.encoder.encode(part.tolist(), tools.parms_id, layout.scale, plain)
-            tools.encryptor.encrypt_symmetric(plain).save(path)
-            with open(path, "rb") as fh:
-                blob = fh.read()
-            c0, info, version = _parse_seal_seeded(layout, blob)
-            out.append(pack(layout, c0, info, n_values=part.size, seal_version=version))
-    finally:
-        if os.path.exists(path):
-            os.unlink(path)
+    for i in range(0, vec.size, layout.slots):
+        part = vec[i : i + layout.slots]
+        plain = seal.Plaintext()
+        tools.encoder.encode(part.tolist(), tools.parms_id, layout.scale, plain)
+        blob = tools.scratch.save_bytes(tools.encryptor.encrypt_symmetric(plain))
+        c0, info, version = sf.parse_seeded(layout.meta, blob)
+        out.append(pack(layout, c0, info, n_values=part.size, seal_version=version))
     return out
 
 
 # -- branch side: back to SEAL / TenSEAL for decryption ---------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _ckks_vector_proto(seal_blob: bytes, n_values: int, scale: float) -> bytes:
-    """TenSEAL's ``CKKSVectorProto`` {sizes: [n_values], ciphertexts: [blob], scale}."""
-    sizes = _varint(n_values)
-    return b"".join(
-        (
-            b"\x0a" + _varint(len(sizes)) + sizes,
-            b"\x12" + _varint(len(seal_blob)) + seal_blob,
-            b"\x19" + struct.pack("<d", scale),
-        )
-    )
-
-
-def _seal_blob(layout: Layout, c0: bytes, info: bytes, version: tuple[int, int]) -> bytes:
-    n = layout.n_coeffs
-    dyn = _SEAL_HEAD.pack(_SEAL_MAGIC, _SEAL_HEAD.size, *version, _COMPR_NONE, 0,
-                          _SEAL_HEAD.size + 8 + 8 * n)  # fmt: skip
-    members = _MEMBERS.pack(layout.parms_id, 1, 2, layout.poly_degree, layout.n_primes,
-                            layout.scale, 1)  # fmt: skip
-    size = _SEAL_HEAD.size + len(members) + len(dyn) + 8 + len(c0) + len(info)
-    head = _SEAL_HEAD.pack(_SEAL_MAGIC, _SEAL_HEAD.size, *version, _COMPR_NONE, 0, size)
-    return b"".join((head, members, dyn, struct.pack("<Q", n), c0, info))
 
 
 def to_ckks_vector(ctx: ts.Context, layout: Layout, chunk: Chunk) -> ts.CKKSVector:
@@ -394,8 +300,8 @@ def to_ckks_vector(ctx: ts.Context, layout: Layout, chunk: Chunk) -> ts.CKKSVect
     total = None
     for k in range(chunk.n_seeds):
         info = chunk.seeds[k * INFO_SIZE : (k + 1) * INFO_SIZE]
-        blob = _seal_blob(layout, c0 if k == 0 else zeros, info, chunk.seal_version)
-        vec = ts.ckks_vector_from(ctx, _ckks_vector_proto(blob, chunk.n_values, layout.scale))
+        blob = sf.build_seeded(layout.meta, c0 if k == 0 else zeros, info, chunk.seal_version)
+        vec = ts.ckks_vector_from(ctx, sf.vector_proto(blob, chunk.n_values, layout.scale))
         if total is None:
             total = vec
         else:

@@ -16,9 +16,12 @@ File formats:
   SubjectPublicKeyInfo. Other branches derive pairwise secrets with it
   (secure-aggregation masks, handing over the encryption secret).
 
-Signatures are raw 64-byte Ed25519 signatures (RFC 8032), carried as base64
-text. A key is named by :func:`key_id`, the first 16 hex digits of the SHA-256
-of its raw 32-byte public key (for either kind).
+A roster carries public keys in their raw form (32 bytes each,
+:func:`raw_public_bytes`, :func:`signing_public_from_raw`,
+:func:`agreement_public_from_raw`). Signatures are raw 64-byte Ed25519
+signatures (RFC 8032), carried as base64 text. A key is named by
+:func:`key_id`, the first 16 hex digits of the SHA-256 of its raw 32-byte
+public key (for either kind).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ __all__ = [
     "Ed25519PublicKey",
     "X25519PrivateKey",
     "X25519PublicKey",
+    "agreement_public_from_raw",
     "agreement_public_key_from_pem",
     "generate_agreement_key",
     "generate_signing_key",
@@ -57,7 +61,9 @@ __all__ = [
     "load_public_keys",
     "public_key_of",
     "public_pem",
+    "raw_public_bytes",
     "sign",
+    "signing_public_from_raw",
     "signing_public_key_from_pem",
     "verify_signature",
 ]
@@ -274,6 +280,42 @@ def load_public_keys(path: str | os.PathLike[str]) -> list[Ed25519PublicKey]:
     data = _read(path, "public")
     blocks = [b + _PEM_BLOCK for b in data.split(_PEM_BLOCK) if b.strip()]
     return [signing_public_key_from_pem(b, str(path)) for b in blocks]
+
+
+def raw_public_bytes(
+    key: Ed25519PrivateKey | X25519PrivateKey | Ed25519PublicKey | X25519PublicKey,
+) -> bytes:
+    """The raw 32-byte public key (Ed25519 or X25519) of ``key``."""
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey | X25519PrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def signing_public_from_raw(raw: bytes) -> Ed25519PublicKey:
+    """An Ed25519 public key from its raw 32 bytes.
+
+    Raises
+    ------
+    KeyFileError
+        Not 32 bytes.
+    """
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise KeyFileError("an Ed25519 public key is 32 raw bytes") from None
+
+
+def agreement_public_from_raw(raw: bytes) -> X25519PublicKey:
+    """An X25519 public key from its raw 32 bytes.
+
+    Raises
+    ------
+    KeyFileError
+        Not 32 bytes.
+    """
+    try:
+        return X25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise KeyFileError("an X25519 public key is 32 raw bytes") from None
 
 
 def public_key_of(key: Ed25519PrivateKey | Ed25519PublicKey) -> Ed25519PublicKey:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedcrm.errors import KeyFileError
+from fedcrm.privacy import signing
 from fedcrm.privacy.signing import (
     agreement_public_key_from_pem,
     generate_agreement_key,
@@ -131,3 +132,34 @@ def test_a_verifier_file_may_hold_a_branchs_current_and_retired_keys(tmp_path: P
 
     assert [key_id(k) for k in keys] == [key_id(load_public_key(p)) for p in (old, new)]
     assert key_id(load_public_key(both)) == key_id(keys[0])
+
+
+def test_agreement_key_files_round_trip(tmp_path: Path) -> None:
+    private_path, public_path = signing.generate_agreement_key(tmp_path, "branch-a")
+    assert private_path.name == "branch-a.x25519.key" and public_path.name == "branch-a.x25519.pub"
+    assert stat.S_IMODE(private_path.stat().st_mode) == 0o600
+    assert private_path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    key = signing.load_agreement_private_key(private_path)
+    pub = signing.load_agreement_public_key(public_path)
+    raw = signing.raw_public_bytes(pub)
+    assert len(raw) == 32 and raw == signing.raw_public_bytes(key)
+    assert signing.raw_public_bytes(signing.agreement_public_from_raw(raw)) == raw
+    with pytest.raises(KeyFileError, match="already exists"):
+        signing.generate_agreement_key(tmp_path, "branch-a")
+
+
+def test_signing_and_agreement_keys_are_not_interchangeable(tmp_path: Path) -> None:
+    sign_priv, sign_pub = signing.generate_signing_key(tmp_path, "b")
+    agree_priv, _ = signing.generate_agreement_key(tmp_path, "b")
+    with pytest.raises(KeyFileError, match="not an X25519 private key"):
+        signing.load_agreement_private_key(sign_priv)
+    with pytest.raises(KeyFileError, match="not an Ed25519 private key"):
+        signing.load_private_key(agree_priv)
+    with pytest.raises(KeyFileError, match="not an X25519 public key"):
+        signing.load_agreement_public_key(sign_pub)
+    with pytest.raises(KeyFileError, match="holds a private key"):
+        signing.load_agreement_public_key(agree_priv)
+    raw = signing.raw_public_bytes(signing.load_public_key(sign_pub))
+    assert signing.raw_public_bytes(signing.signing_public_from_raw(raw)) == raw
+    with pytest.raises(KeyFileError, match="32 raw bytes"):
+        signing.signing_public_from_raw(b"short")
