@@ -9,6 +9,12 @@ key                  meaning
 ``branch-id``        the branch's id (as in the export's ``branch_id``)
 ``data-path``        directory with the branch export (customers/events), or
                      a prepared feature cache (``train.npz``/``test.npz``)
+``data-url``         instead of ``data-path``: the branch's CRM database
+                     (SQLAlchemy URL without password; see
+                     :mod:`fedcrm.data.sql` for where the password comes from)
+``data-url-file``    instead: a file readable only by its owner holding the URL
+``data-spec``        the branch's data spec (default: ``data_spec.yaml`` in
+                     ``data-path``)
 ``ledger-path``      the branch's append-only privacy ledger (JSON lines)
 ``signing-key``      the branch's Ed25519 ledger signing key (PEM)
 ``epsilon-ceiling``  the most epsilon the branch will ever spend (DP runs)
@@ -32,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcrm.config import TaskConfig
+from fedcrm.config import TaskConfig, url_has_password
 from fedcrm.data.dataset import FeatureSet
 from fedcrm.errors import ConfigError
 
@@ -41,6 +47,9 @@ log = logging.getLogger(__name__)
 KNOWN_KEYS = (
     "branch-id",
     "data-path",
+    "data-url",
+    "data-url-file",
+    "data-spec",
     "ledger-path",
     "signing-key",
     "epsilon-ceiling",
@@ -51,6 +60,7 @@ KNOWN_KEYS = (
 )
 # Keys Flower itself puts into node configs.
 _FLOWER_KEYS = ("partition-id", "num-partitions")
+_SOURCE_KEYS = ("data-path", "data-url", "data-url-file")
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ class BranchSettings:
     """Validated node config of one branch."""
 
     branch_id: str
-    data_path: Path
+    data_path: Path | None
     ledger_path: Path | None = None
     signing_key: Path | None = None
     epsilon_ceiling: float | None = None
@@ -66,6 +76,9 @@ class BranchSettings:
     he_secret_context: Path | None = None
     model_dir: Path | None = None
     cache_dir: Path | None = None
+    data_url: str | None = None
+    data_url_file: Path | None = None
+    data_spec: Path | None = None
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> BranchSettings:
@@ -81,12 +94,25 @@ class BranchSettings:
             raise ConfigError(
                 f"unknown node-config key(s) {unknown}; valid keys: {', '.join(KNOWN_KEYS)}"
             )
-        for key in ("branch-id", "data-path"):
-            if not str(node_config.get(key, "")).strip():
-                raise ConfigError(f'node config needs `{key}` (e.g. --node-config "{key}=...")')
-        data_path = Path(str(node_config["data-path"]))
-        if not data_path.is_dir():
-            raise ConfigError(f"node config `data-path`: directory {data_path} does not exist")
+        if not str(node_config.get("branch-id", "")).strip():
+            raise ConfigError('node config needs `branch-id` (e.g. --node-config "branch-id=...")')
+        sources = [k for k in _SOURCE_KEYS if str(node_config.get(k, "")).strip()]
+        if len(sources) != 1:
+            raise ConfigError(
+                "node config needs `data-path` (the export directory), or instead `data-url` "
+                'or `data-url-file` for a database (e.g. --node-config "data-path=...")'
+            )
+        data_path = None
+        if sources == ["data-path"]:
+            data_path = Path(str(node_config["data-path"]))
+            if not data_path.is_dir():
+                raise ConfigError(f"node config `data-path`: directory {data_path} does not exist")
+        data_url = str(node_config.get("data-url", "")).strip() or None
+        if data_url is not None and url_has_password(data_url):
+            raise ConfigError(
+                "node config `data-url` must not hold a password (node configs show in process "
+                "lists); use PGPASSWORD, ~/.pgpass or `data-url-file`"
+            )
 
         def path(key: str, must_exist: bool = True) -> Path | None:
             value = str(node_config.get(key, "")).strip()
@@ -120,6 +146,20 @@ class BranchSettings:
             he_secret_context=path("he-secret-context"),
             model_dir=path("model-dir", must_exist=False),
             cache_dir=path("cache-dir", must_exist=False),
+            data_url=data_url,
+            data_url_file=path("data-url-file"),
+            data_spec=path("data-spec"),
+        )
+
+    def source(self) -> Any:
+        """The branch's data source and spec (:class:`fedcrm.data.source.BranchSource`)."""
+        from fedcrm.data.source import branch_source
+
+        return branch_source(
+            path=self.data_path,
+            url=self.data_url,
+            url_file=self.data_url_file,
+            spec_path=self.data_spec,
         )
 
 
@@ -157,19 +197,26 @@ def load_branch_data(settings: BranchSettings, task: TaskConfig, seed: int) -> B
     also kept on disk (:mod:`fedcrm.client.feature_cache`) and the export is
     read again only when it, the task or the featurising code changed.
     """
-    key = (str(settings.data_path), task.model_dump_json(), seed)
+    key = (str(settings.data_path), settings.data_url, task.model_dump_json(), seed)
     if key in _CACHE:
         return _CACHE[key]
-    cache = settings.data_path
-    if (cache / "train.npz").exists() and (cache / "test.npz").exists():
-        data = _read_prepared(cache)
-    elif settings.cache_dir is not None:
+    prepared = settings.data_path
+    if (
+        prepared is not None
+        and (prepared / "train.npz").exists()
+        and (prepared / "test.npz").exists()
+    ):
+        data = _read_prepared(prepared)
+    elif settings.cache_dir is not None and settings.data_path is not None:
+        # A database has no cheap fingerprint of its rows (a consent change must take
+        # effect), so only an export directory's features are kept on disk.
         from fedcrm.client.feature_cache import cached_features
 
         fingerprint = {
             "branch": settings.branch_id,
             "task": task.model_dump(mode="json"),
             "seed": seed,
+            "spec": settings.source().spec.digest(),
         }
         data = cached_features(
             settings.cache_dir,
@@ -201,15 +248,14 @@ def _read_prepared(directory: Path) -> BranchData:
 def _featurise(settings: BranchSettings, task: TaskConfig, seed: int) -> BranchData:
     """Validate, consent-filter and featurise the branch export; split train/test."""
     from fedcrm.data.features import build_features, stratified_split
-    from fedcrm.data.loader import load_crm
 
-    crm = load_crm(settings.data_path)
+    crm = settings.source().load()
     branches = crm.branches()
     if settings.branch_id in branches:
         crm = crm.branch(settings.branch_id)
     elif len(branches) != 1:
         raise ConfigError(
-            f"node config `branch-id`: the export at `data-path` holds {len(branches)} "
+            f"node config `branch-id`: the branch's data holds {len(branches)} "
             "branches and none has this id"
         )
     fs = build_features(

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def load_run_data(cfg: RunConfig, work_dir: Path) -> Any:
-    """The CRM data of a run (synthetic, CDNOW or a CSV/Parquet export)."""
+    """The CRM data of a run (synthetic, CDNOW, a CSV/Parquet export or a database)."""
     from fedcrm.data.loader import load_crm
+    from fedcrm.data.source import branch_source
 
     data_cfg = cfg.data
     if data_cfg.kind == "synthetic":
@@ -41,13 +42,33 @@ def load_run_data(cfg: RunConfig, work_dir: Path) -> Any:
         if not (target / "customers.csv").exists():
             import_cdnow(target, source=data_cfg.source)
         return load_crm(target)
-    return load_crm(Path(data_cfg.path), attribute_columns=data_cfg.attribute_columns)
+    if data_cfg.kind == "sql":
+        source = branch_source(
+            url=data_cfg.url,
+            url_file=data_cfg.url_file,
+            spec_path=data_cfg.spec,
+            attribute_columns=data_cfg.attribute_columns,
+            decimal=data_cfg.decimal,
+            currency_symbols=data_cfg.currency_symbols,
+        )
+    else:
+        source = branch_source(
+            path=data_cfg.path,
+            spec_path=data_cfg.spec,
+            attribute_columns=data_cfg.attribute_columns,
+            encoding=data_cfg.encoding,
+            delimiter=data_cfg.delimiter,
+            decimal=data_cfg.decimal,
+            currency_symbols=data_cfg.currency_symbols,
+        )
+    return source.load()
 
 
 def prepare_branches(
     cfg: RunConfig, out_dir: Path, say: Any
 ) -> tuple[dict[str, tuple[FeatureSet, FeatureSet]], dict[str, int], dict[str, Any]]:
     """Features, train/test split and consent counts of every branch."""
+    from fedcrm.data.contract import MIN_BRANCH_CUSTOMERS
     from fedcrm.data.features import build_features, resolve_cutoff, stratified_split
 
     t0 = time.perf_counter()
@@ -65,7 +86,7 @@ def prepare_branches(
             horizon_days=cfg.task.horizon_days,
             max_events=cfg.task.max_events,
         )
-        if len(fs) < 10:
+        if len(fs) < MIN_BRANCH_CUSTOMERS:
             say(f"branch {b} left out: only {len(fs)} customers active before the cutoff")
             continue
         train_idx, test_idx = stratified_split(
