@@ -45,8 +45,10 @@ class ProblemSummary:
     """Every occurrence of one kind of problem in one column of one file.
 
     ``str()`` is one line, ``FILE: COLUMN: WHAT in N rows (lines A, B, C, ...): FIX``
-    (``(line 1)`` alone for a header problem, nothing for a whole-file one);
-    ``lines`` holds the first few line numbers, ``count`` them all.
+    (``(line L)`` alone for a problem that stops the reading of a file, such as
+    the header's, nothing for a whole-file one); ``lines`` holds the first few
+    line numbers, ``count`` them all. ``unit`` names what is counted ("" when
+    only the place matters).
     """
 
     file: str
@@ -60,7 +62,7 @@ class ProblemSummary:
     def __str__(self) -> str:
         head = f"{self.file}: {self.column}: {self.message}"
         located = [line for line in self.lines if line > 0]
-        if self.count > 1 or any(line > 1 for line in located):
+        if self.unit and (self.count > 1 or any(line > 1 for line in located)):
             shown = ", ".join(str(line) for line in located)
             if self.count > len(located):
                 shown += ", ..."

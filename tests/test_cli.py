@@ -113,7 +113,9 @@ def test_piped_output_is_never_wrapped(tmp_path: Path) -> None:
     import sys
 
     crm = tmp_path / ("a-long-export-folder-name-" * 4)
-    main(["data", "synth", "--branches", "1", "--customers", "30", "--seed", "2", "--out", str(crm)])
+    main(
+        ["data", "synth", "--branches", "1", "--customers", "30", "--seed", "2", "--out", str(crm)]
+    )
     events = crm / "events.csv"
     lines = events.read_text().splitlines()
     header = lines[0].split(",")
@@ -124,8 +126,8 @@ def test_piped_output_is_never_wrapped(tmp_path: Path) -> None:
     events.write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in __import__("os").environ.items() if k != "COLUMNS"}
     done = subprocess.run(
-        [sys.executable, "-m", "fedcrm.cli.main", "data", "validate", str(crm)]
-        + ["--max-problems", "10"],
+        [sys.executable, "-m", "fedcrm.cli.main", "data", "validate", str(crm), "--max-problems"]
+        + ["10"],
         capture_output=True,
         text=True,
         env=env,

@@ -74,7 +74,9 @@ def tabular_names(
     """Names of the tabular feature columns, in order.
 
     A numeric attribute ``age`` is ``attr_age``; a categorical ``segment`` is one
-    column per category, ``segment=gold`` ..., then ``segment=other``.
+    column per category, ``segment=gold`` ..., then ``segment=other``
+    (``[``, ``]`` and ``<``, which XGBoost refuses in names, are written ``(``,
+    ``)`` and ``lt``: ``income=<15K`` is ``income=lt15K``).
     """
     if not isinstance(spec, DataSpec):
         spec = DataSpec().with_numeric(tuple(spec))
@@ -96,8 +98,13 @@ def tabular_names(
         if attr.kind == "numeric":
             names.append(f"attr_{name}")
         else:
-            names += [f"{name}={c}" for c in cats[name]] + [f"{name}={OTHER}"]
+            names += [f"{name}={_label(c)}" for c in cats[name]] + [f"{name}={OTHER}"]
     return names
+
+
+def _label(category: str) -> str:
+    """A category as written in a feature name (XGBoost refuses ``[``, ``]`` and ``<``)."""
+    return category.replace("[", "(").replace("]", ")").replace("<", "lt")
 
 
 def resolve_cutoff(data: CRMData, cutoff: dt.date | None, horizon_days: int) -> dt.date:
@@ -322,7 +329,6 @@ def _build(
     horizon_days: int,
     max_events: int,
     vocabularies: Vocabularies | None,
-    block: int = BLOCK_CUSTOMERS,
 ) -> FeatureSet:
     """Features of one branch's customers active before the cutoff, in blocks of customers."""
     K = int(max_events)
@@ -352,6 +358,7 @@ def _build(
     )
     signup = cust["signup_date"].to_numpy(dtype="datetime64[ns]").view(np.int64)
     signup = np.where(signup == np.iinfo(np.int64).min, c_ns, signup)[active]
+    block = BLOCK_CUSTOMERS
     for r0 in range(0, n, block):
         r1 = min(r0 + block, n)
         rows = slice(r0, r1)

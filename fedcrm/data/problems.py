@@ -90,9 +90,14 @@ class ProblemLog:
         *,
         fix: str = "",
         note: str = "",
+        unit: str = "",
         warning: bool = False,
     ) -> None:
-        """Record one problem (or warning) at one line (0: the whole file)."""
+        """Record one problem (or warning) at one line (0: the whole file).
+
+        By default the summary gives only the place (``unit=""``); a check that
+        may find the same thing on many rows passes ``unit="row"``.
+        """
         self.add(
             file,
             column,
@@ -100,6 +105,7 @@ class ProblemLog:
             [line],
             fix=fix,
             notes=[note] if note else None,
+            unit=unit,
             warning=warning,
         )
 

@@ -59,9 +59,13 @@ class Chunk:
 
 
 class TableReader(Protocol):
-    """A source of one contract table (a CSV or Parquet file, a database query)."""
+    """A source of one contract table (a CSV or Parquet file, a database query).
+
+    ``failed`` turns true when reading stopped part-way (a problem was logged).
+    """
 
     name: str
+    failed: bool
 
     def open(self, log: ProblemLog) -> list[str] | None:
         """The column names, or ``None`` (with problems logged) when unreadable."""
@@ -191,6 +195,7 @@ class CsvTable:
         self.header: list[str] = []
         self.delimiter = ","
         self.encoding = "utf-8"
+        self.failed = False
         self._bom = 0
 
     def open(self, log: ProblemLog) -> list[str] | None:
@@ -234,6 +239,7 @@ class CsvTable:
                     log.one(
                         self.name, lines + 1, WHOLE, f"not {self.encoding} text", fix=_ENCODING_FIX
                     )
+                    self.failed = True
                     return
                 lines += text.count("\n")
                 if text:
@@ -273,11 +279,13 @@ class CsvTable:
                 except UnicodeDecodeError as exc:
                     at = line + piece[: exc.start].count(b"\n")
                     log.one(self.name, at, WHOLE, "not UTF-8 text", fix=_ENCODING_FIX)
+                    self.failed = True
                     return
             chunk = self._fast(piece, line)
             if chunk is None:
                 chunk = self._slow(piece, line, log)
             if chunk is None:
+                self.failed = True
                 return
             if len(chunk):
                 yield chunk
@@ -405,6 +413,7 @@ class ParquetTable:
     def __init__(self, path: Path, name: str) -> None:
         self.path = path
         self.name = name
+        self.failed = False
         self._file: pq.ParquetFile | None = None
 
     def open(self, log: ProblemLog) -> list[str] | None:
@@ -429,3 +438,4 @@ class ParquetTable:
                 start += batch.num_rows
         except (pa.ArrowException, OSError, ValueError):
             log.one(self.name, start, WHOLE, "unreadable Parquet file", fix="export it again")
+            self.failed = True

@@ -172,6 +172,7 @@ class SqlTable:
         self.query = query
         self.name = name
         self.source = source
+        self.failed = False
         self._result: Any = None
 
     def open(self, log: ProblemLog) -> list[str] | None:

@@ -140,6 +140,8 @@ def _read_customers(reader: TableReader, spec: DataSpec, log: ProblemLog) -> Cus
     parts = CustomerColumns.empty(spec)
     for chunk in reader.chunks(log):
         parts.append(check_customer_chunk(chunk, reader.name, spec, log))
+    if reader.failed:
+        return None
     table = parts.concat()
     if len(table) == 0:
         log.one(reader.name, 0, WHOLE, _NO_ROWS, fix="export the branch's customers")
@@ -173,6 +175,8 @@ def _read_events(
     parts = EventColumns.empty()
     for chunk in reader.chunks(log):
         parts.append(check_event_chunk(chunk, reader.name, ids, cust_name, spec, log))
+    if reader.failed:
+        return None
     table = parts.concat()
     if len(table) == 0:
         log.one(reader.name, 0, WHOLE, _NO_ROWS, fix="export the branch's events")

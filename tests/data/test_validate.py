@@ -220,7 +220,6 @@ def test_subdirectory_layout_names_relative_files(tmp_path: Path) -> None:
     assert load_crm(tmp_path).branches() == ["b1", "b2"]
 
 
-
 def test_customer_ids_are_unique_within_a_branch_only(tmp_path: Path) -> None:
     # Two branches that both number customers from 1: two sets of customers.
     _write(tmp_path / "north")
