@@ -125,9 +125,9 @@ def test_piped_output_is_never_wrapped(tmp_path: Path) -> None:
         lines[i] = ",".join(row)
     events.write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in __import__("os").environ.items() if k != "COLUMNS"}
+    validate = ["data", "validate", str(crm), "--max-problems", "10"]
     done = subprocess.run(
-        [sys.executable, "-m", "fedcrm.cli.main", "data", "validate", str(crm), "--max-problems"]
-        + ["10"],
+        [sys.executable, "-m", "fedcrm.cli.main", *validate],
         capture_output=True,
         text=True,
         env=env,
