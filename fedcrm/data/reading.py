@@ -93,7 +93,8 @@ def strip(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """A text column with blanks around each value removed (one contiguous array)."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks() if values.num_chunks else pa.array([], pa.string())
-    return pc.utf8_trim_whitespace(values)
+    # ASCII blanks only: byte-wise and safe on UTF-8 (no multi-byte sequence holds one).
+    return pc.ascii_trim_whitespace(values)
 
 
 # ------------------------------------------------------------------ encoding
@@ -247,8 +248,9 @@ class CsvTable:
                 if not raw:
                     return
 
-    def _pieces(self, log: ProblemLog) -> Iterator[tuple[bytes, int]]:
-        """Runs of whole rows (cut at a line end outside quotes) and their first line."""
+    def _pieces(self, log: ProblemLog) -> Iterator[tuple[bytes, int, int]]:
+        """Runs of whole rows (cut at a line end outside quotes), their first line and
+        their number of line ends."""
         carry = b""
         line = 1
         header_done = False
@@ -261,18 +263,19 @@ class CsvTable:
                 header_done = True
                 line = 2
             if piece:
-                yield piece, line
-                line += piece.count(b"\n")
+                ends = piece.count(b"\n")
+                yield piece, line, ends
+                line += ends
         if carry:
             if not header_done:
                 _, _, carry = carry.partition(b"\n")
                 line = 2
             if carry:
-                yield carry, line
+                yield carry, line, carry.count(b"\n")
 
     def chunks(self, log: ProblemLog) -> Iterator[Chunk]:
         """Parse each piece (see :class:`TableReader`)."""
-        for piece, line in self._pieces(log):
+        for piece, line, ends in self._pieces(log):
             if not piece.isascii():
                 try:
                     piece.decode("utf-8")
@@ -281,7 +284,7 @@ class CsvTable:
                     log.one(self.name, at, WHOLE, "not UTF-8 text", fix=_ENCODING_FIX)
                     self.failed = True
                     return
-            chunk = self._fast(piece, line)
+            chunk = self._fast(piece, line, ends)
             if chunk is None:
                 chunk = self._slow(piece, line, log)
             if chunk is None:
@@ -290,8 +293,8 @@ class CsvTable:
             if len(chunk):
                 yield chunk
 
-    def _fast(self, piece: bytes, line: int) -> Chunk | None:
-        if piece.count(b'"') % 2:
+    def _fast(self, piece: bytes, line: int, ends: int) -> Chunk | None:
+        if piece.count(b'"') % 2:  # only the file's last piece can be (an unclosed quote)
             return None
         invalid: list[int] = []
 
@@ -314,7 +317,7 @@ class CsvTable:
             )
         except pa.ArrowInvalid:
             return None
-        n_lines = piece.count(b"\n") + (0 if piece.endswith(b"\n") else 1)
+        n_lines = ends + (0 if piece.endswith(b"\n") else 1)
         if invalid or table.num_rows != n_lines:
             return None
         columns = {n: strip(table.column(i)) for i, n in enumerate(self.header)}

@@ -8,8 +8,9 @@ validator can name the fix (``--decimal comma``, ``--currency-symbols strip``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,10 +61,26 @@ def _match(values: pa.Array, pattern: str) -> np.ndarray:
     return _mask(pc.match_substring_regex(values, pattern))
 
 
+def _per_distinct(values: pa.Array, fn: Callable[[pa.Array], np.ndarray], fill: Any) -> np.ndarray:
+    """``fn`` applied to the distinct values only, spread back to every row.
+
+    Contract columns such as ``event_type`` hold a handful of distinct values in
+    millions of rows; text functions then run on the handful.
+    """
+    encoded = pc.dictionary_encode(values)
+    per_value = np.append(fn(encoded.dictionary), fill)
+    idx = np.asarray(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False))
+    return per_value[idx]
+
+
 def words(values: pa.Array, vocabulary: Sequence[str] | frozenset[str]) -> np.ndarray:
     """Rows whose lower-cased text is one of ``vocabulary``."""
-    lowered = pc.utf8_lower(values)
-    return _mask(pc.is_in(lowered, value_set=pa.array(sorted(vocabulary), pa.string())))
+    value_set = pa.array(sorted(vocabulary), pa.string())
+
+    def found(distinct: pa.Array) -> np.ndarray:
+        return _mask(pc.is_in(pc.utf8_lower(distinct), value_set=value_set))
+
+    return _per_distinct(values, found, False).astype(bool)
 
 
 def empty(values: pa.Array) -> np.ndarray:
@@ -82,6 +99,33 @@ def parse_numbers(values: pa.Array, *, decimal: str = "dot", strip: bool = False
     strip : bool
         Drop currency symbols and codes, blanks and thousands separators first.
     """
+    is_empty = empty(values)
+    if not strip and decimal == "dot":
+        cast = _try_cast(values, is_empty, pa.float64())
+        if cast is not None:  # the usual case: every value a plain number
+            out = np.asarray(cast.fill_null(np.nan).to_numpy(zero_copy_only=False), np.float64)
+            if np.isfinite(out[~is_empty]).all():
+                return Numbers(out, np.zeros(len(out), bool), np.zeros(len(out), bool))
+    return _numbers_by_regex(values, is_empty, decimal=decimal, strip=strip)
+
+
+def _try_cast(values: pa.Array, is_empty: np.ndarray, kind: pa.DataType) -> pa.Array | None:
+    """Arrow's cast of the non-empty values (empty -> null), or ``None`` if any fails.
+
+    A sample is tried first: a column with a problem in every row fails there
+    instead of costing a full pass.
+    """
+    text = pc.if_else(pa.array(is_empty), pa.scalar(None, pa.string()), values)
+    try:
+        pc.cast(text.slice(0, 64), kind)
+        return pc.cast(text, kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+def _numbers_by_regex(
+    values: pa.Array, is_empty: np.ndarray, *, decimal: str, strip: bool
+) -> Numbers:
     text = values
     if strip:
         text = pc.replace_substring_regex(text, _CURRENCY_STRIP, "")
@@ -94,19 +138,29 @@ def parse_numbers(values: pa.Array, *, decimal: str = "dot", strip: bool = False
     if ok.any():
         good = pc.filter(text, pa.array(ok))
         out[ok] = np.asarray(pc.cast(good, pa.float64()).to_numpy(zero_copy_only=False))
-    nan_word = words(values, NAN_WORDS)
-    infinite = words(values, INF_WORDS)
+    nan_word = np.zeros(n, dtype=bool)
+    infinite = np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(~ok & ~is_empty)
+    if len(rows):
+        lowered = pc.utf8_lower(pc.take(values, pa.array(rows)))
+        for mask, vocab in ((nan_word, NAN_WORDS), (infinite, INF_WORDS)):
+            mask[rows] = _mask(pc.is_in(lowered, value_set=pa.array(sorted(vocab), pa.string())))
     out[infinite] = np.inf
-    rest = ~ok & ~nan_word & ~infinite & ~empty(values)
+    rest = ~ok & ~nan_word & ~infinite & ~is_empty
     failed: dict[str, np.ndarray] = {}
     if rest.any():
-        currency = rest & _match(values, _CURRENCY)
-        thousands = rest & ~currency & _match(values, _THOUSANDS[decimal])
-        comma = rest & ~currency & ~thousands
-        comma &= _match(values, _DECIMAL_COMMA) if decimal == "dot" else np.zeros(n, bool)
-        other = rest & ~currency & ~thousands & ~comma
-        failed = {"currency": currency, "thousands": thousands, "decimal_comma": comma}
-        failed["other"] = other
+        # Each cause is looked for only among the rows no earlier cause explains.
+        patterns = [("currency", _CURRENCY), ("thousands", _THOUSANDS[decimal])]
+        if decimal == "dot":
+            patterns.append(("decimal_comma", _DECIMAL_COMMA))
+        for cause, pattern in patterns:
+            hit = np.zeros(n, dtype=bool)
+            rows = np.flatnonzero(rest)
+            if len(rows):
+                hit[rows] = _match(pc.take(values, pa.array(rows)), pattern)
+            failed[cause] = hit
+            rest &= ~hit
+        failed["other"] = rest
     return Numbers(out, nan_word, infinite, failed)
 
 
@@ -124,10 +178,10 @@ def parse_timestamps(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarr
     ``day_first`` the bad rows that look like ``dd/mm/yyyy`` (or ``mm/dd``).
     A value without an offset is UTC.
     """
+    is_empty = empty(values)
     for kind in (pa.timestamp("ns"), pa.timestamp("ns", tz="UTC")):
-        try:
-            ts = pc.cast(pc.if_else(empty(values), pa.scalar(None, pa.string()), values), kind)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        ts = _try_cast(values, is_empty, kind)
+        if ts is None:
             continue
         ns = ts.cast(pa.int64()).fill_null(np.iinfo(np.int64).min)
         ns_np = np.asarray(ns.to_numpy(zero_copy_only=False), dtype=np.int64)
@@ -136,12 +190,17 @@ def parse_timestamps(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarr
     text = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
     parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
     ns_np = parsed.dt.tz_localize(None).astype("datetime64[ns]").to_numpy().astype(np.int64)
-    bad = parsed.isna().to_numpy() & ~empty(values)
+    bad = parsed.isna().to_numpy() & ~is_empty
     day_first = bad & _match(values, _DAY_FIRST)
     return ns_np, bad, day_first
 
 
 def codes(values: pa.Array, vocabulary: Sequence[str]) -> np.ndarray:
     """Index of each lower-cased value in ``vocabulary`` (-1 when absent or empty)."""
-    found = pc.index_in(pc.utf8_lower(values), value_set=pa.array(list(vocabulary), pa.string()))
-    return np.asarray(found.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    value_set = pa.array(list(vocabulary), pa.string())
+
+    def index(distinct: pa.Array) -> np.ndarray:
+        found = pc.index_in(pc.utf8_lower(distinct), value_set=value_set).fill_null(-1)
+        return np.asarray(found.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    return _per_distinct(values, index, -1).astype(np.int64)

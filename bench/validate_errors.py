@@ -1,0 +1,90 @@
+"""Benchmark: `fedcrm data validate` on a ~51 MB events file with a problem in every row.
+
+Run ``python bench/validate_errors.py`` (never part of the test run). It writes
+a synthetic branch whose events file is about ``--mb`` MB, then a copy whose
+every amount carries a currency symbol (``$12.50``), and runs the real command
+on both, each in its own process. Prints one JSON object: ``events_mb``,
+``events_rows``, ``invalid_s`` / ``valid_s`` (wall time of the command),
+``ratio`` (invalid / valid), ``invalid_lines_printed`` (stdout lines: one per
+kind of problem), ``invalid_peak_rss_mb`` / ``valid_peak_rss_mb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedcrm.data.synthetic import write_synthetic_branch
+
+
+def _run(root: Path) -> tuple[float, int, float]:
+    """Wall seconds, stdout lines and peak RSS (MB) of `fedcrm data validate root`."""
+    cmd = [sys.executable, "-m", "fedcrm.cli.main", "data", "validate", str(root)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    return seconds, len(lines), max(peak, before) / 1024
+
+
+def main() -> None:
+    """Write the exports, validate both, print the JSON."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--mb", type=float, default=51.0, help="size of the events file")
+    p.add_argument("--keep", help="write the exports here and keep them")
+    args = p.parse_args()
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedcrm-bench-"))
+    try:
+        valid, invalid = work / "valid", work / "invalid"
+        customers = int(args.mb * 1e6 / 56 / 30)  # ~56 bytes per event, ~30 events each
+        write_synthetic_branch(valid, customers=customers, seed=0)
+        invalid.mkdir(parents=True, exist_ok=True)
+        shutil.copy(valid / "customers.csv", invalid / "customers.csv")
+        events = pacsv.read_csv(
+            valid / "events.csv",
+            convert_options=pacsv.ConvertOptions(column_types={"amount": pa.string()}),
+        )
+        dollars = pc.binary_join_element_wise("$", events.column("amount"), "")
+        events = events.set_column(events.schema.get_field_index("amount"), "amount", dollars)
+        pacsv.write_csv(
+            events,
+            invalid / "events.csv",
+            write_options=pacsv.WriteOptions(quoting_style="needed"),
+        )
+        valid_s, valid_lines, valid_rss = _run(valid)
+        invalid_s, invalid_lines, invalid_rss = _run(invalid)
+        result = {
+            "events_mb": round((invalid / "events.csv").stat().st_size / 1e6, 1),
+            "events_rows": events.num_rows,
+            "invalid_s": round(invalid_s, 2),
+            "valid_s": round(valid_s, 2),
+            "ratio": round(invalid_s / valid_s, 2),
+            "invalid_lines_printed": invalid_lines,
+            "valid_lines_printed": valid_lines,
+            "invalid_peak_rss_mb": round(invalid_rss),
+            "valid_peak_rss_mb": round(valid_rss),
+        }
+        print(json.dumps(result))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
