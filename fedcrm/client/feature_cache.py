@@ -44,6 +44,8 @@ EXPORT_SUFFIXES = (".csv", ".parquet")
 CODE_MODULES = (
     "fedcrm.data.contract",
     "fedcrm.data.reading",
+    "fedcrm.data.csvfile",
+    "fedcrm.data.feature_blocks",
     "fedcrm.data.values",
     "fedcrm.data.checks",
     "fedcrm.data.spec",

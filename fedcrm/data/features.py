@@ -25,12 +25,17 @@ import datetime as dt
 import logging
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from fedcrm.data.dataset import CHANNELS, EVENT_TYPES, N_CATEGORY_BUCKETS, FeatureSet
+from fedcrm.data.dataset import CHANNELS, EVENT_TYPES, FeatureSet
+from fedcrm.data.feature_blocks import (
+    WINDOWS,
+    EventArrays,
+    FeatureArrays,
+    featurise_block,
+)
 from fedcrm.data.loader import CRMData
 from fedcrm.data.spec import OTHER, DataSpec
 from fedcrm.errors import ConfigError
@@ -38,18 +43,9 @@ from fedcrm.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 _DAY_NS = 86_400 * 10**9
-WINDOWS: tuple[int, ...] = (30, 90, 180)
 # Customers featurised at a time: bounds the working memory (the outputs grow
 # with the number of customers; the intermediates only with the block).
 BLOCK_CUSTOMERS = 100_000
-
-
-def category_bucket(category: str) -> int:
-    """The stable bucket (1..N_CATEGORY_BUCKETS, 0 for empty) of a product category."""
-    key = category.strip().lower()
-    if not key:
-        return 0
-    return zlib.crc32(key.encode("utf-8")) % N_CATEGORY_BUCKETS + 1
 
 
 Vocabularies = Mapping[str, Sequence[str]]
@@ -178,151 +174,6 @@ def _empty(K: int, names: list[str]) -> FeatureSet:
     )
 
 
-@dataclass
-class _Events:
-    """One branch's events as arrays, grouped by customer (``order`` when not stored so)."""
-
-    code: np.ndarray  # customer category code
-    ts: np.ndarray
-    etype: np.ndarray  # 1..6
-    chan: np.ndarray  # 1..5
-    bucket: np.ndarray
-    amount: np.ndarray
-    order: np.ndarray | None
-
-    @classmethod
-    def of(cls, ev: pd.DataFrame) -> _Events:
-        cat = ev["product_category"].cat
-        table = np.array([category_bucket(str(c)) for c in cat.categories] + [0], dtype=np.int8)
-        code = ev["customer_id"].cat.codes.to_numpy()
-        ts = ev["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
-        grouped = len(code) < 2 or bool(
-            np.all(
-                (np.diff(code.astype(np.int64)) > 0)
-                | ((code[1:] == code[:-1]) & (ts[1:] >= ts[:-1]))
-            )
-        )
-        return cls(
-            code,
-            ts,
-            ev["event_type"].cat.codes.to_numpy().astype(np.int64) + 1,
-            ev["channel"].cat.codes.to_numpy().astype(np.int64) + 1,
-            table[cat.codes.to_numpy()],
-            ev["amount"].to_numpy(dtype=np.float64),
-            None if grouped else np.lexsort((ts, code)),
-        )
-
-    def take(self, lo: int, hi: int) -> tuple[np.ndarray, ...]:
-        """Events ``lo:hi`` in grouped order: (code, ts, etype, chan, bucket, amount)."""
-        idx: slice | np.ndarray = slice(lo, hi) if self.order is None else self.order[lo:hi]
-        arrays = (self.code, self.ts, self.etype, self.chan, self.bucket, self.amount)
-        return tuple(a[idx] for a in arrays)
-
-    def grouped_codes(self) -> np.ndarray:
-        return self.code if self.order is None else self.code[self.order]
-
-
-@dataclass
-class _Out:
-    seq_cat: np.ndarray
-    seq_num: np.ndarray
-    lengths: np.ndarray
-    labels: np.ndarray
-    tabular: np.ndarray
-
-
-def _block(
-    out: _Out,
-    rows: slice,
-    ev: tuple[np.ndarray, ...],
-    codes: np.ndarray,
-    signup: np.ndarray,
-    c_ns: int,
-    horizon_days: int,
-    K: int,
-) -> None:
-    """Features of the active customers ``codes`` (sorted), written to ``out[rows]``."""
-    code, ts, etype, chan, bucket, amount = ev
-    n = len(codes)
-    local = np.searchsorted(codes, code)
-    local_c = np.minimum(local, n - 1)
-    cidx = np.where(codes[local_c] == code, local_c, -1)
-
-    # ---- labels: any purchase in [cutoff, cutoff + horizon)
-    end_ns = c_ns + horizon_days * _DAY_NS
-    bought = (etype == 1) & (ts >= c_ns) & (ts < end_ns) & (cidx >= 0)
-    labels = np.ones(n, dtype=np.int64)
-    labels[np.unique(cidx[bought])] = 0
-
-    # ---- events before the cutoff, ordered by customer then time
-    sel = np.flatnonzero((ts < c_ns) & (cidx >= 0))
-    c, t = cidx[sel], ts[sel]
-    etype, chan, bucket, amount = etype[sel], chan[sel], bucket[sel], amount[sel]
-    purchase = etype == 1
-
-    counts = np.bincount(c, minlength=n)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pos = np.arange(len(c)) - starts[c]
-    to_cut = (c_ns - t) / _DAY_NS
-    gap = np.zeros(len(c))
-    gap[1:] = (t[1:] - t[:-1]) / _DAY_NS
-    gap[pos == 0] = 0.0
-
-    first_kept = np.maximum(counts - K, 0)
-    keep = pos >= first_kept[c]
-    slot = pos[keep] - first_kept[c[keep]]
-    r = c[keep] + rows.start
-    out.seq_cat[r, slot] = np.stack([etype[keep], chan[keep], bucket[keep]], axis=1)
-    out.seq_num[r, slot] = np.log1p(np.stack([amount[keep], gap[keep], to_cut[keep]], axis=1))
-    out.lengths[rows] = np.minimum(counts, K)
-    out.labels[rows] = labels
-
-    # ---- tabular
-    ends = starts + counts - 1
-    recency = to_cut[ends]
-    first_days = to_cut[starts]
-    pc, pt = c[purchase], to_cut[purchase]
-    last_p = np.r_[pc[1:] != pc[:-1], True] if len(pc) else np.zeros(0, dtype=bool)
-    p_recency = first_days + 1.0  # no purchase yet: longer ago than the first event
-    p_recency[pc[last_p]] = pt[last_p]
-    n_p = np.bincount(c, weights=purchase, minlength=n)
-    spend = np.bincount(c, weights=amount * purchase, minlength=n)
-    signup_days = (c_ns - signup) / _DAY_NS
-    tenure = np.maximum(np.maximum(signup_days, first_days), 0.0)
-    mean_gap = np.where(counts > 1, (first_days - recency) / np.maximum(counts - 1, 1), 0.0)
-    win_e = [np.bincount(c, weights=to_cut <= w, minlength=n) for w in WINDOWS]
-    win_p = [np.bincount(c, weights=purchase & (to_cut <= w), minlength=n) for w in WINDOWS]
-    prev_p = win_p[2] - win_p[1]
-    type_counts = np.bincount(c * 6 + etype - 1, minlength=n * 6).reshape(n, 6)
-    chan_counts = np.bincount(
-        c * 5 + np.maximum(chan - 1, 0), weights=chan > 0, minlength=n * 5
-    ).reshape(n, 5)
-    denom = np.maximum(counts, 1)[:, None]
-    cols = [
-        np.log1p(recency),
-        np.log1p(p_recency),
-        np.log1p(counts),
-        np.log1p(n_p),
-        np.log1p(spend),
-        np.log1p(spend / np.maximum(n_p, 1)),
-        np.log1p(tenure),
-        np.log1p(mean_gap),
-        *[np.log1p(w) for w in win_e],
-        *[np.log1p(w) for w in win_p],
-    ]
-    tab = np.column_stack(
-        [
-            *cols,
-            type_counts / denom,
-            chan_counts / denom,
-            np.log1p(type_counts[:, 2]),
-            np.log1p(type_counts[:, 3]),
-            np.log1p(win_p[1]) - np.log1p(prev_p),
-        ]
-    )
-    out.tabular[rows, : tab.shape[1]] = tab
-
-
 def _build(
     data: CRMData,
     cutoff: dt.date,
@@ -335,7 +186,7 @@ def _build(
     names = tabular_names(data.spec, vocabularies)
     cats = _categories(data.spec, vocabularies)
     c_ns = pd.Timestamp(cutoff).value
-    ev = _Events.of(data.events)
+    ev = EventArrays.of(data.events)
     cust = data.customers
     id_cats = data.events["customer_id"].cat.categories
     before = np.bincount(ev.code[ev.ts < c_ns], minlength=len(id_cats)) > 0
@@ -349,7 +200,7 @@ def _build(
     grouped = ev.grouped_codes()
     lo = np.searchsorted(grouped, codes, "left")
     hi = np.searchsorted(grouped, codes, "right")
-    out = _Out(
+    out = FeatureArrays(
         np.zeros((n, K, 3), dtype=np.int64),
         np.zeros((n, K, 3), dtype=np.float32),
         np.zeros(n, dtype=np.int64),
@@ -363,7 +214,7 @@ def _build(
         r1 = min(r0 + block, n)
         rows = slice(r0, r1)
         events = ev.take(int(lo[r0]), int(hi[r1 - 1]))
-        _block(out, rows, events, codes[rows], signup[rows], c_ns, horizon_days, K)
+        featurise_block(out, rows, events, codes[rows], signup[rows], c_ns, horizon_days, K)
     attrs = _attributes(cust.iloc[active], data.spec, cats)
     out.tabular[:, len(names) - attrs.shape[1] :] = attrs
     return FeatureSet(

@@ -42,8 +42,9 @@ from fedcrm.data.contract import (
     discover,
     find_table,
 )
+from fedcrm.data.csvfile import CsvTable
 from fedcrm.data.problems import DEFAULT_MAX_DETAILS, ProblemLog
-from fedcrm.data.reading import WHOLE, CsvTable, ParquetTable, TableReader
+from fedcrm.data.reading import WHOLE, ParquetTable, TableReader
 from fedcrm.data.spec import DataSpec, resolve_spec
 from fedcrm.errors import Problem, ProblemSummary
 

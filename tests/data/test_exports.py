@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fedcrm.cli import main
-from fedcrm.data import reading
+from fedcrm.data import csvfile
 from fedcrm.data.loader import load_crm
 from fedcrm.data.spec import DataSpec
 from fedcrm.data.validate import inspect_dir
@@ -249,7 +249,7 @@ def test_blocks_cut_between_rows_even_inside_quotes(
     root = _write(tmp_path, _customers(200), events)
     (root / "events.csv").write_bytes((root / "events.csv").read_bytes() + b"\r\n\r\n")
     whole = inspect_dir(root, max_problems=None)
-    monkeypatch.setattr(reading, "BLOCK_BYTES", 97)
+    monkeypatch.setattr(csvfile, "BLOCK_BYTES", 97)
     small = inspect_dir(root, max_problems=None)
     assert [str(p) for p in small.problems] == [str(p) for p in whole.problems]
     assert [str(p) for p in whole.problems] == [

@@ -250,3 +250,14 @@ def test_node_start_checks_the_database_like_an_export(
     assert len(bad.problems) == 1 and bad.problems[0].startswith("--data-url: postgresql")
     assert "bad_events: amount: negative amount" in bad.problems[0]
     assert SECRET not in bad.problems[0] and PASSWORD not in bad.problems[0]
+
+
+def test_simulate_reads_the_database_from_overrides(
+    db: dict[str, object], password: None, tmp_path: Path
+) -> None:
+    from fedcrm.simulations.simulate import load_run_data
+
+    cfg = compose(["data=sql", f"data.url={db['url']}", f"data.spec={db['spec']}"])
+    assert cfg.data.url == db["url"]  # type: ignore[union-attr]
+    data = load_run_data(cfg, tmp_path)
+    assert data.branches() == ["north"] and data.attribute_columns == ("segment",)
