@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 _NO_ROWS = "no data rows: empty branch (the file has only a header)"
 _SAME_BRANCH = "customer_id also appears for the same branch_id in another branch folder"
-_DAY_NS = 86_400 * 10**9
 
 
 @dataclass
