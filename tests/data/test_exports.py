@@ -18,6 +18,7 @@ from fedcrm.data import csvfile
 from fedcrm.data.loader import load_crm
 from fedcrm.data.spec import DataSpec
 from fedcrm.data.validate import inspect_dir
+from fedcrm.errors import DataValidationError
 
 SECRET = "SECRET-"
 N = 12  # customers: above the smallest trainable branch
@@ -236,6 +237,10 @@ def test_a_problem_in_every_row_is_one_line(tmp_path: Path, capsys: pytest.Captu
         "events.csv:3: amount: not a number",
     ]
     assert f"{n:,} problem(s) of 1 kind(s)" in err
+    # What a branch's ClientApp or `node start` raises is as short.
+    with pytest.raises(DataValidationError) as raised:
+        load_crm(root)
+    assert str(raised.value).splitlines()[1:] == [f"  {out[0]}"]
 
 
 def test_blocks_cut_between_rows_even_inside_quotes(
