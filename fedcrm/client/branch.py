@@ -197,7 +197,8 @@ def load_branch_data(settings: BranchSettings, task: TaskConfig, seed: int) -> B
     also kept on disk (:mod:`fedcrm.client.feature_cache`) and the export is
     read again only when it, the task or the featurising code changed.
     """
-    key = (str(settings.data_path), settings.data_url, task.model_dump_json(), seed)
+    source = (settings.data_path, settings.data_url, settings.data_url_file, settings.data_spec)
+    key = (*(str(x) for x in source), task.model_dump_json(), seed)
     if key in _CACHE:
         return _CACHE[key]
     prepared = settings.data_path
