@@ -5,9 +5,12 @@ a synthetic branch whose events file is about ``--mb`` MB, then a copy whose
 every amount carries a currency symbol (``$12.50``), and runs the real command
 on both, each in its own process. Prints one JSON object: ``events_mb``,
 ``events_rows``, ``invalid_s`` / ``valid_s`` (wall time of the command),
-``ratio`` (invalid / valid), ``invalid_lines_printed`` (stdout lines: one per
-kind of problem), ``invalid_peak_rss_mb`` / ``valid_peak_rss_mb``. The times
-include starting Python and importing fedcrm, as a user sees them.
+``ratio`` (invalid / valid), ``invalid_cpu_s`` / ``valid_cpu_s`` (user + system
+CPU seconds of the command, less sensitive to other load than wall time),
+``invalid_lines_printed`` (stdout lines: one per kind of problem),
+``invalid_peak_rss_mb`` / ``valid_peak_rss_mb`` and ``load_average`` (the
+machine's 1-minute load when it finished). The times include starting Python
+and importing fedcrm, as a user sees them.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fedcrm.data.synthetic import write_synthetic_branch
 
 
-def _run(root: Path) -> tuple[float, int, float]:
-    """Wall seconds, stdout lines and peak RSS (MB) of `fedcrm data validate root`."""
+def _run(root: Path) -> tuple[float, float, int, float]:
+    """Wall and CPU seconds, stdout lines and peak RSS (MB) of `fedcrm data validate root`."""
     cmd = [sys.executable, "-m", "fedcrm.cli.main", "data", "validate", str(root)]
     with tempfile.TemporaryFile() as out:
         t0 = time.perf_counter()
@@ -42,7 +45,7 @@ def _run(root: Path) -> tuple[float, int, float]:
         proc.returncode = 0  # reaped above
         out.seek(0)
         lines = [line for line in out.read().decode().splitlines() if line.strip()]
-    return seconds, len(lines), usage.ru_maxrss / 1024
+    return seconds, usage.ru_utime + usage.ru_stime, len(lines), usage.ru_maxrss / 1024
 
 
 def build(work: Path, mb: float) -> None:
@@ -82,8 +85,8 @@ def main() -> None:
         subprocess.run(
             [sys.executable, __file__, "--build", str(work), "--mb", str(args.mb)], check=True
         )
-        valid_s, valid_lines, valid_rss = _run(valid)
-        invalid_s, invalid_lines, invalid_rss = _run(invalid)
+        valid_s, valid_cpu, valid_lines, valid_rss = _run(valid)
+        invalid_s, invalid_cpu, invalid_lines, invalid_rss = _run(invalid)
         with (invalid / "events.csv").open("rb") as f:
             rows = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b"")) - 1
         result = {
@@ -92,6 +95,9 @@ def main() -> None:
             "invalid_s": round(invalid_s, 2),
             "valid_s": round(valid_s, 2),
             "ratio": round(invalid_s / valid_s, 2),
+            "invalid_cpu_s": round(invalid_cpu, 2),
+            "valid_cpu_s": round(valid_cpu, 2),
+            "load_average": os.getloadavg()[0],
             "invalid_lines_printed": invalid_lines,
             "valid_lines_printed": valid_lines,
             "invalid_peak_rss_mb": round(invalid_rss),
