@@ -33,7 +33,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     where = source.describe()
     try:
-        inspection = source.inspect(max_problems=args.max_problems)
+        inspection = source.inspect(max_problems=args.max_problems, events=False)
     except DataSourceError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return EXIT_USAGE

@@ -38,8 +38,10 @@ class BranchSource:
             return self.sql.describe()
         return str(self.path)
 
-    def inspect(self, *, max_problems: int | None = DEFAULT_MAX_DETAILS) -> Inspection:
-        """Validate the source and type its tables.
+    def inspect(
+        self, *, max_problems: int | None = DEFAULT_MAX_DETAILS, events: bool = True
+    ) -> Inspection:
+        """Validate the source and type its tables (the events only when ``events``).
 
         Raises
         ------
@@ -49,9 +51,9 @@ class BranchSource:
         if self.sql is not None:
             from fedcrm.data.sql import inspect_sql
 
-            return inspect_sql(self.sql, self.spec, max_problems=max_problems)
+            return inspect_sql(self.sql, self.spec, max_problems=max_problems, events=events)
         assert self.path is not None
-        return inspect_dir(self.path, spec=self.spec, max_problems=max_problems)
+        return inspect_dir(self.path, spec=self.spec, max_problems=max_problems, events=events)
 
     def load(self, *, max_problems: int | None = DEFAULT_MAX_DETAILS) -> CRMData:
         """Validated, consent-filtered tables (see :func:`fedcrm.data.loader.load_crm`)."""

@@ -212,7 +212,11 @@ def _label(query: str, table: str) -> str:
 
 
 def inspect_sql(
-    source: SqlSource, spec: DataSpec, *, max_problems: int | None = DEFAULT_MAX_DETAILS
+    source: SqlSource,
+    spec: DataSpec,
+    *,
+    max_problems: int | None = DEFAULT_MAX_DETAILS,
+    events: bool = True,
 ) -> Inspection:
     """Validate the contract tables in a database and type them.
 
@@ -236,7 +240,7 @@ def inspect_sql(
                 SqlTable(conn, spec.sql.customers, _label(spec.sql.customers, "customers"), source),
                 SqlTable(conn, spec.sql.events, _label(spec.sql.events, "events"), source),
             )
-            found = inspect_pairs([pair], spec, log)
+            found = inspect_pairs([pair], spec, log, events=events)
             conn.rollback()
     except DBAPIError as exc:
         raise source_error(exc, source, "the database") from None

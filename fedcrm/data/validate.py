@@ -166,6 +166,7 @@ def _read_events(
     cust_name: str,
     log: ProblemLog,
     spec: DataSpec,
+    keep: bool,
 ) -> EventColumns | None:
     header = reader.open(log)
     if header is None:
@@ -174,7 +175,8 @@ def _read_events(
     ids = customers.customer_id if customers is not None else None
     parts = EventColumns.empty()
     for chunk in reader.chunks(log):
-        parts.append(check_event_chunk(chunk, reader.name, ids, cust_name, spec, log))
+        part = check_event_chunk(chunk, reader.name, ids, cust_name, spec, log)
+        parts.append(part if keep else part.customers_only())
     if reader.failed:
         return None
     table = parts.concat()
@@ -220,25 +222,31 @@ def _branch_checks(
     )
 
 
-def inspect_pairs(pairs: Sequence[SourcePair], spec: DataSpec, log: ProblemLog) -> Inspection:
-    """Validate the tables of ``pairs`` (already opened readers) and type them."""
+def inspect_pairs(
+    pairs: Sequence[SourcePair], spec: DataSpec, log: ProblemLog, *, events: bool = True
+) -> Inspection:
+    """Validate the tables of ``pairs`` and type them (the events only when ``events``)."""
     found: list[_PairTables] = []
     for pair in pairs:
         customers = None
         if pair.customers is not None:
             customers = _read_customers(pair.customers, spec, log)
-        events = None
+        table = None
         if pair.events is not None:
             cust_name = pair.customers.name if pair.customers is not None else "customers"
-            events = _read_events(pair.events, customers, cust_name, log, spec)
-        if customers is not None and events is not None and pair.customers is not None:
-            _branch_checks(customers, events, pair.customers.name, log)
+            table = _read_events(pair.events, customers, cust_name, log, spec, events)
+        if customers is not None and table is not None and pair.customers is not None:
+            _branch_checks(customers, table, pair.customers.name, log)
         if customers is not None and pair.customers is not None:
-            found.append(_PairTables(pair.customers.name, customers, events))
+            found.append(_PairTables(pair.customers.name, customers, table))
     _same_customer_twice(found, log)
     inspection = Inspection(log, spec=spec)
     if not log and found and all(f.events is not None for f in found):
-        inspection.customers, inspection.events = _assemble(found, spec)
+        inspection.customers = pd.concat(
+            [f.customers.frame(spec) for f in found], ignore_index=True
+        )
+        if events:
+            inspection.events = _assemble_events(found, inspection.customers)
     if log:
         logger.info("branch export: %d problem(s)", log.count)
     return inspection
@@ -282,15 +290,9 @@ def _sorted_categorical(values: np.ndarray) -> tuple[np.ndarray, pd.Index]:
     return codes.astype(np.int32), pd.Index(uniques, dtype=str)
 
 
-def _assemble(found: Sequence[_PairTables], spec: DataSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The typed customers and (compact) events tables of every pair."""
-    cust_frames, offsets = [], []
-    offset = 0
-    for f in found:
-        cust_frames.append(f.customers.frame(spec))
-        offsets.append(offset)
-        offset += len(f.customers)
-    customers = pd.concat(cust_frames, ignore_index=True)
+def _assemble_events(found: Sequence[_PairTables], customers: pd.DataFrame) -> pd.DataFrame:
+    """The compact events table of every pair (``customers``: theirs, concatenated)."""
+    offsets = np.cumsum([0] + [len(f.customers) for f in found])[:-1]
     id_codes, id_cats = _sorted_categorical(customers["customer_id"].to_numpy(dtype=object))
     br_codes, br_cats = _sorted_categorical(customers["branch_id"].to_numpy(dtype=object))
     events_parts = [f.events for f in found if f.events is not None]
@@ -313,7 +315,7 @@ def _assemble(found: Sequence[_PairTables], spec: DataSpec) -> tuple[pd.DataFram
             "branch_id": pd.Categorical.from_codes(br_codes[gpos], categories=br_cats),
         }
     )
-    return customers, events
+    return events
 
 
 def inspect_dir(
@@ -322,6 +324,7 @@ def inspect_dir(
     spec: DataSpec | None = None,
     attribute_columns: Sequence[str] = (),
     max_problems: int | None = DEFAULT_MAX_DETAILS,
+    events: bool = True,
 ) -> Inspection:
     """Validate a branch export directory and parse its tables.
 
@@ -336,6 +339,9 @@ def inspect_dir(
         Extra numeric attribute columns (added to the spec's).
     max_problems : int or None
         How many located problems to keep (every kind is summarised anyway).
+    events : bool
+        Also return the typed events table (validation alone does not need it,
+        and it is the largest thing held).
 
     Returns
     -------
@@ -350,7 +356,7 @@ def inspect_dir(
         spec = resolve_spec(root, attribute_columns=attribute_columns)
     elif attribute_columns:
         spec = spec.with_numeric(attribute_columns)
-    return inspect_pairs(_readers(root, spec, log), spec, log)
+    return inspect_pairs(_readers(root, spec, log), spec, log, events=events)
 
 
 def validate_dir(
@@ -366,5 +372,9 @@ def validate_dir(
     :func:`inspect_dir` for the parameters and the summaries.
     """
     return inspect_dir(
-        path, spec=spec, attribute_columns=attribute_columns, max_problems=max_problems
+        path,
+        spec=spec,
+        attribute_columns=attribute_columns,
+        max_problems=max_problems,
+        events=False,
     ).problems

@@ -276,7 +276,7 @@ def check_data(node_config: Mapping[str, Any], branch_id: str, report: Report) -
     else:
         setting = "--data-url" if settings.data_url else "--data-url-file"
     try:
-        inspection = source.inspect(max_problems=0)
+        inspection = source.inspect(max_problems=0, events=False)
     except DataSourceError as exc:
         report.add(setting, str(exc))
         return
