@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,8 @@ def step_dp_round(work: Path) -> dict[str, Any]:
         signing_key=keys / f"{BRANCH}.key",
     )
     spec = JobSpec(
-        run_id="scale",
+        # A new run each time: a round already in the ledger would be re-sent, not trained.
+        run_id=f"scale-{uuid.uuid4().hex[:8]}",
         model=LSTMModelConfig(),
         task=TaskConfig(),
         privacy=PrivacyConfig(mode="dp", noise_multiplier=1.0),
