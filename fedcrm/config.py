@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -50,16 +51,62 @@ class CdnowDataConfig(_Strict):
     source: str | None = None
 
 
+Delimiter = Literal["auto", "comma", "semicolon", "tab", "pipe"]
+_PASSWORD_IN_URL = re.compile(r"^[^:/]+://[^/@]*:[^/@]*@")
+
+
 class CsvDataConfig(_Strict):
-    """A branch export on disk following the data contract."""
+    """A branch export on disk following the data contract.
+
+    ``spec`` names the data spec (default: ``data_spec.yaml`` in ``path``); the
+    read settings, when set, win over the spec's (``None``: the spec's).
+    """
 
     kind: Literal["csv"] = "csv"
     path: str
+    spec: str | None = None
     attribute_columns: tuple[str, ...] = ()
+    encoding: str | None = None
+    delimiter: Delimiter | None = None
+    decimal: Literal["dot", "comma"] | None = None
+    currency_symbols: Literal["error", "strip"] | None = None
+
+
+class SqlDataConfig(_Strict):
+    """The contract tables in a database (the data spec's ``sql`` section says where).
+
+    ``url`` must not hold a password (it is written to ``config.yaml``): the
+    password comes from ``PGPASSWORD``, ``~/.pgpass``, or ``url_file``, a file
+    readable only by its owner that holds the whole URL.
+    """
+
+    kind: Literal["sql"] = "sql"
+    url: str | None = None
+    url_file: str | None = None
+    spec: str | None = None
+    attribute_columns: tuple[str, ...] = ()
+    decimal: Literal["dot", "comma"] | None = None
+    currency_symbols: Literal["error", "strip"] | None = None
+
+    @model_validator(mode="after")
+    def _one_url_without_password(self) -> SqlDataConfig:
+        if (self.url is None) == (self.url_file is None):
+            raise ValueError("give exactly one of data.url and data.url_file")
+        if self.url is not None and url_has_password(self.url):
+            raise ValueError(
+                "data.url must not hold a password; use PGPASSWORD, ~/.pgpass or data.url_file"
+            )
+        return self
+
+
+def url_has_password(url: str) -> bool:
+    """Whether a ``scheme://user:password@host`` URL carries a password."""
+    return bool(_PASSWORD_IN_URL.match(url.strip()))
 
 
 DataConfig = Annotated[
-    SyntheticDataConfig | CdnowDataConfig | CsvDataConfig, Field(discriminator="kind")
+    SyntheticDataConfig | CdnowDataConfig | CsvDataConfig | SqlDataConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -227,7 +274,14 @@ def _valid_keys(raw: Mapping[str, Any], loc: tuple[Any, ...]) -> list[str]:
         model = _SECTIONS[str(loc[0])]
         section = raw.get(str(loc[0]), {})
         kind = section.get("kind") or section.get("name") if isinstance(section, Mapping) else None
-        for candidate in (CdnowDataConfig, CsvDataConfig, GBDTModelConfig, SyntheticDataConfig):
+        candidates = (
+            CdnowDataConfig,
+            CsvDataConfig,
+            SqlDataConfig,
+            GBDTModelConfig,
+            SyntheticDataConfig,
+        )
+        for candidate in candidates:
             fields = candidate.model_fields
             tag = fields.get("kind") or fields.get("name")
             if tag is not None and tag.default == kind and loc[0] in ("data", "model"):
@@ -261,7 +315,8 @@ def validate_config(raw: Mapping[str, Any]) -> RunConfig:
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not isinstance(p, int))
             # Drop the discriminator tag pydantic inserts into union locations.
-            loc = tuple(p for p in loc if p not in ("synthetic", "cdnow", "csv", "lstm", "gbdt"))
+            tags = ("synthetic", "cdnow", "csv", "sql", "lstm", "gbdt")
+            loc = tuple(p for p in loc if p not in tags)
             where = ".".join(str(p) for p in loc) or "<root>"
             if err["type"] == "extra_forbidden":
                 valid = ", ".join(_valid_keys(raw, loc[:-1]))

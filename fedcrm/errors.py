@@ -20,34 +20,95 @@ class ConfigError(FedCRMError):
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem found in a branch export.
+    """One problem found in a branch export, at one line.
 
     ``line`` is the 1-based line in the file (the header is line 1), or 0 when
-    the problem concerns the whole file.
+    the problem concerns the whole file. ``note`` adds what differs from row to
+    row (e.g. the line of a first occurrence); ``fix`` says what to do. Neither
+    ever holds a field value.
     """
 
     file: str
     line: int
     column: str
     message: str
+    note: str = ""
+    fix: str = ""
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.column}: {self.message}"
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.file}:{self.line}: {self.column}: {self.message}{note}"
+
+
+@dataclass(frozen=True)
+class ProblemSummary:
+    """Every occurrence of one kind of problem in one column of one file.
+
+    ``str()`` is one line, ``FILE: COLUMN: WHAT in N rows (lines A, B, C, ...): FIX``
+    (``(line L)`` alone for a problem that stops the reading of a file, such as
+    the header's, nothing for a whole-file one); ``lines`` holds the first few
+    line numbers, ``count`` them all. ``unit`` names what is counted ("" when
+    only the place matters).
+    """
+
+    file: str
+    column: str
+    message: str
+    count: int
+    lines: tuple[int, ...]
+    fix: str = ""
+    unit: str = "row"
+
+    def __str__(self) -> str:
+        head = f"{self.file}: {self.column}: {self.message}"
+        located = [line for line in self.lines if line > 0]
+        if self.unit and (self.count > 1 or any(line > 1 for line in located)):
+            shown = ", ".join(str(line) for line in located)
+            if self.count > len(located):
+                shown += ", ..."
+            noun = self.unit if self.count == 1 else f"{self.unit}s"
+            label = "line" if len(located) == 1 and self.count == 1 else "lines"
+            head += f" in {self.count:,} {noun} ({label} {shown})"
+        elif located:
+            head += f" (line {located[0]})"
+        return f"{head}: {self.fix}" if self.fix else head
 
 
 class DataValidationError(FedCRMError):
-    """A branch export breaks the data contract; ``problems`` lists every finding."""
+    """A branch export breaks the data contract.
 
-    def __init__(self, problems: list[Problem], *, limit: int = 50) -> None:
+    ``summaries`` holds one line per kind of problem, ``problems`` the first
+    located problems (at most the validator's ``max_problems``).
+    """
+
+    def __init__(
+        self, problems: list[Problem], summaries: list[ProblemSummary] | None = None
+    ) -> None:
         self.problems = list(problems)
-        shown = "\n".join(f"  {p}" for p in self.problems[:limit])
-        more = len(self.problems) - limit
-        if more > 0:
-            shown += f"\n  ... and {more} more"
+        self.summaries = list(summaries) if summaries is not None else _summarise(self.problems)
+        total = sum(s.count for s in self.summaries)
+        shown = "\n".join(f"  {s}" for s in self.summaries)
         super().__init__(
-            f"{len(self.problems)} problem(s) in the branch export "
-            f"(run `fedcrm data validate DIR` for the full list):\n{shown}"
+            f"{total:,} problem(s) in the branch export "
+            f"(`fedcrm data validate DIR --max-problems N` lists them by line):\n{shown}"
         )
+
+
+def _summarise(problems: list[Problem]) -> list[ProblemSummary]:
+    groups: dict[tuple[str, str, str, str], list[int]] = {}
+    for p in problems:
+        groups.setdefault((p.file, p.column, p.message, p.fix), []).append(p.line)
+    return [
+        ProblemSummary(f, c, m, len(lines), tuple(sorted(lines)[:3]), fix)
+        for (f, c, m, fix), lines in groups.items()
+    ]
+
+
+class DataSourceError(FedCRMError):
+    """A data source (a database) cannot be reached or read.
+
+    The message names the source without its password and never quotes data.
+    """
 
 
 class PrivacyError(FedCRMError):

@@ -50,7 +50,14 @@ def test_data_validate_reports_problems_without_values(
     capsys.readouterr()
     assert main(["data", "validate", str(out)]) == 1
     printed = capsys.readouterr()
-    assert "events.csv:2: amount:" in printed.out
+    assert printed.out.splitlines() == [
+        "events.csv: amount: negative amount (must be >= 0) in 1 row (line 2): record a refund "
+        "as event_type return with a positive amount"
+    ]
+    assert "-77.77" not in printed.out + printed.err
+    assert main(["data", "validate", str(out), "--max-problems", "5"]) == 1
+    printed = capsys.readouterr()
+    assert "events.csv:2: amount: negative amount (must be >= 0)" in printed.out.splitlines()
     assert "-77.77" not in printed.out + printed.err
 
 
@@ -86,10 +93,10 @@ def test_a_missing_module_is_named_not_taken_for_a_usage_error(
     import sys
 
     # A broken install: the module behind `data validate` cannot be imported.
-    monkeypatch.setitem(sys.modules, "fedcrm.data.validate", None)
+    monkeypatch.setitem(sys.modules, "fedcrm.data.source", None)
     assert main(["data", "validate", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "fedcrm.data.validate" in err and "not completely installed" in err
+    assert "fedcrm.data.source" in err and "not completely installed" in err
 
 
 def test_piped_output_is_never_wrapped(tmp_path: Path) -> None:
@@ -109,16 +116,20 @@ def test_piped_output_is_never_wrapped(tmp_path: Path) -> None:
         lines[i] = ",".join(row)
     events.write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in __import__("os").environ.items() if k != "COLUMNS"}
+    validate = ["data", "validate", str(crm), "--max-problems", "10"]
     done = subprocess.run(
-        [sys.executable, "-m", "fedcrm.cli.main", "data", "validate", str(crm)],
+        [sys.executable, "-m", "fedcrm.cli.main", *validate],
         capture_output=True,
         text=True,
         env=env,
     )
     assert done.returncode == 1
     problems = [line for line in done.stdout.splitlines() if line.strip()]
-    # One problem per line, each a whole `file:line: column: what` message.
-    assert len(problems) == 3
-    assert all(line.startswith("events.csv:") and "amount" in line for line in problems)
-    # The closing summary names the whole folder on one line, however long.
-    assert any(f"3 problem(s) in {crm}" in line for line in done.stderr.splitlines())
+    # One summary line, then one problem per line, each a whole `file:line: column: what`.
+    assert problems[0] == (
+        "events.csv: amount: not a number in 3 rows (lines 2, 3, 4): write plain numbers "
+        "such as 12.5"
+    )
+    assert problems[1:] == [f"events.csv:{n}: amount: not a number" for n in (2, 3, 4)]
+    # The closing count names the whole folder on one line, however long.
+    assert any(f"3 problem(s) of 1 kind(s) in {crm}" in line for line in done.stderr.splitlines())

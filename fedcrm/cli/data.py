@@ -6,20 +6,54 @@ import argparse
 import time
 from pathlib import Path
 
-from fedcrm.cli._common import EXIT_INVALID, console, handles, out, subparsers
+from rich.markup import escape
+
+from fedcrm.cli._common import EXIT_INVALID, EXIT_USAGE, console, handles, out, subparsers
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check an export against the data contract; one problem per line on stdout."""
-    from fedcrm.data.validate import validate_dir
+    """Check an export (or a database) against the data contract.
 
-    problems = validate_dir(Path(args.dir))
-    if problems:
-        for p in problems:
-            out.print(str(p), markup=False, highlight=False)
-        console.print(f"[red]{len(problems)} problem(s)[/red] in {args.dir}")
+    stdout: one summary line per kind of problem, then with ``--max-problems N``
+    the first N problems as ``file:line: column: what``; stderr: warnings and
+    the verdict.
+    """
+    from fedcrm.data.source import branch_source
+    from fedcrm.errors import DataSourceError
+
+    source = branch_source(
+        path=args.dir,
+        url=args.url,
+        url_file=args.url_file,
+        spec_path=args.spec,
+        encoding=args.encoding,
+        delimiter=args.delimiter,
+        decimal=args.decimal,
+        currency_symbols=args.currency_symbols,
+    )
+    where = source.describe()
+    try:
+        inspection = source.inspect(max_problems=args.max_problems, events=False)
+    except DataSourceError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_USAGE
+    for line in inspection.summaries:
+        out.print(str(line), markup=False, highlight=False)
+    for p in inspection.problems[: args.max_problems]:
+        out.print(str(p), markup=False, highlight=False)
+    for w in inspection.warnings:
+        console.print(f"warning: {w}", markup=False, highlight=False)
+    if inspection.log:
+        count = inspection.log.count
+        console.print(
+            f"[red]{count:,} problem(s)[/red] of {len(inspection.summaries)} kind(s) in "
+            f"{escape(where)}",
+            highlight=False,
+        )
         return EXIT_INVALID
-    console.print(f"[green]valid[/green]: {args.dir} follows the data contract")
+    console.print(
+        f"[green]valid[/green]: {escape(where)} follows the data contract", highlight=False
+    )
     return 0
 
 
@@ -51,9 +85,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``data`` group."""
     data = sub.add_parser("data", help="validate, generate or import CRM data")
     dsub = subparsers(data, "data_cmd")
-    v = dsub.add_parser("validate", help="check a branch export against the data contract")
-    v.add_argument("dir")
-    handles(v, cmd_validate, error_exit=EXIT_INVALID)
+    v = dsub.add_parser(
+        "validate",
+        help="check a branch export (or database) against the data contract",
+        description="One line per kind of problem on stdout: FILE: COLUMN: WHAT in N rows "
+        "(lines A, B, C, ...): FIX; with --max-problems N also the first N problems as "
+        "FILE:LINE: COLUMN: WHAT. Never a field value.",
+    )
+    v.add_argument("dir", nargs="?", help="the export directory (or give --url/--url-file)")
+    v.add_argument("--url", help="a database URL without password (PGPASSWORD, ~/.pgpass)")
+    v.add_argument("--url-file", help="a file (mode 0600) holding the database URL")
+    v.add_argument("--spec", help="the data spec (default: data_spec.yaml in DIR)")
+    v.add_argument("--encoding", help="auto (default), utf-8, utf-16, cp1252, latin-1, ...")
+    v.add_argument("--delimiter", choices=("auto", "comma", "semicolon", "tab", "pipe"))
+    v.add_argument("--decimal", choices=("dot", "comma"), help="the decimal mark of numbers")
+    v.add_argument(
+        "--currency-symbols",
+        choices=("error", "strip"),
+        help="strip: accept amounts such as $1,234.50 (symbols and thousands separators)",
+    )
+    v.add_argument(
+        "--max-problems",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also list the first N problems, one per line with its line number (default 0)",
+    )
+    handles(v, cmd_validate, error_exit=EXIT_USAGE)
     s = dsub.add_parser("synth", help="write a synthetic multi-branch CRM")
     s.add_argument("--branches", type=int, default=5)
     s.add_argument("--customers", type=int, default=2000, help="customers per branch (mean)")

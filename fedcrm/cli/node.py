@@ -73,7 +73,10 @@ def node_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[s
 
     node_config: dict[str, Any] = {
         "branch-id": bd.branch_id,
-        "data-path": str(Path(args.data_path).resolve()),
+        "data-path": str(Path(args.data_path).resolve()) if args.data_path else "",
+        "data-url": args.data_url or "",
+        "data-url-file": str(Path(args.data_url_file).resolve()) if args.data_url_file else "",
+        "data-spec": str(Path(args.spec).resolve()) if args.spec else "",
         "ledger-path": str(pick(args.ledger_path, bd.ledger_path)),
         "signing-key": str(pick(args.signing_key, bd.signing_key)),
         "model-dir": str(pick(args.model_dir, bd.model_dir)),
@@ -129,8 +132,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     if node_config.get("signing-key"):
         check_signing_key(Path(node_config["signing-key"]), "--signing-key", report)
     check_node_config(node_config, report)
-    if not any(p.startswith("--data-path") for p in report.problems):
-        check_data(Path(node_config["data-path"]), branch_id, report)
+    if not any(p.startswith(("--data-", "--spec")) for p in report.problems):
+        check_data(node_config, branch_id, report)
     check_port_free("127.0.0.1", args.runtime_port, "--runtime-port", report)
     approved = _approved_apps(args, node_config, report)
     report.raise_if_any(f"the SuperNode of branch {branch_id}")
@@ -322,7 +325,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "one, else the current directory)",
     )
     ns.add_argument("--branch-id", help="checked against the branch folder's id when given")
-    ns.add_argument("--data-path", required=True, help="the branch export directory")
+    ns.add_argument("--data-path", help="the branch export directory")
+    ns.add_argument(
+        "--data-url",
+        help="instead of --data-path: the branch's CRM database (SQLAlchemy URL without "
+        "password; the password comes from PGPASSWORD or ~/.pgpass)",
+    )
+    ns.add_argument("--data-url-file", help="instead: a file (mode 0600) holding the database URL")
+    ns.add_argument(
+        "--spec", help="the branch's data spec (default: data_spec.yaml in --data-path)"
+    )
     ns.add_argument("--epsilon-ceiling", help="most epsilon this branch will ever spend (DP)")
     ns.add_argument("--delta", help="the branch's delta (DP; default below 1/n)")
     ns.add_argument("--ledger-path", help="default: the branch folder's ledger.jsonl")

@@ -27,12 +27,14 @@ def check_overrides(overrides: Sequence[str]) -> list[str]:
         LSTMModelConfig,
         PrivacyConfig,
         RunConfig,
+        SqlDataConfig,
         SyntheticDataConfig,
         TaskConfig,
+        url_has_password,
     )
 
     sections = {
-        "data": (SyntheticDataConfig, CdnowDataConfig, CsvDataConfig),
+        "data": (SyntheticDataConfig, CdnowDataConfig, CsvDataConfig, SqlDataConfig),
         "model": (LSTMModelConfig, GBDTModelConfig),
         "privacy": (PrivacyConfig,),
         "federation": (FederationConfig,),
@@ -44,8 +46,14 @@ def check_overrides(overrides: Sequence[str]) -> list[str]:
         if "=" not in ov or ov.startswith(("+", "~", "hydra.", "hydra/")) or ov.startswith("-"):
             fixed.append(ov)
             continue
-        key = ov.split("=", 1)[0]
+        key, value = ov.split("=", 1)
         parts = key.split(".")
+        if key == "data.url" and url_has_password(value.strip("'\"")):
+            # Refused before Hydra writes the overrides into the run directory.
+            raise ConfigError(
+                "data.url must not hold a password (it would be written to the run "
+                "directory); use PGPASSWORD, ~/.pgpass or data.url_file"
+            )
         if len(parts) == 1:
             if key not in RunConfig.model_fields:
                 valid = ", ".join(sorted(RunConfig.model_fields))

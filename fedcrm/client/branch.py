@@ -10,6 +10,12 @@ key                  meaning
                      id, :func:`fedcrm.identity.check_id`)
 ``data-path``        directory with the branch export (customers/events), or
                      a prepared feature cache (``train.npz``/``test.npz``)
+``data-url``         instead of ``data-path``: the branch's CRM database
+                     (SQLAlchemy URL without password; see
+                     :mod:`fedcrm.data.sql` for where the password comes from)
+``data-url-file``    instead: a file readable only by its owner holding the URL
+``data-spec``        the branch's data spec (default: ``data_spec.yaml`` in
+                     ``data-path``)
 ``ledger-path``      the branch's append-only privacy ledger (JSON lines)
 ``signing-key``      the branch's Ed25519 ledger signing key (PEM)
 ``epsilon-ceiling``  the most epsilon the branch will ever spend (DP runs)
@@ -45,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcrm.config import TaskConfig
+from fedcrm.config import TaskConfig, url_has_password
 from fedcrm.data.dataset import FeatureSet
 from fedcrm.data.split import DEFAULT_TEST_FRACTION
 from fedcrm.errors import ConfigError
@@ -57,6 +63,9 @@ log = logging.getLogger(__name__)
 KNOWN_KEYS = (
     "branch-id",
     "data-path",
+    "data-url",
+    "data-url-file",
+    "data-spec",
     "ledger-path",
     "signing-key",
     "epsilon-ceiling",
@@ -71,6 +80,7 @@ KNOWN_KEYS = (
 )
 # Keys Flower itself puts into node configs.
 _FLOWER_KEYS = ("partition-id", "num-partitions")
+_SOURCE_KEYS = ("data-path", "data-url", "data-url-file")
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ class BranchSettings:
     """Validated node config of one branch."""
 
     branch_id: str
-    data_path: Path
+    data_path: Path | None
     ledger_path: Path | None = None
     signing_key: Path | None = None
     epsilon_ceiling: float | None = None
@@ -86,6 +96,9 @@ class BranchSettings:
     he_secret_context: Path | None = None
     model_dir: Path | None = None
     cache_dir: Path | None = None
+    data_url: str | None = None
+    data_url_file: Path | None = None
+    data_spec: Path | None = None
     state_dir: Path | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
     min_cell_count: int = DEFAULT_MIN_COUNT
@@ -114,12 +127,25 @@ class BranchSettings:
             raise ConfigError(
                 f"unknown node-config key(s) {unknown}; valid keys: {', '.join(KNOWN_KEYS)}"
             )
-        for key in ("branch-id", "data-path"):
-            if not str(node_config.get(key, "")).strip():
-                raise ConfigError(f'node config needs `{key}` (e.g. --node-config "{key}=...")')
-        data_path = Path(str(node_config["data-path"]))
-        if not data_path.is_dir():
-            raise ConfigError(f"node config `data-path`: directory {data_path} does not exist")
+        if not str(node_config.get("branch-id", "")).strip():
+            raise ConfigError('node config needs `branch-id` (e.g. --node-config "branch-id=...")')
+        sources = [k for k in _SOURCE_KEYS if str(node_config.get(k, "")).strip()]
+        if len(sources) != 1:
+            raise ConfigError(
+                "node config needs `data-path` (the export directory), or instead `data-url` "
+                'or `data-url-file` for a database (e.g. --node-config "data-path=...")'
+            )
+        data_path = None
+        if sources == ["data-path"]:
+            data_path = Path(str(node_config["data-path"]))
+            if not data_path.is_dir():
+                raise ConfigError(f"node config `data-path`: directory {data_path} does not exist")
+        data_url = str(node_config.get("data-url", "")).strip() or None
+        if data_url is not None and url_has_password(data_url):
+            raise ConfigError(
+                "node config `data-url` must not hold a password (node configs show in process "
+                "lists); use PGPASSWORD, ~/.pgpass or `data-url-file`"
+            )
 
         def path(key: str, must_exist: bool = True) -> Path | None:
             value = str(node_config.get(key, "")).strip()
@@ -166,10 +192,24 @@ class BranchSettings:
             he_secret_context=path("he-secret-context"),
             model_dir=path("model-dir", must_exist=False),
             cache_dir=path("cache-dir", must_exist=False),
+            data_url=data_url,
+            data_url_file=path("data-url-file"),
+            data_spec=path("data-spec"),
             state_dir=path("state-dir", must_exist=False),
             test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction,
             min_cell_count=whole("min-cell-count", 1) or DEFAULT_MIN_COUNT,
             rng_seed=whole("rng-seed", 0),
+        )
+
+    def source(self) -> Any:
+        """The branch's data source and spec (:class:`fedcrm.data.source.BranchSource`)."""
+        from fedcrm.data.source import branch_source
+
+        return branch_source(
+            path=self.data_path,
+            url=self.data_url,
+            url_file=self.data_url_file,
+            spec_path=self.data_spec,
         )
 
 
@@ -242,8 +282,9 @@ def load_branch_data(settings: BranchSettings, task: TaskConfig) -> BranchData:
     the job moves a customer between the sides.
     """
     key_bytes = split_key(settings)
+    source = (settings.data_path, settings.data_url, settings.data_url_file, settings.data_spec)
     key = (
-        str(settings.data_path),
+        *(str(x) for x in source),
         settings.branch_id,
         task.model_dump_json(),
         settings.test_fraction,
@@ -251,13 +292,19 @@ def load_branch_data(settings: BranchSettings, task: TaskConfig) -> BranchData:
     )
     if key in _CACHE:
         return _CACHE[key]
-    prepared = settings.data_path / PREPARED
-    if prepared.exists():
-        features, excluded = _read_prepared(settings.data_path)
-    elif settings.cache_dir is not None:
+    prepared = settings.data_path
+    if prepared is not None and (prepared / PREPARED).exists():
+        features, excluded = _read_prepared(prepared)
+    elif settings.cache_dir is not None and settings.data_path is not None:
+        # A database has no cheap fingerprint of its rows (a consent change must take
+        # effect), so only an export directory's features are kept on disk.
         from fedcrm.client.feature_cache import cached_features
 
-        fingerprint = {"branch": settings.branch_id, "task": task.model_dump(mode="json")}
+        fingerprint = {
+            "branch": settings.branch_id,
+            "task": task.model_dump(mode="json"),
+            "spec": settings.source().spec.digest(),
+        }
         features, excluded = cached_features(
             settings.cache_dir,
             settings.data_path,
@@ -286,17 +333,16 @@ def _read_prepared(directory: Path) -> tuple[FeatureSet, int]:
 
 
 def _featurise(settings: BranchSettings, task: TaskConfig) -> tuple[FeatureSet, int]:
-    """Validate, consent-filter and featurise the branch export."""
+    """Validate, consent-filter and featurise the branch's data (export or database)."""
     from fedcrm.data.features import build_features
-    from fedcrm.data.loader import load_crm
 
-    crm = load_crm(settings.data_path)
+    crm = settings.source().load()
     branches = crm.branches()
     if settings.branch_id in branches:
         crm = crm.branch(settings.branch_id)
     elif len(branches) != 1:
         raise ConfigError(
-            f"node config `branch-id`: the export at `data-path` holds {len(branches)} "
+            f"node config `branch-id`: the branch's data holds {len(branches)} "
             "branches and none has this id"
         )
     fs = build_features(

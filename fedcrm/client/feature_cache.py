@@ -43,6 +43,12 @@ KEEP = 3
 EXPORT_SUFFIXES = (".csv", ".parquet")
 CODE_MODULES = (
     "fedcrm.data.contract",
+    "fedcrm.data.reading",
+    "fedcrm.data.csvfile",
+    "fedcrm.data.feature_blocks",
+    "fedcrm.data.values",
+    "fedcrm.data.checks",
+    "fedcrm.data.spec",
     "fedcrm.data.validate",
     "fedcrm.data.loader",
     "fedcrm.data.features",

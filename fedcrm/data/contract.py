@@ -3,9 +3,10 @@
 A branch exports two tables, as CSV or Parquet:
 
 ``customers``
-    ``customer_id`` (string), ``branch_id``, ``signup_date`` (ISO date, may be
-    empty), ``consent_analytics`` (bool), ``ccpa_opt_out`` (bool), plus the
-    optional attribute columns declared by the caller.
+    ``customer_id`` (string, unique within the branch), ``branch_id``,
+    ``signup_date`` (ISO date, may be empty), ``consent_analytics`` (bool),
+    ``ccpa_opt_out`` (bool), plus the attribute columns the branch declares in
+    its data spec (:mod:`fedcrm.data.spec`), numeric or categorical.
 ``events``
     ``customer_id``, ``timestamp`` (ISO 8601; an offset is converted to UTC, no
     offset means UTC), ``event_type`` (one of :data:`EVENT_TYPES`), ``amount``
@@ -22,18 +23,19 @@ A directory holds one of three layouts:
 * one pair of files with many branches, split by ``branch_id``;
 * one sub-directory per branch, each holding a pair (``DIR/<any>/customers.csv``).
 
-This module holds the names, small helpers and the readers that turn a file
-into text columns with the file line of every row (:func:`read_table`);
-:mod:`fedcrm.data.validate` applies the rules and :mod:`fedcrm.data.loader`
-returns the typed tables.
+Customer ids identify a customer within a branch: the same id in two branch
+folders (or under two ``branch_id`` values) names two customers, two units of
+privacy. Within one customers file ids must be unique, since its events file
+names customers by id alone.
+
+This module holds the names and small helpers; :mod:`fedcrm.data.reading`
+turns files into text chunks, :mod:`fedcrm.data.validate` applies the rules
+and :mod:`fedcrm.data.loader` returns the typed tables.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +43,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from fedcrm.data.dataset import CHANNELS, EVENT_TYPES
-from fedcrm.errors import Problem
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +70,9 @@ EVENT_COLUMNS: tuple[str, ...] = (
 # Columns that may be empty; every other contract column is required.
 OPTIONAL_COLUMNS: frozenset[str] = frozenset({"signup_date", "product_category"})
 
-WHOLE = "-"  # the column of a problem that concerns a whole row or file
-
-TRUE_WORDS: frozenset[str] = frozenset({"true", "1", "yes"})
-FALSE_WORDS: frozenset[str] = frozenset({"false", "0", "no"})
+# Training leaves out a branch with fewer customers active before the cutoff;
+# validation warns about a branch with fewer consenting customers who have events.
+MIN_BRANCH_CUSTOMERS = 10
 
 __all__ = [
     "CHANNELS",
@@ -83,47 +81,40 @@ __all__ = [
     "EVENTS",
     "EVENT_COLUMNS",
     "EVENT_TYPES",
-    "FALSE_WORDS",
     "FORMATS",
+    "MIN_BRANCH_CUSTOMERS",
     "OPTIONAL_COLUMNS",
-    "TRUE_WORDS",
-    "WHOLE",
     "FilePair",
     "discover",
     "find_table",
     "lookup",
     "member",
-    "parse_bool",
-    "read_table",
 ]
 
 
-def parse_bool(values: pd.Series) -> pd.Series:
-    """Parse contract booleans.
-
-    Parameters
-    ----------
-    values : Series of str
-        Raw text; blanks around a word and letter case are ignored.
-
-    Returns
-    -------
-    Series of object
-        ``True``/``False``, or ``None`` where the text is not a contract boolean.
-    """
-    norm = values.astype("string").fillna("").str.strip().str.lower()
-    out = pd.Series(np.full(len(norm), None, dtype=object), index=values.index)
-    out[norm.isin(TRUE_WORDS).to_numpy()] = True
-    out[norm.isin(FALSE_WORDS).to_numpy()] = False
-    return out
+def _codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(codes, categories)`` of a categorical column, else ``None``."""
+    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+        return values.cat.codes.to_numpy(), values.cat.categories.to_numpy(dtype=object)
+    if isinstance(values, pd.Categorical):
+        return values.codes, values.categories.to_numpy(dtype=object)
+    return None
 
 
 def member(values: pd.Series | np.ndarray, pool: pd.Series | np.ndarray) -> np.ndarray:
     """Boolean mask of ``values`` found in ``pool`` (a hash join).
 
     ``Series.isin`` on pandas' Arrow-backed strings iterates in Python over the
-    pool; Arrow's ``is_in`` stays fast for millions of rows.
+    pool; Arrow's ``is_in`` stays fast for millions of rows. A categorical
+    column is matched through its categories.
     """
+    cat = _codes(values)
+    if cat is not None:
+        inside = member(cat[1], pool)
+        return np.append(inside, False)[cat[0]]
+    pool_cat = _codes(pool)
+    if pool_cat is not None:
+        pool = pool_cat[1][np.unique(pool_cat[0][pool_cat[0] >= 0])]
     value_set = pa.array(pool, type=pa.string(), from_pandas=True).unique()
     found = pc.is_in(pa.array(values, type=pa.string(), from_pandas=True), value_set=value_set)
     return np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool)
@@ -131,6 +122,10 @@ def member(values: pd.Series | np.ndarray, pool: pd.Series | np.ndarray) -> np.n
 
 def lookup(values: pd.Series | np.ndarray, keys: pd.Series | np.ndarray) -> np.ndarray:
     """Position in ``keys`` of each of ``values`` (first match), -1 when absent."""
+    cat = _codes(values)
+    if cat is not None:
+        pos = lookup(cat[1], keys)
+        return np.append(pos, -1)[cat[0]]
     key_arr = pa.array(keys, type=pa.string(), from_pandas=True)
     found = pc.index_in(pa.array(values, type=pa.string(), from_pandas=True), value_set=key_arr)
     return np.asarray(found.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
@@ -196,160 +191,3 @@ def discover(root: Path) -> list[FilePair]:
         prefix = "" if d == root else d.relative_to(root).as_posix()
         pairs.append(FilePair(d, prefix, cust[0] if cust else None, ev[0] if ev else None))
     return pairs
-
-
-# ------------------------------------------------------------------ reading
-def _to_text(col: pa.ChunkedArray) -> pd.Series:
-    """A Parquet column as contract text ("" for missing)."""
-    kind = col.type
-    if pa.types.is_dictionary(kind):
-        col = col.cast(kind.value_type)
-        kind = col.type
-    if pa.types.is_date(kind):
-        col = col.cast(pa.timestamp("s"))
-        kind = col.type
-    if pa.types.is_timestamp(kind):
-        # tz-aware values are stored in UTC: dropping the zone keeps UTC.
-        col = pc.strftime(col.cast(pa.timestamp(kind.unit)), format="%Y-%m-%dT%H:%M:%S")
-    elif not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        try:
-            col = col.cast(pa.string())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return col.to_pandas().astype("string").fillna("").astype(str)
-    return col.fill_null("").to_pandas().astype(str)
-
-
-def _read_csv(path: Path, rel: str, out: list[Problem]) -> tuple[pd.DataFrame, np.ndarray] | None:
-    """Read a CSV file as text columns, with the file line of every row.
-
-    The fast path (Arrow's multi-threaded reader) applies when every line
-    after the header is one well-formed row; otherwise the file is re-read
-    with :mod:`csv`, which names each malformed line.
-    """
-    data = path.read_bytes()
-    if not data.strip():
-        out.append(Problem(rel, 0, WHOLE, "empty file (no header line)"))
-        return None
-    first = data.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace")
-    header = [h.strip() for h in next(csv.reader([first.rstrip("\r")]), [])]
-    if not header or _bad_header(header, rel, out):
-        return None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        out.append(Problem(rel, data[: exc.start].count(b"\n") + 1, WHOLE, "not UTF-8 text"))
-        return None
-    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    invalid: list[int] = []
-
-    def _on_invalid(row: pacsv.InvalidRow) -> str:
-        invalid.append(1)
-        return "skip"
-
-    try:
-        table = pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=header, skip_rows=1),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=_on_invalid),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(header, pa.string()),
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
-    except pa.ArrowInvalid:
-        table = None
-    balanced = text.count('"') % 2 == 0
-    if table is not None and balanced and not invalid and table.num_rows == n_lines - 1:
-        frame = table.to_pandas()
-        frame.columns = header
-        return frame, np.arange(table.num_rows, dtype=np.int64) + 2
-    return _read_slow_csv(text, rel, out)
-
-
-def _read_slow_csv(
-    text: str, rel: str, out: list[Problem]
-) -> tuple[pd.DataFrame, np.ndarray] | None:
-    """The slow path: one Python pass that names every malformed line."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    header: list[str] | None = None
-    prev = 0
-    try:
-        for row in reader:
-            start, prev = prev + 1, reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if header is None:
-                header = [h.strip() for h in row]
-                continue
-            if len(row) != len(header):
-                msg = f"malformed row: {len(row)} fields, header has {len(header)}"
-                out.append(Problem(rel, start, WHOLE, msg))
-                continue
-            rows.append(row)
-            lines.append(start)
-    except csv.Error:
-        out.append(Problem(rel, reader.line_num, WHOLE, "malformed CSV (unbalanced quotes)"))
-        return None
-    if header is None or _bad_header(header, rel, out):
-        return None
-    frame = (
-        pd.DataFrame(rows, columns=header, dtype=str)
-        if rows
-        else pd.DataFrame({h: pd.Series([], dtype=str) for h in header})
-    )
-    return frame, np.asarray(lines, dtype=np.int64)
-
-
-def _bad_header(header: Sequence[str], rel: str, out: list[Problem]) -> bool:
-    seen: set[str] = set()
-    bad = False
-    for name in header:
-        if not name:
-            out.append(Problem(rel, 1, WHOLE, "empty column name in the header"))
-            bad = True
-        elif name in seen:
-            out.append(Problem(rel, 1, name, "duplicate column in the header"))
-            bad = True
-        seen.add(name)
-    return bad
-
-
-def read_table(path: Path, rel: str, out: list[Problem]) -> tuple[pd.DataFrame, np.ndarray] | None:
-    """Read one contract file with every column as stripped text.
-
-    Parameters
-    ----------
-    path : Path
-        A ``.csv`` or ``.parquet`` file.
-    rel : str
-        Its name relative to the validated directory (used in problems).
-    out : list of Problem
-        Receives the problems found while reading.
-
-    Returns
-    -------
-    (DataFrame, ndarray) or None
-        The table (all columns ``str``) and the file line of each row, or
-        ``None`` when the file cannot be read at all.
-    """
-    if path.suffix == ".parquet":
-        try:
-            raw = pq.read_table(path)
-        except (pa.ArrowException, OSError, ValueError):  # unreadable: a finding
-            out.append(Problem(rel, 0, WHOLE, "unreadable Parquet file"))
-            return None
-        names = [str(c).strip() for c in raw.column_names]
-        if _bad_header(names, rel, out):
-            return None
-        frame = pd.DataFrame({n: _to_text(raw.column(i)) for i, n in enumerate(names)})
-        read = (frame, np.arange(len(frame), dtype=np.int64) + 2)
-    else:
-        result = _read_csv(path, rel, out)
-        if result is None:
-            return None
-        read = result
-    frame = read[0].apply(lambda c: c.astype(str).str.strip())
-    return frame, read[1]

@@ -12,8 +12,11 @@ the full history, 0 for the customer's first event — and log1p days from the
 event to the cutoff).
 
 Tabular features are on a log / share scale (names in
-``FeatureSet.tabular_names``); everything is computed with numpy group
-reductions, no per-customer Python loop.
+``FeatureSet.tabular_names``), then the declared attributes: numeric ones as
+``sign(x) log1p(|x|)``, categorical ones one-hot (one column per declared
+category and an ``other`` column for any other or empty value). Everything is
+computed with numpy group reductions, no per-customer Python loop, one branch
+and :data:`BLOCK_CUSTOMERS` customers at a time.
 """
 
 from __future__ import annotations
@@ -21,28 +24,83 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from fedcrm.data.contract import member
-from fedcrm.data.dataset import CHANNELS, EVENT_TYPES, N_CATEGORY_BUCKETS, FeatureSet
+from fedcrm.data.dataset import CHANNELS, EVENT_TYPES, FeatureSet
+from fedcrm.data.feature_blocks import (
+    WINDOWS,
+    EventArrays,
+    FeatureArrays,
+    featurise_block,
+)
 from fedcrm.data.loader import CRMData
-from fedcrm.data.schema import WINDOWS, tabular_names
+from fedcrm.data.spec import OTHER, DataSpec
 from fedcrm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 _DAY_NS = 86_400 * 10**9
+# Customers featurised at a time: bounds the working memory (the outputs grow
+# with the number of customers; the intermediates only with the block).
+BLOCK_CUSTOMERS = 100_000
 
 
-def category_bucket(category: str) -> int:
-    """The stable bucket (1..N_CATEGORY_BUCKETS, 0 for empty) of a product category."""
-    key = category.strip().lower()
-    if not key:
-        return 0
-    return zlib.crc32(key.encode("utf-8")) % N_CATEGORY_BUCKETS + 1
+Vocabularies = Mapping[str, Sequence[str]]
+
+
+def _categories(spec: DataSpec, vocabularies: Vocabularies | None) -> dict[str, tuple[str, ...]]:
+    """The categories of each categorical attribute (``vocabularies`` win over the spec's)."""
+    cats = spec.vocabularies()
+    for name, vocab in (vocabularies or {}).items():
+        if name not in cats:
+            raise ConfigError(
+                f"a vocabulary was given for `{name}`, which the data spec does not declare "
+                "categorical"
+            )
+        cats[name] = tuple(vocab)
+    return cats
+
+
+def tabular_names(
+    spec: DataSpec | Sequence[str] = (), vocabularies: Vocabularies | None = None
+) -> list[str]:
+    """Names of the tabular feature columns, in order.
+
+    A numeric attribute ``age`` is ``attr_age``; a categorical ``segment`` is one
+    column per category, ``segment=gold`` ..., then ``segment=other``
+    (``[``, ``]`` and ``<``, which XGBoost refuses in names, are written ``(``,
+    ``)`` and ``lt``: ``income=<15K`` is ``income=lt15K``).
+    """
+    if not isinstance(spec, DataSpec):
+        spec = DataSpec().with_numeric(tuple(spec))
+    names = [
+        "log_recency_days",
+        "log_purchase_recency_days",
+        "log_n_events",
+        "log_n_purchases",
+        "log_total_spend",
+        "log_mean_spend",
+        "log_tenure_days",
+        "log_mean_gap_days",
+    ]
+    names += [f"log_events_{w}d" for w in WINDOWS] + [f"log_purchases_{w}d" for w in WINDOWS]
+    names += [f"share_{t}" for t in EVENT_TYPES] + [f"share_{c}" for c in CHANNELS]
+    names += ["log_n_returns", "log_n_support", "purchase_trend_90d"]
+    cats = _categories(spec, vocabularies)
+    for name, attr in spec.attributes.items():
+        if attr.kind == "numeric":
+            names.append(f"attr_{name}")
+        else:
+            names += [f"{name}={_label(c)}" for c in cats[name]] + [f"{name}={OTHER}"]
+    return names
+
+
+def _label(category: str) -> str:
+    """A category as written in a feature name (XGBoost refuses ``[``, ``]`` and ``<``)."""
+    return category.replace("[", "(").replace("]", ")").replace("<", "lt")
 
 
 def resolve_cutoff(data: CRMData, cutoff: dt.date | None, horizon_days: int) -> dt.date:
@@ -78,31 +136,32 @@ def resolve_cutoff(data: CRMData, cutoff: dt.date | None, horizon_days: int) -> 
     return start.date()
 
 
-def _codes(values: pd.Series, vocab: tuple[str, ...]) -> np.ndarray:
-    return pd.Categorical(values, categories=list(vocab)).codes.astype(np.int64) + 1
+def _attributes(
+    customers: pd.DataFrame, spec: DataSpec, cats: Mapping[str, Sequence[str]]
+) -> np.ndarray:
+    """Numeric attributes on a signed log scale; categoricals one-hot with an ``other`` column.
 
-
-def _buckets(values: pd.Series) -> np.ndarray:
-    codes, uniques = pd.factorize(values.astype(str).str.strip().str.lower())
-    table = np.array([category_bucket(u) for u in uniques] + [0], dtype=np.int64)
-    return table[codes]  # code -1 (missing) -> the trailing 0
-
-
-def _attributes(customers: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
-    out = np.zeros((len(customers), len(columns)), dtype=np.float64)
-    for j, name in enumerate(columns):
+    A value outside the vocabulary, or an empty one, is ``other``.
+    """
+    cols: list[np.ndarray] = []
+    n = len(customers)
+    for name, attr in spec.attributes.items():
         raw = customers[name]
-        num = pd.to_numeric(raw, errors="coerce").astype("float64")
-        nonnum = num.isna() & raw.astype(str).str.strip().ne("")
-        if nonnum.any():
-            logger.warning("attribute column %s has non-numeric values; they count as 0", name)
-        x = np.nan_to_num(num.to_numpy(), nan=0.0, posinf=0.0, neginf=0.0)
-        out[:, j] = np.sign(x) * np.log1p(np.abs(x))
-    return out
+        if attr.kind == "numeric":
+            num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+            x = np.nan_to_num(num, nan=0.0, posinf=0.0, neginf=0.0)
+            cols.append((np.sign(x) * np.log1p(np.abs(x)))[:, None])
+            continue
+        vocab = [c.strip().lower() for c in cats[name]]
+        text = raw.astype(str).str.strip().str.lower().to_numpy(dtype=object)
+        found = pd.Index(vocab, dtype=object).get_indexer(text)
+        onehot = np.zeros((n, len(vocab) + 1))
+        onehot[np.arange(n), np.where(found >= 0, found, len(vocab))] = 1.0
+        cols.append(onehot)
+    return np.hstack(cols) if cols else np.zeros((n, 0))
 
 
-def _empty(K: int, attrs: tuple[str, ...]) -> FeatureSet:
-    names = tabular_names(attrs)
+def _empty(K: int, names: list[str]) -> FeatureSet:
     return FeatureSet(
         customer_ids=np.zeros(0, dtype=str),
         branch_ids=np.zeros(0, dtype=str),
@@ -115,117 +174,85 @@ def _empty(K: int, attrs: tuple[str, ...]) -> FeatureSet:
     )
 
 
-def _build(data: CRMData, cutoff: dt.date, horizon_days: int, max_events: int) -> FeatureSet:
+def _build(
+    data: CRMData,
+    cutoff: dt.date,
+    horizon_days: int,
+    max_events: int,
+    vocabularies: Vocabularies | None,
+) -> FeatureSet:
+    """Features of one branch's customers active before the cutoff, in blocks of customers."""
     K = int(max_events)
+    names = tabular_names(data.spec, vocabularies)
+    cats = _categories(data.spec, vocabularies)
     c_ns = pd.Timestamp(cutoff).value
-    ev = data.events
-    ts = ev["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    before = ts < c_ns
+    ev = EventArrays.of(data.events)
     cust = data.customers
-    active = cust[member(cust["customer_id"], ev["customer_id"][before])]
-    active = active.sort_values(["branch_id", "customer_id"], kind="mergesort")
-    ids = active["customer_id"].to_numpy(dtype=str)
-    n = len(ids)
+    id_cats = data.events["customer_id"].cat.categories
+    before = np.bincount(ev.code[ev.ts < c_ns], minlength=len(id_cats)) > 0
+    cust_code = pd.Index(id_cats).get_indexer(cust["customer_id"].to_numpy(dtype=object))
+    active = np.flatnonzero((cust_code >= 0) & before[np.maximum(cust_code, 0)])
+    active = active[np.argsort(cust_code[active], kind="stable")]
+    n = len(active)
     if n == 0:
-        return _empty(K, data.attribute_columns)
-    index = pd.Index(ids)
-    cidx = index.get_indexer(ev["customer_id"])
-
-    # ---- labels: any purchase in [cutoff, cutoff + horizon)
-    end_ns = c_ns + horizon_days * _DAY_NS
-    is_purchase = (ev["event_type"] == "purchase").to_numpy()
-    bought = is_purchase & (ts >= c_ns) & (ts < end_ns) & (cidx >= 0)
-    labels = np.ones(n, dtype=np.int64)
-    labels[np.unique(cidx[bought])] = 0
-
-    # ---- events before the cutoff, ordered by customer then time
-    sel = np.flatnonzero(before & (cidx >= 0))
-    sel = sel[np.lexsort((ts[sel], cidx[sel]))]
-    c, t = cidx[sel], ts[sel]
-    sub = ev.iloc[sel]
-    etype = _codes(sub["event_type"], EVENT_TYPES)
-    chan = _codes(sub["channel"], CHANNELS)
-    bucket = _buckets(sub["product_category"])
-    amount = sub["amount"].to_numpy(dtype=np.float64)
-    purchase = etype == 1
-
-    counts = np.bincount(c, minlength=n)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pos = np.arange(len(c)) - starts[c]
-    to_cut = (c_ns - t) / _DAY_NS
-    gap = np.zeros(len(c))
-    gap[1:] = (t[1:] - t[:-1]) / _DAY_NS
-    gap[pos == 0] = 0.0
-
-    first_kept = np.maximum(counts - K, 0)
-    keep = pos >= first_kept[c]
-    slot = pos[keep] - first_kept[c[keep]]
-    rows = c[keep]
-    seq_cat = np.zeros((n, K, 3), dtype=np.int64)
-    seq_num = np.zeros((n, K, 3), dtype=np.float32)
-    seq_cat[rows, slot] = np.stack([etype[keep], chan[keep], bucket[keep]], axis=1)
-    seq_num[rows, slot] = np.log1p(np.stack([amount[keep], gap[keep], to_cut[keep]], axis=1))
-    lengths = np.minimum(counts, K).astype(np.int64)
-
-    # ---- tabular
-    ends = starts + counts - 1
-    recency = to_cut[ends]
-    first_days = to_cut[starts]
-    pc, pt = c[purchase], to_cut[purchase]
-    last_p = np.r_[pc[1:] != pc[:-1], True] if len(pc) else np.zeros(0, dtype=bool)
-    p_recency = first_days + 1.0  # no purchase yet: longer ago than the first event
-    p_recency[pc[last_p]] = pt[last_p]
-    n_p = np.bincount(c, weights=purchase, minlength=n)
-    spend = np.bincount(c, weights=amount * purchase, minlength=n)
-    signup = active["signup_date"].fillna(pd.Timestamp(cutoff)).to_numpy(dtype="datetime64[ns]")
-    signup_days = (c_ns - signup.astype(np.int64)) / _DAY_NS
-    tenure = np.maximum(np.maximum(signup_days, first_days), 0.0)
-    mean_gap = np.where(counts > 1, (first_days - recency) / np.maximum(counts - 1, 1), 0.0)
-    win_e = [np.bincount(c, weights=to_cut <= w, minlength=n) for w in WINDOWS]
-    win_p = [np.bincount(c, weights=purchase & (to_cut <= w), minlength=n) for w in WINDOWS]
-    prev_p = win_p[2] - win_p[1]
-    type_counts = np.bincount(c * 6 + etype - 1, minlength=n * 6).reshape(n, 6)
-    chan_counts = np.bincount(
-        c * 5 + np.maximum(chan - 1, 0), weights=chan > 0, minlength=n * 5
-    ).reshape(n, 5)
-    denom = np.maximum(counts, 1)[:, None]
-    cols = [
-        np.log1p(recency),
-        np.log1p(p_recency),
-        np.log1p(counts),
-        np.log1p(n_p),
-        np.log1p(spend),
-        np.log1p(spend / np.maximum(n_p, 1)),
-        np.log1p(tenure),
-        np.log1p(mean_gap),
-        *[np.log1p(w) for w in win_e],
-        *[np.log1p(w) for w in win_p],
-    ]
-    tab = np.column_stack(
-        [
-            *cols,
-            type_counts / denom,
-            chan_counts / denom,
-            np.log1p(type_counts[:, 2]),
-            np.log1p(type_counts[:, 3]),
-            np.log1p(win_p[1]) - np.log1p(prev_p),
-            _attributes(active, data.attribute_columns),
-        ]
-    ).astype(np.float32)
+        return _empty(K, names)
+    codes = cust_code[active]
+    grouped = ev.grouped_codes()
+    lo = np.searchsorted(grouped, codes, "left")
+    hi = np.searchsorted(grouped, codes, "right")
+    out = FeatureArrays(
+        np.zeros((n, K, 3), dtype=np.int64),
+        np.zeros((n, K, 3), dtype=np.float32),
+        np.zeros(n, dtype=np.int64),
+        np.zeros(n, dtype=np.int64),
+        np.zeros((n, len(names)), dtype=np.float32),
+    )
+    signup = cust["signup_date"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    signup = np.where(signup == np.iinfo(np.int64).min, c_ns, signup)[active]
+    block = BLOCK_CUSTOMERS
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        rows = slice(r0, r1)
+        events = ev.take(int(lo[r0]), int(hi[r1 - 1]))
+        featurise_block(out, rows, events, codes[rows], signup[rows], c_ns, horizon_days, K)
+    attrs = _attributes(cust.iloc[active], data.spec, cats)
+    out.tabular[:, len(names) - attrs.shape[1] :] = attrs
     return FeatureSet(
-        customer_ids=ids,
-        branch_ids=active["branch_id"].to_numpy(dtype=str),
-        seq_cat=seq_cat,
-        seq_num=seq_num,
-        lengths=lengths,
-        tabular=tab,
-        labels=labels,
-        tabular_names=tabular_names(data.attribute_columns),
+        customer_ids=cust["customer_id"].to_numpy(dtype=str)[active],
+        branch_ids=cust["branch_id"].to_numpy(dtype=str)[active],
+        seq_cat=out.seq_cat,
+        seq_num=out.seq_num,
+        lengths=out.lengths,
+        tabular=out.tabular,
+        labels=out.labels,
+        tabular_names=names,
     )
 
 
+def _build_all(
+    data: CRMData,
+    cutoff: dt.date,
+    horizon_days: int,
+    max_events: int,
+    vocabularies: Vocabularies | None,
+) -> FeatureSet:
+    parts = [
+        _build(data.branch(b), cutoff, horizon_days, max_events, vocabularies)
+        for b in data.branches()
+    ]
+    parts = [p for p in parts if len(p)] or [
+        _empty(int(max_events), tabular_names(data.spec, vocabularies))
+    ]
+    return parts[0] if len(parts) == 1 else FeatureSet.concat(parts)
+
+
 def build_features(
-    data: CRMData, *, cutoff: dt.date | None, horizon_days: int, max_events: int
+    data: CRMData,
+    *,
+    cutoff: dt.date | None,
+    horizon_days: int,
+    max_events: int,
+    vocabularies: Vocabularies | None = None,
 ) -> FeatureSet:
     """Sequences, tabular features and churn labels of every customer active before the cutoff.
 
@@ -239,6 +266,9 @@ def build_features(
         Label window length after the cutoff.
     max_events : int
         Sequence length K (the last K events are kept).
+    vocabularies : mapping of str to sequence of str, optional
+        Categories of declared categorical attributes, replacing the data
+        spec's (e.g. a vocabulary agreed across branches).
 
     Returns
     -------
@@ -251,7 +281,7 @@ def build_features(
         When the cutoff leaves no customer or no label window.
     """
     resolved = resolve_cutoff(data, cutoff, horizon_days)
-    fs = _build(data, resolved, horizon_days, max_events)
+    fs = _build_all(data, resolved, horizon_days, max_events, vocabularies)
     logger.info(
         "features: %d customer(s), churn rate %.3f, cutoff %s",
         len(fs),
@@ -289,7 +319,13 @@ def scoring_cutoff(data: CRMData, as_of: dt.date) -> dt.date:
     return cutoff
 
 
-def build_scoring_features(data: CRMData, *, as_of: dt.date, max_events: int) -> FeatureSet:
+def build_scoring_features(
+    data: CRMData,
+    *,
+    as_of: dt.date,
+    max_events: int,
+    vocabularies: Vocabularies | None = None,
+) -> FeatureSet:
     """Features of every customer with an event up to ``as_of``, without labels.
 
     The same features as :func:`build_features` with the cutoff on the day
@@ -310,14 +346,19 @@ def build_scoring_features(data: CRMData, *, as_of: dt.date, max_events: int) ->
     ConfigError
         When there is no event on or before ``as_of``.
     """
-    fs = _build(data, scoring_cutoff(data, as_of), 0, max_events)
+    fs = _build(data, scoring_cutoff(data, as_of), 0, max_events, vocabularies)
     fs.labels = np.full(len(fs), UNKNOWN_LABEL, dtype=np.int64)
     logger.info("scoring features: %d customer(s) as of %s", len(fs), as_of)
     return fs
 
 
 def scoring_feature_blocks(
-    data: CRMData, *, as_of: dt.date, max_events: int, block_size: int = 50_000
+    data: CRMData,
+    *,
+    as_of: dt.date,
+    max_events: int,
+    block_size: int = 50_000,
+    vocabularies: Vocabularies | None = None,
 ) -> Iterator[tuple[FeatureSet, int]]:
     """:func:`build_scoring_features` block by block, to bound memory on large exports.
 
@@ -346,14 +387,20 @@ def scoring_feature_blocks(
             data.events.iloc[rows].reset_index(drop=True),
             data.excluded,
             data.attribute_columns,
+            data.spec,
         )
-        fs = _build(block, cutoff, 0, max_events)
+        fs = _build(block, cutoff, 0, max_events, vocabularies)
         fs.labels = np.full(len(fs), UNKNOWN_LABEL, dtype=np.int64)
         yield fs, hi - lo
 
 
 def branch_feature_sets(
-    data: CRMData, *, cutoff: dt.date | None, horizon_days: int, max_events: int
+    data: CRMData,
+    *,
+    cutoff: dt.date | None,
+    horizon_days: int,
+    max_events: int,
+    vocabularies: Vocabularies | None = None,
 ) -> dict[str, FeatureSet]:
     """One :class:`FeatureSet` per branch, all with the same cutoff (resolved on all data).
 
@@ -362,7 +409,7 @@ def branch_feature_sets(
     resolved = resolve_cutoff(data, cutoff, horizon_days)
     out: dict[str, FeatureSet] = {}
     for b in data.branches():
-        fs = _build(data.branch(b), resolved, horizon_days, max_events)
+        fs = _build(data.branch(b), resolved, horizon_days, max_events, vocabularies)
         if len(fs) == 0:
             logger.warning("branch %s has no customer active before the cutoff; left out", b)
             continue

@@ -8,8 +8,9 @@ names, kinds and vocabularies, never a customer's value:
 ``tabular``
     One entry per tabular column, in order: ``name`` and ``kind``:
     ``log1p`` (``log1p`` of a count, days or an amount), ``share`` (a share of
-    the customer's events, 0..1), ``log_ratio`` (``log1p(a) - log1p(b)``) or
-    ``signed_log1p`` (a declared customer attribute, ``sign(x) log1p(|x|)``).
+    the customer's events, 0..1), ``log_ratio`` (``log1p(a) - log1p(b)``),
+    ``signed_log1p`` (a declared numeric attribute, ``sign(x) log1p(|x|)``) or
+    ``one_hot`` (``column=category`` of a declared categorical attribute, 0/1).
 ``sequence``
     ``max_events`` and the fields of each event: the categorical ones with
     their vocabulary (index 0 is padding / empty) or hashing rule, then the
@@ -24,35 +25,18 @@ from typing import Any
 import numpy as np
 
 from fedcrm.data.dataset import CHANNELS, EVENT_TYPES, N_CATEGORY_BUCKETS, SEQ_NUM_FIELDS
+from fedcrm.data.feature_blocks import WINDOWS
+from fedcrm.data.features import tabular_names
 from fedcrm.errors import SchemaMismatchError
 
-WINDOWS: tuple[int, ...] = (30, 90, 180)
-"""Day windows of the windowed counts (``log_events_30d`` ...)."""
 SCHEMA_VERSION = 1
 ATTRIBUTE_PREFIX = "attr_"
 
 
-def tabular_names(attribute_columns: Sequence[str] = ()) -> list[str]:
-    """Names of the tabular feature columns, in order."""
-    names = [
-        "log_recency_days",
-        "log_purchase_recency_days",
-        "log_n_events",
-        "log_n_purchases",
-        "log_total_spend",
-        "log_mean_spend",
-        "log_tenure_days",
-        "log_mean_gap_days",
-    ]
-    names += [f"log_events_{w}d" for w in WINDOWS] + [f"log_purchases_{w}d" for w in WINDOWS]
-    names += [f"share_{t}" for t in EVENT_TYPES] + [f"share_{c}" for c in CHANNELS]
-    names += ["log_n_returns", "log_n_support", "purchase_trend_90d"]
-    names += [f"{ATTRIBUTE_PREFIX}{a}" for a in attribute_columns]
-    return names
-
-
 def feature_kind(name: str) -> str:
     """The kind of a tabular column (see the module docstring)."""
+    if "=" in name:
+        return "one_hot"
     if name.startswith(ATTRIBUTE_PREFIX):
         return "signed_log1p"
     if name.startswith("share_"):

@@ -260,3 +260,84 @@ def default_cutoff(end: str = "2024-12-31", *, horizon_days: int = HORIZON_DAYS)
     the cutoff must not depend on any customer.
     """
     return (pd.Timestamp(end) - pd.Timedelta(days=horizon_days)).date()
+
+
+def write_synthetic_branch(
+    out_dir: str | Path,
+    *,
+    customers: int,
+    seed: int,
+    chunk: int = 50_000,
+    start: str = "2023-12-01",
+    end: str = "2024-12-31",
+) -> Path:
+    """Write one large synthetic branch as CSV files, ``chunk`` customers at a time.
+
+    Memory stays that of one chunk whatever ``customers`` is; each chunk is an
+    independent draw (seed ``(seed, k)``) of the generator with its own branch
+    traits, its customer ids prefixed ``K<k>-``. The default dates give about
+    30 events per customer. Deterministic like :func:`write_synthetic`.
+
+    Returns
+    -------
+    Path
+        ``out_dir`` (``customers.csv``, ``events.csv``; branch ``branch_00``).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    options = pacsv.WriteOptions(quoting_style="needed")
+    writers: dict[str, pacsv.CSVWriter] = {}
+    try:
+        for k, first in enumerate(range(0, int(customers), chunk)):
+            size = min(chunk, int(customers) - first)
+            cust, events = _raw(
+                1, size, int(np.random.SeedSequence([seed, k]).generate_state(1)[0]), start, end
+            )
+            prefix = f"K{k:04d}-"
+            cust["customer_id"] = prefix + cust["customer_id"]
+            events["customer_id"] = prefix + events["customer_id"]
+            tables = {
+                "customers": pa.table(
+                    {
+                        "customer_id": cust["customer_id"].to_numpy(dtype=object),
+                        "branch_id": cust["branch_id"].to_numpy(dtype=object),
+                        "signup_date": pc.strftime(
+                            pa.array(cust["signup_date"].to_numpy(dtype="datetime64[s]")),
+                            format="%Y-%m-%d",
+                        ),
+                        "consent_analytics": pc.if_else(
+                            cust["consent_analytics"].to_numpy(), "true", "false"
+                        ),
+                        "ccpa_opt_out": pc.if_else(
+                            cust["ccpa_opt_out"].to_numpy(), "true", "false"
+                        ),
+                    }
+                ),
+                "events": pa.table(
+                    {
+                        "customer_id": events["customer_id"].to_numpy(dtype=object),
+                        "timestamp": pc.strftime(
+                            pa.array(events["timestamp"].to_numpy(dtype="datetime64[s]")),
+                            format="%Y-%m-%dT%H:%M:%S",
+                        ),
+                        "event_type": events["event_type"].to_numpy(dtype=object),
+                        "amount": events["amount"].to_numpy(),
+                        "channel": events["channel"].to_numpy(dtype=object),
+                        "product_category": events["product_category"].to_numpy(dtype=object),
+                    }
+                ),
+            }
+            for name, table in tables.items():
+                if name not in writers:
+                    writers[name] = pacsv.CSVWriter(
+                        out / f"{name}.csv", table.schema, write_options=options
+                    )
+                writers[name].write_table(table)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return out

@@ -1,315 +1,391 @@
-"""Check a branch export against the data contract, naming file, line and column.
+"""Check a branch export against the data contract, summarised per kind of problem.
 
-Every finding is a :class:`fedcrm.errors.Problem`; ``str(problem)`` reads
-``file:line: column: what is wrong``. ``line`` is the 1-based line of the file
-(the header is line 1), 0 for a whole-file problem. For Parquet files ``line`` is
-the row index + 2, the line the row would have in the equivalent CSV file.
-Messages never contain a field value or a customer id.
+Findings go to a :class:`~fedcrm.data.problems.ProblemLog`: one summary line
+per (file, column, kind) - ``events.csv: amount: not a number in 1,016,335 rows
+(lines 2, 3, 4, ...): remove currency symbols or pass --currency-symbols strip``
+- and the first located problems, ``file:line: column: what``. ``line`` is the
+1-based line of the file (the header is line 1), 0 for a whole-file problem;
+for Parquet files and database tables it is the row index + 2, the line the row
+would have in the equivalent CSV file. Messages never contain a field value or a
+customer id.
 
-All checks are vectorised: a 50k-customer / 1M-event branch validates in a few
-seconds. :func:`inspect_dir` also returns the typed tables, which
-:func:`fedcrm.data.loader.load_crm` uses so that files are read only once.
+Tables are read in chunks (:mod:`fedcrm.data.reading`) and every check is
+vectorised; events are kept only in compact typed form, so memory grows with
+the number of rows at about 30 bytes per event. :func:`inspect_dir` also
+returns the typed tables, which :func:`fedcrm.data.loader.load_crm` uses so
+that files are read only once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
+from fedcrm.data.checks import (
+    CustomerColumns,
+    EventColumns,
+    check_columns,
+    check_customer_chunk,
+    check_event_chunk,
+)
 from fedcrm.data.contract import (
     CHANNELS,
     CUSTOMER_COLUMNS,
     EVENT_COLUMNS,
     EVENT_TYPES,
-    OPTIONAL_COLUMNS,
-    WHOLE,
-    FilePair,
+    MIN_BRANCH_CUSTOMERS,
     discover,
     find_table,
-    lookup,
-    member,
-    parse_bool,
-    read_table,
 )
-from fedcrm.errors import Problem
+from fedcrm.data.csvfile import CsvTable
+from fedcrm.data.problems import DEFAULT_MAX_DETAILS, ProblemLog
+from fedcrm.data.reading import WHOLE, ParquetTable, TableReader
+from fedcrm.data.spec import DataSpec, resolve_spec
+from fedcrm.errors import Problem, ProblemSummary
 from fedcrm.identity import is_valid_id
 
 logger = logging.getLogger(__name__)
 
-_NAN_WORDS = frozenset({"nan", "na", "n/a", "null", "none"})
-_UNDECLARED = "undeclared column (declare it as an attribute column or drop it)"
 _NO_ROWS = "no data rows: empty branch (the file has only a header)"
-_ELSEWHERE = "customer_id also appears in another branch directory"
+_SAME_BRANCH = "customer_id also appears for the same branch_id in another branch folder"
 
 
 @dataclass
 class Inspection:
-    """Result of :func:`inspect_dir`: the problems and the typed tables.
+    """Result of an inspection: the findings and, when there are none, the typed tables."""
 
-    ``customers`` / ``events`` concatenate every pair found; they are only
-    trustworthy when ``problems`` is empty.
-    """
-
-    problems: list[Problem] = field(default_factory=list)
+    log: ProblemLog = field(default_factory=ProblemLog)
     customers: pd.DataFrame | None = None
     events: pd.DataFrame | None = None
+    spec: DataSpec = field(default_factory=DataSpec)
+
+    @property
+    def problems(self) -> list[Problem]:
+        """The first located problems (``file:line: column: what``), by file and line."""
+        return self.log.details
+
+    @property
+    def summaries(self) -> list[ProblemSummary]:
+        """One line per kind of problem."""
+        return self.log.summaries
+
+    @property
+    def warnings(self) -> list[ProblemSummary]:
+        """One line per kind of warning (the export is still valid)."""
+        return self.log.warnings
 
 
-def _blank(frame: pd.DataFrame) -> pd.Series:
-    return pd.Series("", index=frame.index, dtype=str)
+@dataclass
+class SourcePair:
+    """The two tables of one branch folder (or of one database)."""
+
+    customers: TableReader | None
+    events: TableReader | None
 
 
-def _emit(out: list[Problem], file: str, lines: Iterable[int], column: str, message: str) -> None:
-    out.extend(Problem(file, int(line), column, message) for line in lines)
+@dataclass
+class _PairTables:
+    name: str
+    customers: CustomerColumns
+    events: EventColumns | None
 
 
-def _check_columns(
-    frame: pd.DataFrame,
-    rel: str,
-    required: Sequence[str],
-    allowed_extra: Sequence[str],
-    out: list[Problem],
-) -> None:
-    for name in [*required, *allowed_extra]:
-        if name not in frame.columns:
-            out.append(Problem(rel, 1, name, "missing column"))
-    for name in frame.columns:
-        if name not in required and name not in allowed_extra:
-            out.append(Problem(rel, 1, name, _UNDECLARED))
-
-
-def _required(frame: pd.DataFrame, lines: np.ndarray, rel: str, out: list[Problem]) -> None:
-    for name in frame.columns:
-        if name in CUSTOMER_COLUMNS + EVENT_COLUMNS and name not in OPTIONAL_COLUMNS:
-            empty = (frame[name] == "").to_numpy()
-            _emit(out, rel, lines[empty], name, "empty value in a required field")
-
-
-def _timestamps(text: pd.Series) -> pd.Series:
-    """ISO 8601 text -> tz-naive UTC datetime64[ns] (NaT where unparsable)."""
-    ts = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
-    return ts.dt.tz_localize(None).astype("datetime64[ns]")
-
-
-def _check_customers(
-    pair: FilePair, attrs: Sequence[str], out: list[Problem]
-) -> tuple[pd.DataFrame, np.ndarray] | None:
-    assert pair.customers is not None
-    rel = pair.rel(pair.customers)
-    read = read_table(pair.customers, rel, out)
-    if read is None:
-        return None
-    frame, lines = read
-    _check_columns(frame, rel, CUSTOMER_COLUMNS, attrs, out)
-    if len(frame) == 0:
-        out.append(Problem(rel, 0, WHOLE, _NO_ROWS))
-    _required(frame, lines, rel, out)
-    typed = pd.DataFrame(index=frame.index)
-    for name in CUSTOMER_COLUMNS + tuple(attrs):
-        typed[name] = frame[name] if name in frame.columns else _blank(frame)
-    if "customer_id" in frame.columns:
-        ids = frame["customer_id"]
-        dup = (ids.duplicated(keep="first") & (ids != "")).to_numpy()
-        if dup.any():
-            first = pd.Series(lines, index=frame.index).groupby(ids.to_numpy()).transform("first")
-            for line, f in zip(lines[dup], first.to_numpy()[dup], strict=True):
-                msg = f"duplicate customer_id (first on line {f})"
-                out.append(Problem(rel, int(line), "customer_id", msg))
-    if "signup_date" in frame.columns:
-        sd = frame["signup_date"]
-        parsed = _timestamps(sd)
-        bad = (parsed.isna() & (sd != "")).to_numpy()
-        _emit(out, rel, lines[bad], "signup_date", "not an ISO date (YYYY-MM-DD)")
-        typed["signup_date"] = parsed.dt.normalize()
-    else:
-        typed["signup_date"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns]")
-    for name in ("consent_analytics", "ccpa_opt_out"):
-        if name in frame.columns:
-            parsed = parse_bool(frame[name])
-            bad = (parsed.isna() & (frame[name] != "")).to_numpy()
-            _emit(out, rel, lines[bad], name, "not a boolean (use true/false, 1/0 or yes/no)")
-            typed[name] = parsed.fillna(False).astype(bool)
-        else:
-            typed[name] = False
-    return typed, lines
-
-
-def _check_events(
-    pair: FilePair, known: pd.Series | None, out: list[Problem]
-) -> pd.DataFrame | None:
-    assert pair.events is not None
-    rel = pair.rel(pair.events)
-    read = read_table(pair.events, rel, out)
-    if read is None:
-        return None
-    frame, lines = read
-    _check_columns(frame, rel, EVENT_COLUMNS, (), out)
-    if len(frame) == 0:
-        out.append(Problem(rel, 0, WHOLE, _NO_ROWS))
-    _required(frame, lines, rel, out)
-    typed = pd.DataFrame(index=frame.index)
-    for name in EVENT_COLUMNS:
-        typed[name] = frame[name] if name in frame.columns else _blank(frame)
-    if "customer_id" in frame.columns and known is not None:
-        ids = frame["customer_id"]
-        bad = ~member(ids, known) & (ids != "").to_numpy()
-        cust = pair.rel(pair.customers) if pair.customers else "customers"
-        _emit(out, rel, lines[bad], "customer_id", f"event for a customer not in {cust}")
-    if "timestamp" in frame.columns:
-        ts = _timestamps(frame["timestamp"])
-        bad = (ts.isna() & (frame["timestamp"] != "")).to_numpy()
-        _emit(out, rel, lines[bad], "timestamp", "not an ISO 8601 timestamp")
-        typed["timestamp"] = ts
-    for name, vocab in (("event_type", EVENT_TYPES), ("channel", CHANNELS)):
-        if name in frame.columns:
-            norm = frame[name].str.lower()
-            bad = (~norm.isin(vocab) & (norm != "")).to_numpy()
-            msg = f"unknown {name} (expected one of {', '.join(vocab)})"
-            _emit(out, rel, lines[bad], name, msg)
-            typed[name] = norm
-    if "amount" in frame.columns:
-        text = frame["amount"]
-        try:
-            amount = pd.Series(
-                pc.cast(pa.array(text), pa.float64()).to_numpy(zero_copy_only=False),
-                index=text.index,
-            )
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            amount = pd.to_numeric(text, errors="coerce").astype("float64")
-        nan_word = text.str.lower().isin(_NAN_WORDS).to_numpy()
-        unparsable = (amount.isna().to_numpy() & (text != "").to_numpy()) & ~nan_word
-        _emit(out, rel, lines[nan_word], "amount", "missing value (NaN) in a required field")
-        _emit(out, rel, lines[unparsable], "amount", "not a number")
-        inf = np.isinf(amount.to_numpy())
-        _emit(out, rel, lines[inf], "amount", "not a finite number")
-        neg = (amount < 0).to_numpy()
-        _emit(out, rel, lines[neg], "amount", "negative amount (must be >= 0)")
-        typed["amount"] = amount.fillna(0.0)
-    return typed
-
-
-def _check_pair(
-    pair: FilePair, attrs: Sequence[str], out: list[Problem]
-) -> tuple[pd.DataFrame | None, pd.DataFrame | None, np.ndarray | None]:
-    for path, table in ((pair.customers, "customers"), (pair.events, "events")):
-        if path is None:
-            out.append(
-                Problem(
+def _readers(root: Path, spec: DataSpec, log: ProblemLog) -> list[SourcePair]:
+    known_c = (*CUSTOMER_COLUMNS, *spec.attribute_columns)
+    pairs = []
+    for pair in discover(root):
+        tables: list[TableReader | None] = []
+        for path, table, known in (
+            (pair.customers, "customers", known_c),
+            (pair.events, "events", EVENT_COLUMNS),
+        ):
+            if path is None:
+                log.one(
                     pair.rel(f"{table}.csv"),
                     0,
                     WHOLE,
                     f"missing file ({table}.csv or {table}.parquet)",
+                    fix="export it",
                 )
+                tables.append(None)
+                continue
+            if len(find_table(pair.directory, table)) > 1:
+                log.one(
+                    pair.rel(path),
+                    0,
+                    WHOLE,
+                    f"both {table}.csv and {table}.parquet present",
+                    fix="keep one",
+                )
+            name = pair.rel(path)
+            reader: TableReader = (
+                ParquetTable(path, name)
+                if path.suffix == ".parquet"
+                else CsvTable(path, name, spec, known)
             )
-        else:
-            others = find_table(pair.directory, table)
-            if len(others) > 1:
-                out.append(
-                    Problem(
-                        pair.rel(path),
-                        0,
-                        WHOLE,
-                        f"both {table}.csv and {table}.parquet present; keep one",
-                    )
-                )
-    cust = _check_customers(pair, attrs, out) if pair.customers is not None else None
-    customers, lines = cust if cust is not None else (None, None)
-    known = customers["customer_id"] if customers is not None else None
-    events = _check_events(pair, known, out) if pair.events is not None else None
-    if customers is not None and events is not None and lines is not None:
-        ok = (customers["branch_id"] != "").to_numpy()
-        has_events = member(customers["customer_id"], events["customer_id"])
-        per_branch = pd.DataFrame(
-            {"b": customers["branch_id"].to_numpy()[ok], "e": has_events[ok], "line": lines[ok]}
-        ).groupby("b", sort=True)
-        agg = per_branch.agg(e=("e", "any"), line=("line", "min"))
-        rel = pair.rel(pair.customers) if pair.customers else "customers"
-        _emit(
-            out,
-            rel,
-            agg["line"][~agg["e"]],
-            "branch_id",
-            "branch has no events (none of its customers appears in the events file)",
-        )
-        _emit(
-            out,
-            rel,
-            agg["line"][[not is_valid_id(b) for b in agg.index]],
-            "branch_id",
-            "not a valid branch id (letters, digits, '-' and '_' only; ids become file names)",
-        )
-    if customers is not None:
-        customers = customers.assign(_file=pair.rel(pair.customers or "customers.csv"), _line=lines)
-    return customers, events, lines
+            tables.append(reader)
+        pairs.append(SourcePair(tables[0], tables[1]))
+    return pairs
 
 
-def inspect_dir(path: str | Path, *, attribute_columns: Sequence[str] = ()) -> Inspection:
-    """Validate a branch export and parse its tables.
+def _read_customers(reader: TableReader, spec: DataSpec, log: ProblemLog) -> CustomerColumns | None:
+    header = reader.open(log)
+    if header is None:
+        return None
+    check_columns(header, reader.name, CUSTOMER_COLUMNS, spec.attribute_columns, log)
+    parts = CustomerColumns.empty(spec)
+    for chunk in reader.chunks(log):
+        parts.append(check_customer_chunk(chunk, reader.name, spec, log))
+    if reader.failed:
+        return None
+    table = parts.concat()
+    if len(table) == 0:
+        log.one(reader.name, 0, WHOLE, _NO_ROWS, fix="export the branch's customers")
+    ids = pd.Series(table.customer_id.to_numpy(zero_copy_only=False), dtype=object)
+    dup = (ids.duplicated(keep="first") & (ids != "")).to_numpy()
+    if dup.any():
+        first = pd.Series(table.lines).groupby(ids.to_numpy()).transform("first").to_numpy()
+        log.add(
+            reader.name,
+            "customer_id",
+            "duplicate customer_id",
+            table.lines[dup],
+            notes=[f"first on line {f}" for f in first[dup][: log.max_details or None]],
+            fix="customer ids must be unique within a branch's customers file",
+        )
+    branches = pd.Series(table.branch_id.to_numpy(zero_copy_only=False), dtype=object)
+    bad = np.array([bool(b) and not is_valid_id(b) for b in branches], dtype=bool)
+    if bad.any():
+        log.add(
+            reader.name,
+            "branch_id",
+            "not a valid branch id",
+            table.lines[bad],
+            fix="use letters, digits, '-' and '_' only (branch ids become file names)",
+        )
+    return table
+
+
+def _read_events(
+    reader: TableReader,
+    customers: CustomerColumns | None,
+    cust_name: str,
+    log: ProblemLog,
+    spec: DataSpec,
+    keep: bool,
+) -> EventColumns | None:
+    header = reader.open(log)
+    if header is None:
+        return None
+    check_columns(header, reader.name, EVENT_COLUMNS, (), log)
+    ids = customers.customer_id if customers is not None else None
+    parts = EventColumns.empty()
+    for chunk in reader.chunks(log):
+        part = check_event_chunk(chunk, reader.name, ids, cust_name, spec, log)
+        parts.append(part if keep else part.customers_only())
+    if reader.failed:
+        return None
+    table = parts.concat()
+    if len(table) == 0:
+        log.one(reader.name, 0, WHOLE, _NO_ROWS, fix="export the branch's events")
+    return table
+
+
+def _branch_checks(
+    customers: CustomerColumns, events: EventColumns, name: str, log: ProblemLog
+) -> None:
+    """Branches without events (a problem) or with too few customers to train (a warning)."""
+    branch = pd.Series(customers.branch_id.to_numpy(zero_copy_only=False), dtype=object)
+    codes, uniques = pd.factorize(branch)
+    if len(uniques) == 0:
+        return
+    with_events = np.zeros(len(customers), dtype=bool)
+    known = events.customer[events.customer >= 0]
+    with_events[np.unique(known)] = True
+    consenting = customers.consent & ~customers.opt_out & with_events
+    named = (branch != "").to_numpy()
+    first = pd.Series(customers.lines).groupby(codes).min().to_numpy()
+    any_events = np.bincount(codes[with_events & named], minlength=len(uniques)) > 0
+    trainable = np.bincount(codes[consenting & named], minlength=len(uniques))
+    has_name = np.asarray([u != "" for u in uniques])
+    log.add(
+        name,
+        "branch_id",
+        "branch has no events (none of its customers appears in the events file)",
+        first[~any_events & has_name],
+        fix="export the branch's events, or leave its customers out",
+        unit="branch",
+    )
+    log.add(
+        name,
+        "branch_id",
+        f"branch with fewer than {MIN_BRANCH_CUSTOMERS} consenting customers who have events",
+        first[any_events & has_name & (trainable < MIN_BRANCH_CUSTOMERS)],
+        fix=f"training leaves out a branch with fewer than {MIN_BRANCH_CUSTOMERS} customers "
+        "active before the cutoff",
+        unit="branch",
+        warning=True,
+    )
+
+
+def inspect_pairs(
+    pairs: Sequence[SourcePair], spec: DataSpec, log: ProblemLog, *, events: bool = True
+) -> Inspection:
+    """Validate the tables of ``pairs`` and type them (the events only when ``events``)."""
+    found: list[_PairTables] = []
+    for pair in pairs:
+        customers = None
+        if pair.customers is not None:
+            customers = _read_customers(pair.customers, spec, log)
+        table = None
+        if pair.events is not None:
+            cust_name = pair.customers.name if pair.customers is not None else "customers"
+            table = _read_events(pair.events, customers, cust_name, log, spec, events)
+        if customers is not None and table is not None and pair.customers is not None:
+            _branch_checks(customers, table, pair.customers.name, log)
+        if customers is not None and pair.customers is not None:
+            found.append(_PairTables(pair.customers.name, customers, table))
+    _same_customer_twice(found, log)
+    inspection = Inspection(log, spec=spec)
+    if not log and found and all(f.events is not None for f in found):
+        inspection.customers = pd.concat(
+            [f.customers.frame(spec) for f in found], ignore_index=True
+        )
+        if events:
+            inspection.events = _assemble_events(found, inspection.customers)
+    if log:
+        logger.info("branch export: %d problem(s)", log.count)
+    return inspection
+
+
+def _same_customer_twice(found: Sequence[_PairTables], log: ProblemLog) -> None:
+    """The same (branch_id, customer_id) in two folders: two rows for one customer."""
+    if len(found) < 2:
+        return
+    keys = []
+    for i, f in enumerate(found):
+        c = f.customers
+        keys.append(
+            pd.DataFrame(
+                {
+                    "b": c.branch_id.to_numpy(zero_copy_only=False),
+                    "c": c.customer_id.to_numpy(zero_copy_only=False),
+                    "pair": i,
+                    "line": c.lines,
+                }
+            )
+        )
+    both = pd.concat(keys, ignore_index=True)
+    both = both[both["c"] != ""]
+    twice = both.duplicated(["b", "c"], keep=False)
+    spread = both[twice].groupby(["b", "c"])["pair"].transform("nunique") > 1
+    hits = both[twice][spread.to_numpy()]
+    for pair, rows in hits.groupby("pair"):
+        log.add(
+            found[int(pair)].name,
+            "customer_id",
+            _SAME_BRANCH,
+            rows["line"].to_numpy(),
+            fix="a customer of one branch belongs in one folder; merge the folders",
+        )
+
+
+def _sorted_categorical(values: np.ndarray) -> tuple[np.ndarray, pd.Index]:
+    """Codes and sorted categories of a string array."""
+    codes, uniques = pd.factorize(values, sort=True)
+    return codes.astype(np.int32), pd.Index(uniques, dtype=str)
+
+
+def _assemble_events(found: Sequence[_PairTables], customers: pd.DataFrame) -> pd.DataFrame:
+    """The compact events table of every pair (``customers``: theirs, concatenated)."""
+    offsets = np.cumsum([0] + [len(f.customers) for f in found])[:-1]
+    id_codes, id_cats = _sorted_categorical(customers["customer_id"].to_numpy(dtype=object))
+    br_codes, br_cats = _sorted_categorical(customers["branch_id"].to_numpy(dtype=object))
+    events_parts = [f.events for f in found if f.events is not None]
+    gpos = np.concatenate(
+        [e.customer.astype(np.int64) + o for e, o in zip(events_parts, offsets, strict=True)]
+    )
+    category_codes, category_cats = EventColumns.merge_categories(events_parts)
+    events = pd.DataFrame(
+        {
+            "customer_id": pd.Categorical.from_codes(id_codes[gpos], categories=id_cats),
+            "timestamp": np.concatenate([e.timestamp for e in events_parts]).view("M8[ns]"),
+            "event_type": pd.Categorical.from_codes(
+                np.concatenate([e.event_type for e in events_parts]), categories=EVENT_TYPES
+            ),
+            "amount": np.concatenate([e.amount for e in events_parts]),
+            "channel": pd.Categorical.from_codes(
+                np.concatenate([e.channel for e in events_parts]), categories=CHANNELS
+            ),
+            "product_category": pd.Categorical.from_codes(category_codes, categories=category_cats),
+            "branch_id": pd.Categorical.from_codes(br_codes[gpos], categories=br_cats),
+        }
+    )
+    return events
+
+
+def inspect_dir(
+    path: str | Path,
+    *,
+    spec: DataSpec | None = None,
+    attribute_columns: Sequence[str] = (),
+    max_problems: int | None = DEFAULT_MAX_DETAILS,
+    events: bool = True,
+) -> Inspection:
+    """Validate a branch export directory and parse its tables.
 
     Parameters
     ----------
     path : str or Path
         A directory in one of the contract layouts.
+    spec : DataSpec, optional
+        How the files are written and the declared attributes; default: the
+        ``data_spec.yaml`` in ``path``, if any.
     attribute_columns : sequence of str
-        Extra customer columns the caller declares; any other column is a problem.
+        Extra numeric attribute columns (added to the spec's).
+    max_problems : int or None
+        How many located problems to keep (every kind is summarised anyway).
+    events : bool
+        Also return the typed events table (validation alone does not need it,
+        and it is the largest thing held).
 
     Returns
     -------
     Inspection
-        Every problem (sorted by file and line) and the typed tables.
     """
     root = Path(path)
-    out: list[Problem] = []
+    log = ProblemLog(max_problems)
     if not root.is_dir():
-        return Inspection([Problem(".", 0, WHOLE, "not a directory")])
-    attrs = tuple(attribute_columns)
-    custs, evs = [], []
-    for pair in discover(root):
-        customers, events, _ = _check_pair(pair, attrs, out)
-        if customers is not None:
-            custs.append(customers)
-        if events is not None:
-            if customers is not None:
-                pos = lookup(events["customer_id"], customers["customer_id"])
-                branch = np.append(customers["branch_id"].to_numpy(dtype=object), "")[pos]
-                events = events.assign(branch_id=pd.array(branch, dtype=str))
-            evs.append(events)
-    customers = pd.concat(custs, ignore_index=True) if custs else None
-    if customers is not None and len(custs) > 1:
-        ids = customers["customer_id"]
-        dup = ids.duplicated(keep=False) & (ids != "")
-        multi = dup & (customers.groupby(ids)["_file"].transform("nunique") > 1)
-        for file, line in zip(customers["_file"][multi], customers["_line"][multi], strict=True):
-            out.append(Problem(file, int(line), "customer_id", _ELSEWHERE))
-    if customers is not None:
-        customers = customers.drop(columns=["_file", "_line"])
-    events = pd.concat(evs, ignore_index=True) if evs else None
-    out.sort(key=lambda p: (p.file, p.line))
-    if out:
-        logger.info("branch export %s: %d problem(s)", root.name, len(out))
-    return Inspection(out, customers, events)
+        log.one(".", 0, WHOLE, "not a directory", fix="give the export's directory")
+        return Inspection(log)
+    if spec is None:
+        spec = resolve_spec(root, attribute_columns=attribute_columns)
+    elif attribute_columns:
+        spec = spec.with_numeric(attribute_columns)
+    return inspect_pairs(_readers(root, spec, log), spec, log, events=events)
 
 
-def validate_dir(path: str | Path, *, attribute_columns: Sequence[str] = ()) -> list[Problem]:
-    """Every way a branch export breaks the data contract.
+def validate_dir(
+    path: str | Path,
+    *,
+    spec: DataSpec | None = None,
+    attribute_columns: Sequence[str] = (),
+    max_problems: int | None = DEFAULT_MAX_DETAILS,
+) -> list[Problem]:
+    """The first ``max_problems`` ways a branch export breaks the data contract.
 
-    Parameters
-    ----------
-    path : str or Path
-        A directory in one of the contract layouts.
-    attribute_columns : sequence of str
-        Extra customer columns the caller declares.
-
-    Returns
-    -------
-    list of Problem
-        Empty when the export is valid; sorted by file and line.
+    Empty when the export is valid; sorted by file and line. See
+    :func:`inspect_dir` for the parameters and the summaries.
     """
-    return inspect_dir(path, attribute_columns=attribute_columns).problems
+    return inspect_dir(
+        path,
+        spec=spec,
+        attribute_columns=attribute_columns,
+        max_problems=max_problems,
+        events=False,
+    ).problems

@@ -257,31 +257,52 @@ def check_port_free(host: str, port: int, setting: str, report: Report) -> None:
             )
 
 
-def check_data(data_path: Path, branch_id: str, report: Report) -> None:
-    """Validate the export against the data contract (problems never quote values)."""
-    from fedcrm.data.validate import inspect_dir
+def check_data(node_config: Mapping[str, Any], branch_id: str, report: Report) -> None:
+    """Validate the branch's data (export or database) as its ClientApp will read it.
 
-    if not data_path.is_dir():
-        report.add("--data-path", f"{data_path} is not a directory")
+    Problems are summarised one line per kind and never quote a value;
+    warnings (e.g. a branch too small to train) become notes.
+    """
+    from fedcrm.client.branch import BranchSettings
+    from fedcrm.errors import DataSourceError
+
+    try:
+        settings = BranchSettings.from_node_config(node_config)
+        source = settings.source()
+    except ConfigError:
+        return  # check_node_config names the setting
+    if settings.data_path is not None:
+        setting = "--data-path"
+    else:
+        setting = "--data-url" if settings.data_url else "--data-url-file"
+    try:
+        inspection = source.inspect(max_problems=0, events=False)
+    except DataSourceError as exc:
+        report.add(setting, str(exc))
         return
-    inspection = inspect_dir(data_path)
-    if inspection.problems:
-        shown = "; ".join(str(p) for p in inspection.problems[:5])
-        more = len(inspection.problems) - 5
-        tail = f" (and {more} more)" if more > 0 else ""
+    except ConfigError as exc:
+        report.add("--spec", str(exc))
+        return
+    summaries = inspection.summaries
+    if summaries:
+        shown = "; ".join(str(s) for s in summaries[:5])
+        more = len(summaries) - 5
+        tail = f" (and {more} more kinds)" if more > 0 else ""
         report.add(
-            "--data-path",
-            f"{data_path} breaks the data contract in {len(inspection.problems)} place(s): "
-            f"{shown}{tail}; see `fedcrm data validate {data_path}`",
+            setting,
+            f"{source.describe()} breaks the data contract: {shown}{tail}; see "
+            "`fedcrm data validate`",
         )
         return
+    report.notes.extend(str(w) for w in inspection.warnings)
     customers = inspection.customers
     if customers is not None and "branch_id" in customers:
         ids = sorted({str(b) for b in customers["branch_id"].dropna().unique() if str(b)})
         if len(ids) > 1 and branch_id not in ids:
             report.add(
                 "--branch-id",
-                f"the export at {data_path} holds {len(ids)} branches and none is {branch_id!r}",
+                f"the data at {source.describe()} holds {len(ids)} branches and none is "
+                f"{branch_id!r}",
             )
 
 

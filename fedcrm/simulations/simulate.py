@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def load_run_data(cfg: RunConfig, work_dir: Path) -> Any:
-    """The CRM data of a run (synthetic, CDNOW or a CSV/Parquet export)."""
+    """The CRM data of a run (synthetic, CDNOW, a CSV/Parquet export or a database)."""
     from fedcrm.data.loader import load_crm
+    from fedcrm.data.source import branch_source
 
     data_cfg = cfg.data
     if data_cfg.kind == "synthetic":
@@ -42,7 +43,26 @@ def load_run_data(cfg: RunConfig, work_dir: Path) -> Any:
         if not (target / "customers.csv").exists():
             import_cdnow(target, source=data_cfg.source)
         return load_crm(target)
-    return load_crm(Path(data_cfg.path), attribute_columns=data_cfg.attribute_columns)
+    if data_cfg.kind == "sql":
+        source = branch_source(
+            url=data_cfg.url,
+            url_file=data_cfg.url_file,
+            spec_path=data_cfg.spec,
+            attribute_columns=data_cfg.attribute_columns,
+            decimal=data_cfg.decimal,
+            currency_symbols=data_cfg.currency_symbols,
+        )
+    else:
+        source = branch_source(
+            path=data_cfg.path,
+            spec_path=data_cfg.spec,
+            attribute_columns=data_cfg.attribute_columns,
+            encoding=data_cfg.encoding,
+            delimiter=data_cfg.delimiter,
+            decimal=data_cfg.decimal,
+            currency_symbols=data_cfg.currency_symbols,
+        )
+    return source.load()
 
 
 def public_cutoff(cfg: RunConfig) -> RunConfig:
@@ -112,6 +132,7 @@ def prepare_branches(
     same train and test customers.
     """
     from fedcrm.client.branch import BranchSettings, split_branch, split_key, write_feature_cache
+    from fedcrm.data.contract import MIN_BRANCH_CUSTOMERS
     from fedcrm.data.features import build_features, resolve_cutoff
 
     t0 = time.perf_counter()
@@ -141,10 +162,6 @@ def prepare_branches(
         branches[b] = (train, test)
     info = {"cutoff": str(cutoff), "prepare_s": time.perf_counter() - t0}
     return branches, excluded, info
-
-
-MIN_BRANCH_CUSTOMERS = 10
-"""A branch with fewer customers active before the cutoff takes no part."""
 
 
 def branch_node_configs(

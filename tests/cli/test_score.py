@@ -126,7 +126,7 @@ def test_an_export_without_the_models_attribute_column_is_named(
     )  # fmt: skip
     assert _score(tmp_path / "models", scoring_world.export, tmp_path / "s.csv") == 1
     err = capsys.readouterr().err
-    assert "customers.csv:1: loyalty: missing column" in err
+    assert "customers.csv: loyalty: missing column (line 1)" in err
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gbdt"])

@@ -136,3 +136,23 @@ def test_stratified_split() -> None:
     idx_b = np.flatnonzero(fs.branch_ids == "b")
     alone = stratified_split(fs.subset(idx_b), test_fraction=0.25, seed=7)[1]
     assert np.array_equal(idx_b[alone], np.intersect1d(test, idx_b))
+
+
+def test_blocks_of_customers_and_event_order_do_not_change_features(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fedcrm.data import features
+    from fedcrm.data.synthetic import generate
+
+    data = generate(branches=2, customers=150, seed=11)
+    whole = build_features(data, cutoff=None, horizon_days=90, max_events=8)
+    monkeypatch.setattr(features, "BLOCK_CUSTOMERS", 7)
+    shuffled = CRMData(
+        data.customers,
+        data.events.sample(frac=1.0, random_state=0).reset_index(drop=True),
+        data.excluded,
+    )
+    for variant in (data, shuffled):
+        blocks = build_features(variant, cutoff=None, horizon_days=90, max_events=8)
+        for name in ("customer_ids", "seq_cat", "seq_num", "lengths", "tabular", "labels"):
+            assert np.array_equal(getattr(blocks, name), getattr(whole, name)), name

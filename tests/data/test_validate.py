@@ -155,12 +155,12 @@ CASES = {
     "ragged_long": (
         CUSTOMERS,
         _replace_line(EVENTS, 3, "C2,2023-03-02,visit,0,web,,SECRET-123"),
-        "events.csv:3: -: malformed row: 7 fields, header has 6",
+        "events.csv:3: -: malformed row (7 fields, header has 6)",
     ),
     "ragged_short": (
         CUSTOMERS,
         _replace_line(EVENTS, 4, "SECRET-123,2023-03-03,purchase"),
-        "events.csv:4: -: malformed row: 3 fields",
+        "events.csv:4: -: malformed row (3 fields",
     ),
     "ragged_after_quoted_newline": (
         CUSTOMERS,
@@ -218,8 +218,22 @@ def test_subdirectory_layout_names_relative_files(tmp_path: Path) -> None:
     (tmp_path / "south" / "events.csv").write_text(bad)
     assert validate_dir(tmp_path) == []
     assert load_crm(tmp_path).branches() == ["b1", "b2"]
+
+
+def test_customer_ids_are_unique_within_a_branch_only(tmp_path: Path) -> None:
+    # Two branches that both number customers from 1: two sets of customers.
+    _write(tmp_path / "north")
     _write(tmp_path / "west", CUSTOMERS.replace("b1", "b3"), EVENTS)
-    _assert_located(tmp_path, "west/customers.csv:2: customer_id: customer_id also appears")
+    assert validate_dir(tmp_path) == []
+    data = load_crm(tmp_path)
+    assert len(data.customers) == 6 and len(data.events) == 6
+    assert sorted(data.branch("b3").customers["customer_id"]) == ["C2", "C3", SENTINEL]
+    assert data.branch("b3").events["branch_id"].tolist() == ["b3"] * 3
+    # The same branch split over two folders must not hold one customer twice.
+    _write(tmp_path / "north2")
+    _assert_located(
+        tmp_path, "north2/customers.csv:2: customer_id: customer_id also appears for the same"
+    )
 
 
 def test_parquet_lines_are_row_plus_two(tmp_path: Path) -> None:
