@@ -392,8 +392,10 @@ def pooled_metrics(
     top_n, top_pos = _top_share(locs, counts, is_pos, 0.10)
     lift = (top_pos / top_n) / base_rate if top_n > 0 and base_rate > 0 else nan
     capture = top_pos / float(pcc.sum()) if pcc.sum() > 0 else nan
+    # Noisy counts keep the AUC estimate unbiased but may carry it past [0, 1].
+    auc = pooled_auc(pc, pl, nc, nl)
     return {
-        "auc": pooled_auc(pc, pl, nc, nl),
+        "auc": auc if math.isnan(auc) else min(1.0, max(0.0, auc)),
         "f1": 2 * tp / f1_den if f1_den > 0 else 0.0,
         "accuracy": (tp + tn) / n,
         "logloss": loss / n,

@@ -26,9 +26,11 @@ pytestmark = pytest.mark.slow
 
 
 def _ledger(path: Path) -> list[dict[str, Any]]:
+    """The training rounds a branch paid for: its ledger's train reservations."""
     if not path.exists():
         return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    entries = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [e for e in entries if e.get("kind") == "reservation" and e["purpose"] == "train"]
 
 
 def _trained_rounds(run_dir: Path) -> list[int]:
