@@ -1,19 +1,31 @@
-"""Benchmark encrypted aggregation; prints ONE JSON object.
+"""Benchmark encrypted, masked aggregation (BFV + SecAgg+); prints ONE JSON object.
 
-Run: ``python bench/he.py [--params 200000] [--branches 10] [--repeat 3]
-[--secagg-values 100000] [--skip-ckks] [--skip-secagg] [--skip-train]``.
+Run: ``python bench/he.py [--branches 5] [--rounds 3] [--customers 2000]
+[--repeat 3] [--skip-simulation]``.
 
-Top-level keys: CKKS aggregation of a 200k-parameter update (approximate,
-weight-scaled), and under ``bfv_secagg`` exact secure aggregation (BFV +
-double masking, :mod:`fedcrm.crypto.masking`) of a 100k-value update.
+Two parts, both measured side by side in this one run:
 
-Timings are the minimum over ``--repeat`` runs (the machine is shared; the
-minimum is the least disturbed measurement), each also given as a median.
+``step`` - one aggregation step of an update the size of the LSTM that the
+   simulation trains, with the product's own code at every stage: a branch's
+   advertisement, its encode (:class:`~fedcrm.crypto.limbs.LimbCodec`) + mask +
+   encrypt, the server's sum of ``--branches`` uploads, the server's mask
+   correction (nobody dropped / one branch dropped), a branch's check +
+   decrypt + unmask + decode; bytes per value against float32. Timings are
+   the minimum over ``--repeat`` runs (the machine is shared), with medians.
+``simulation`` - the same federated LSTM job run as ``privacy=none`` and
+   ``privacy=he`` (alternately, ``--repeat`` pairs; the fastest of each is
+   kept): ``round_time_ratio`` is the median encrypted round time over the
+   median plaintext round time, every branch-side and server-side cost
+   included; ``upload_ratio`` the bytes uploaded over the plaintext bytes.
+
+Top-level keys: ``round_time_ratio``, ``upload_ratio``, ``n_params``,
+``branches``, ``step`` and ``simulation`` (details), ``machine``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -26,252 +38,218 @@ from typing import Any
 
 import numpy as np
 
-from fedcrm.crypto import ckks, packing
+from fedcrm.crypto import bfv, bfv_aggregate, masking, unmasking
+from fedcrm.crypto.limbs import LimbCodec
+from fedcrm.crypto.roster import BranchIdentity, Roster, default_threshold
 
-CPU: dict[str, float] = {}
 
-
-def _timed(fn: Callable[[], Any], repeat: int, name: str | None = None) -> tuple[float, float, Any]:
-    """Return (min wall s, median wall s, result); record min CPU s under ``name``."""
-    times, cpu, out = [], [], None
+def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
+    """(min wall s, median wall s, last result) over ``repeat`` calls."""
+    times, out = [], None
     for _ in range(repeat):
-        c0, t0 = time.process_time(), time.perf_counter()
+        t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    if name:
-        CPU[name] = min(cpu)
     return min(times), statistics.median(times), out
 
 
-def _aggregate_breakdown(
-    pub: ckks.PublicContext, encrypted: dict[str, packing.EncryptedUpdate], repeat: int
-) -> dict[str, float]:
-    """Split the server's work: parse + validate + add all updates, then reduce + serialize."""
-    n = next(iter(encrypted.values())).length
+def _lstm_size(overrides: list[str]) -> int:
+    """Parameters of the LSTM the simulation trains."""
+    from fedcrm.config import compose
+    from fedcrm.models.lstm import build_model
 
-    def add_all() -> packing.Accumulator:
-        acc = packing.Accumulator(pub, length=n)
-        for name in sorted(encrypted):
-            acc.add(name, encrypted[name])
-        return acc
-
-    t_add, _, acc = _timed(add_all, repeat, "aggregate_parse_validate_add_s")
-    t_ser, _, _ = _timed(acc.result, repeat, "aggregate_reduce_serialize_s")
-    return {"parse_validate_add_s": t_add, "reduce_serialize_sum_s": t_ser}
+    cfg = compose(overrides)
+    n_tabular = 12  # the synthetic export's tabular features; a few more or less change little
+    return sum(p.numel() for p in build_model(cfg.model, n_tabular, seed=0).parameters())
 
 
-def _lstm_train_s(n_params_target: int) -> tuple[float, int]:
-    """Seconds for one epoch of an LSTM (~n_params_target params) on 2000 sequences."""
-    import torch
+def _advertise_all(
+    roster: Roster, idents: dict[str, BranchIdentity], step: int, threshold: int
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    states, ads = {}, {}
+    for b, ident in idents.items():
+        states[b], ads[b] = masking.start_round(
+            ident, roster, run_id="bench", step=step, threshold=threshold
+        )
+    for b, ident in idents.items():
+        masking.receive_advertisements(states[b], ident, roster, list(ads.values()))
+    return states, ads
 
-    torch.manual_seed(0)
-    n_in, seq_len, n_examples, batch = 8, 50, 2000, 64
-    hidden = int((-(n_in + 2) + ((n_in + 2) ** 2 + n_params_target) ** 0.5) / 2)
-    lstm = torch.nn.LSTM(n_in, hidden, batch_first=True)
-    head = torch.nn.Linear(hidden, 1)
-    params = [*lstm.parameters(), *head.parameters()]
-    opt = torch.optim.Adam(params, lr=1e-3)
-    x = torch.randn(n_examples, seq_len, n_in)
-    y = (torch.rand(n_examples, 1) < 0.3).float()
-    loss_fn = torch.nn.BCEWithLogitsLoss()
 
-    def epoch() -> None:
-        for i in range(0, n_examples, batch):
-            opt.zero_grad()
-            out, _ = lstm(x[i : i + batch])
-            loss = loss_fn(head(out[:, -1]), y[i : i + batch])
-            loss.backward()
-            opt.step()
+def step_figures(n: int, k: int, repeat: int) -> dict[str, Any]:
+    """One masked, encrypted aggregation step of ``k`` branches' ``n``-value updates."""
+    from fedcrm.client.secure_agg import CODECS
 
-    torch.set_num_threads(1)  # one core per branch, as in a simulation on 2 cores
-    best, _, _ = _timed(epoch, 1, "lstm_train_epoch_s")
-    return best, sum(p.numel() for p in params)
+    ctx = bfv.generate()
+    t, params = ctx.plain_modulus, ctx.parameters
+    codec = LimbCodec.plan(plain_modulus=t, max_contributors=k, **CODECS["update"])
+    rng = np.random.default_rng(1)
+    updates = {f"branch-{i:02d}": rng.normal(0.0, 0.3, n) for i in range(k)}
+    idents = {b: BranchIdentity.generate(b) for b in updates}
+    roster = Roster({b: i.entry for b, i in idents.items()})
+    threshold = default_threshold(roster.n)
+    first = sorted(updates)[0]
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        adv_s, _, _ = _timed(
+            lambda: masking.start_round(
+                idents[first], roster, run_id="bench", step=0, threshold=threshold
+            ),
+            repeat,
+        )
+        states, ads = _advertise_all(roster, idents, 1, threshold)
+
+        def upload() -> Any:
+            state = copy.deepcopy(states[first])  # masks serve one update: a fresh copy each time
+            digits, _ = codec.encode(updates[first])
+            return masking.submit(state, ctx, digits, state_path=tmp / "state.json")
+
+        enc_s, enc_med, one = _timed(upload, repeat)
+        uploads = {
+            b: masking.submit(states[b], ctx, codec.encode(u)[0], state_path=tmp / f"{b}.json")
+            for b, u in updates.items()
+        }
+        agg_s, agg_med, (agg, rejected) = _timed(
+            lambda: bfv_aggregate.aggregate(params, uploads), repeat
+        )
+        assert not rejected, rejected
+        live = sorted(updates)
+        request = unmasking.reveal_request(
+            roster, run_id="bench", step=1, threshold=threshold, live=live, dropped=[]
+        )
+        reveals = {
+            b: masking.reveal(states[b], roster, request, state_path=tmp / f"{b}.json")
+            for b in live
+        }
+
+        def corr(ads_: Any, reveals_: Any, step: int, live_: list[str], dropped: list[str]) -> Any:
+            return unmasking.correction(
+                roster, ads_, reveals_, run_id="bench", step=step, threshold=threshold,
+                live=live_, dropped=dropped, length=agg.length, plain_modulus=t,
+            )  # fmt: skip
+
+        corr_s, _, correction = _timed(lambda: corr(ads, reveals, 1, live, []), repeat)
+
+        def open_sum() -> np.ndarray:
+            digits = masking.open_aggregate(states[first], ctx, agg, correction)
+            return codec.decode(digits, k)
+
+        dec_s, dec_med, total = _timed(open_sum, repeat)
+        max_err = float(np.max(np.abs(total - sum(updates.values()))))
+
+        # One branch drops after advertising: endorsements, then its pairwise masks removed.
+        states2, ads2 = _advertise_all(roster, idents, 2, threshold)
+        dropped, live2 = [live[-1]], live[:-1]
+        for b in live2:
+            digits, _ = codec.encode(updates[b])
+            masking.submit(states2[b], ctx, digits, state_path=tmp / f"{b}.json")
+        ends = [
+            masking.endorse(states2[b], idents[b], live2, dropped, state_path=tmp / f"{b}.json")
+            for b in live2
+        ]
+        req2 = unmasking.reveal_request(
+            roster, run_id="bench", step=2, threshold=threshold, live=live2, dropped=dropped,
+            endorsements=ends,
+        )  # fmt: skip
+        rev2 = {
+            b: masking.reveal(states2[b], roster, req2, state_path=tmp / f"{b}.json") for b in live2
+        }
+        corr1_s, _, _ = _timed(lambda: corr(ads2, rev2, 2, live2, dropped), repeat)
+    return {
+        "n_values": n,
+        "n_branches": k,
+        "threshold": threshold,
+        "scheme": f"BFV N={bfv.POLY_MODULUS_DEGREE}, t={t} (tenseal {bfv.ts.__version__})",
+        "security_level_bits": bfv.security_level_bits(),
+        "codec": {
+            "limbs": codec.limbs,
+            "limb_bits": codec.limb_bits,
+            "bound": codec.bound,
+            "precision": codec.precision,
+        },
+        "upload_bytes": one.nbytes,
+        "upload_ratio": one.nbytes / (4 * n),
+        "download_ratio": (agg.nbytes + 8 * agg.length) / (4 * n),
+        "advertise_s": adv_s,
+        "encode_mask_encrypt_s": enc_s,
+        "encode_mask_encrypt_s_median": enc_med,
+        "aggregate_s": agg_s,
+        "aggregate_s_median": agg_med,
+        "correction_s": corr_s,
+        "correction_1_dropped_s": corr1_s,
+        "open_s": dec_s,
+        "open_s_median": dec_med,
+        "max_abs_error": max_err,
+        "branch_side_s": adv_s + enc_s + dec_s,
+        "server_side_s": agg_s + corr_s,
+    }
+
+
+def _one_run(overrides: list[str], privacy: str, out: Path) -> dict[str, Any]:
+    from fedcrm.config import compose
+    from fedcrm.simulations.simulate import simulate
+
+    cfg = compose([*overrides, f"privacy={privacy}", f"output_dir={out}", "baseline=false"])
+    summary = simulate(cfg, out, console=None)
+    rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    seconds = [float(r["seconds"]) for r in rounds if "trained_round" in r and "seconds" in r]
+    return {
+        "round_s": seconds,
+        "round_s_median": statistics.median(seconds),
+        "federated_s": summary["timings"].get("federated_s"),
+        "key_ceremony_s": summary["timings"].get("key_ceremony_s"),
+        "bytes_uploaded": summary["bytes_uploaded"],
+        "auc": summary["final"]["auc"],
+    }
+
+
+def simulation_figures(overrides: list[str], repeat: int) -> dict[str, Any]:
+    """The same job plaintext and encrypted, alternately; the faster run of each kept."""
+    runs: dict[str, list[dict[str, Any]]] = {"none": [], "he": []}
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        for i in range(repeat):
+            for privacy in ("none", "he"):
+                out = Path(tmp_dir) / f"{privacy}-{i}"
+                runs[privacy].append(_one_run(overrides, privacy, out))
+    best = {p: min(r, key=lambda x: x["round_s_median"]) for p, r in runs.items()}
+    return {
+        "overrides": overrides,
+        "plain": best["none"],
+        "encrypted": best["he"],
+        "round_time_ratio": best["he"]["round_s_median"] / best["none"]["round_s_median"],
+        "upload_ratio": best["he"]["bytes_uploaded"] / best["none"]["bytes_uploaded"],
+        "same_auc": abs(best["he"]["auc"] - best["none"]["auc"]) < 1e-3,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", type=int, default=200_000)
-    ap.add_argument("--branches", type=int, default=10)
+    ap.add_argument("--branches", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--customers", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--skip-train", action="store_true", help="no LSTM timing")
-    ap.add_argument("--secagg-values", type=int, default=100_000)
-    ap.add_argument("--skip-ckks", action="store_true", help="only the BFV secure aggregation")
-    ap.add_argument("--skip-secagg", action="store_true", help="only the CKKS aggregation")
+    ap.add_argument("--skip-simulation", action="store_true")
     args = ap.parse_args(argv)
-    result: dict[str, Any] = {}
-    if not args.skip_ckks:
-        result.update(_ckks(args))
-    if not args.skip_secagg:
-        from he_secagg import bfv_secagg  # bench/ is on sys.path when run as a script
-
-        result["bfv_secagg"] = bfv_secagg(args.secagg_values, args.branches, args.repeat, _timed)
-    result["cpu_time_s"] = CPU
+    overrides = [
+        f"data.branches={args.branches}",
+        f"data.customers={args.customers}",
+        f"federation.rounds={args.rounds}",
+    ]
+    n = _lstm_size(overrides)
+    result: dict[str, Any] = {"n_params": n, "branches": args.branches}
+    result["step"] = step_figures(n + 1, args.branches, args.repeat)
+    result["upload_ratio"] = result["step"]["upload_ratio"]
+    if not args.skip_simulation:
+        sim = simulation_figures(overrides, max(1, args.repeat - 1))
+        result["simulation"] = sim
+        result["round_time_ratio"] = sim["round_time_ratio"]
+        result["upload_ratio"] = sim["upload_ratio"]
     result["machine"] = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "loadavg_1m": os.getloadavg()[0],
     }
     print(json.dumps(result, indent=2))
-    return result
-
-
-def _ckks(args: argparse.Namespace) -> dict[str, Any]:
-    """The CKKS figures (unchanged keys)."""
-    n, k = args.params, args.branches
-
-    rng = np.random.default_rng(0)
-    weights = rng.integers(100, 3000, k).astype(float)
-    updates = [rng.normal(0.0, 0.1, n) for _ in range(k)]
-    reference = sum(u * w for u, w in zip(updates, weights, strict=True)) / weights.sum()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        secret_path, public_path = ckks.key_ceremony(tmp)
-        params = ckks.read_params(Path(tmp) / ckks.PARAMS_FILE)
-        public_ctx_bytes = public_path.stat().st_size
-        sec = ckks.load_secret_context(secret_path)
-        pub = ckks.load_public_context(public_path)
-
-    enc_min, enc_med, _ = _timed(
-        lambda: packing.encrypt_update(sec, updates[0] * weights[0], weight=weights[0]),
-        args.repeat,
-        "encrypt_s",
-    )
-    encrypted = {
-        f"branch-{i:02d}": packing.encrypt_update(sec, u * w, weight=w)
-        for i, (u, w) in enumerate(zip(updates, weights, strict=True))
-    }
-    one = encrypted["branch-00"]
-    agg_min, agg_med, (agg, rejected) = _timed(
-        lambda: packing.aggregate(pub, encrypted, length=n), args.repeat, "aggregate_s_10"
-    )
-    assert not rejected, rejected
-
-    # Critical path when the server adds replies as they arrive (Accumulator):
-    # only the last reply's deserialize+add and the final serialization remain.
-    acc = packing.Accumulator(pub, length=n)
-    names = sorted(encrypted)
-    for name in names[:-1]:
-        acc.add(name, encrypted[name])
-    t0 = time.perf_counter()
-    acc.add(names[-1], encrypted[names[-1]])
-    acc.result()
-    critical = time.perf_counter() - t0
-
-    breakdown = _aggregate_breakdown(pub, encrypted, args.repeat)
-
-    dec_min, dec_med, avg = _timed(
-        lambda: packing.decrypt_average(sec, agg), args.repeat, "decrypt_average_s"
-    )
-    # Decryption expands one seed per branch and ciphertext (SEAL), so it grows with
-    # the number of branches: time it for a single-branch aggregate too.
-    single, _ = packing.aggregate(pub, {"branch-00": one}, length=n)
-    dec1_min, _, _ = _timed(
-        lambda: packing.decrypt_average(sec, single), args.repeat, "decrypt_average_1_branch_s"
-    )
-    rel_error = float(np.linalg.norm(avg - reference) / np.linalg.norm(reference))
-    max_abs_error = float(np.max(np.abs(avg - reference)))
-
-    fp32 = [u.astype(np.float32) for u in updates]
-    plain_min, _, _ = _timed(
-        lambda: (
-            sum(u * np.float32(w) for u, w in zip(fp32, weights, strict=True))
-            / np.float32(weights.sum())
-        ),
-        args.repeat,
-    )
-
-    result: dict[str, Any] = {
-        "params": {
-            k_: params[k_]
-            for k_ in (
-                "scheme",
-                "library",
-                "encryption_type",
-                "poly_modulus_degree",
-                "slots",
-                "coeff_mod_bit_sizes",
-                "global_scale_bits",
-                "security_level_bits",
-                "max_abs_sum",
-            )
-        },
-        "n_values": n,
-        "n_branches": k,
-        "chunks_per_update": len(one.chunks),
-        "upload_bytes": one.nbytes,
-        "upload_ratio": one.nbytes / (4 * n),
-        "upload_ratio_without_weight_ciphertext": sum(map(len, one.chunks)) / (4 * n),
-        "download_ratio": agg.nbytes / (4 * n),
-        "public_context_bytes": public_ctx_bytes,
-        "encrypt_s": enc_min,
-        "encrypt_s_median": enc_med,
-        "encrypt_s_method": (
-            "packing.encrypt_update of 200k values + the weight: SEAL encode + seeded "
-            "symmetric encryption + SEAL's (zstd) save + parse + repack, bytes out"
-        ),
-        "aggregate_s_10": agg_min,
-        "aggregate_s_10_median": agg_med,
-        "aggregate_s_10_method": (
-            f"packing.aggregate over {k} serialized updates, bytes in -> bytes out: parse "
-            "and validate every chunk (header, parameters, key-ceremony tag, length, "
-            "seeds), add the c0 halves modulo q with numpy, reduce and serialize the sum "
-            "(sum of c0 + the branches' seeds; seeds are expanded by SEAL at decryption)"
-        ),
-        "format": (
-            "seeded symmetric CKKS (SEAL Encryptor.encrypt_symmetric -> Serializable): c1 "
-            "is stored as SEAL's 64-byte PRNG seed, c0 as 5 bytes per coefficient "
-            "(40-bit prime: uint32 + uint8 planes), uncompressed; see fedcrm/crypto/wire.py"
-        ),
-        "aggregate_s_10_breakdown": breakdown,
-        "aggregate_critical_path_s": critical,
-        "aggregate_critical_path_method": (
-            "Accumulator fed as replies arrive: time after the last reply = its "
-            "deserialize+add + serializing the sum"
-        ),
-        "decrypt_average_s": dec_min,
-        "decrypt_average_s_median": dec_med,
-        "decrypt_average_1_branch_s": dec1_min,
-        "decrypt_note": (
-            f"a branch decrypting the sum of {k} updates lets SEAL expand {k} seeds per "
-            "ciphertext (~0.3 ms each); decrypt time grows linearly with the branches"
-        ),
-        "rel_error": rel_error,
-        "max_abs_error": max_abs_error,
-        "plain_aggregate_s_10": plain_min,
-        "cpu_time_note": (
-            "process CPU time (min over repeats) of the same operations: close to the "
-            "wall time on an idle machine; wall times above include waiting for the "
-            "shared cores (see loadavg_1m)"
-        ),
-    }
-    if not args.skip_train:
-        train_s, model_params = _lstm_train_s(n)
-        he_overhead = enc_min + agg_min + dec_min
-        plain_round = train_s + plain_min
-        he_cpu = CPU["encrypt_s"] + CPU["aggregate_s_10"] + CPU["decrypt_average_s"]
-        train_cpu = CPU["lstm_train_epoch_s"]
-        result.update(
-            {
-                "lstm_train_epoch_s": train_s,
-                "lstm_params": model_params,
-                "he_overhead_s": he_overhead,
-                "round_time_ratio": (plain_round + he_overhead) / plain_round,
-                "round_time_ratio_cpu": (train_cpu + he_cpu) / train_cpu,
-                "round_time_ratio_if_train_s": {
-                    str(t): (t + plain_min + he_overhead) / (t + plain_min) for t in (1, 3, 10)
-                },
-                "round_time_ratio_method": (
-                    "(T_train + T_encrypt + T_aggregate_10 + T_decrypt) / (T_train + "
-                    "T_plain_aggregate_10); T_train = one epoch of a torch LSTM with "
-                    f"{model_params} params on 2000 sequences of 50 steps (batch 64, Adam), "
-                    "measured here; branch-side encrypt/decrypt counted once (branches "
-                    "run in parallel); Flower transport, serialization of plaintext "
-                    "arrays and the 5-6x larger messages are not included (the lead "
-                    "will replace this by an end-to-end simulation)"
-                ),
-            }
-        )
     return result
 
 

@@ -164,7 +164,6 @@ class PrivacyConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0.0)
     accountant: Literal["prv", "rdp"] = "prv"
     engine: Literal["fast", "opacus"] = "fast"
-    keys_dir: str | None = None
     # Evaluation statistics under DP are a release of the test customers: their
     # epsilon (null: the training target, or 1 with a fixed noise multiplier), and
     # whether every round's incoming model is evaluated (each a release) or only
@@ -214,6 +213,9 @@ class FederationConfig(_Strict):
     # that it asks for its next message instead of sleeping 3 s; 0 turns standby
     # messages off (see the README's Latency section).
     keep_warm_s: float = Field(10, ge=0, le=60)
+    # Encrypted jobs: the fewest contributions a branch decrypts an aggregate of
+    # (a branch's own node config may ask for more, never fewer than 3).
+    min_contributors: int = Field(3, ge=3, le=64)
 
 
 class BranchConfig(_Strict):
@@ -371,6 +373,7 @@ class JobSpec(_Strict):
     local_epochs: int
     seed: int
     release: bool = True
+    min_contributors: int = 3
 
     @field_validator("run_id")
     @classmethod
@@ -387,9 +390,10 @@ class JobSpec(_Strict):
             run_id=run_id,
             model=cfg.model,
             task=cfg.task,
-            privacy=cfg.privacy.model_copy(update={"keys_dir": None}),
+            privacy=cfg.privacy,
             rounds=cfg.federation.rounds,
             local_epochs=cfg.federation.local_epochs,
             seed=cfg.seed,
             release=cfg.release,
+            min_contributors=cfg.federation.min_contributors,
         )

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fedcrm.errors import ConfigError, IdentityError
+from fedcrm.errors import ConfigError, IdentityError, KeyFileError
 
 MAX_ID_LENGTH = 64
 _ID = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_-]{{0,{MAX_ID_LENGTH - 1}}}")
@@ -230,6 +230,30 @@ class Roster:
         """The branches that may take part now."""
         return {b: i for b, i in sorted(self.branches.items()) if i.admitted}
 
+    def crypto_roster(self) -> Any:
+        """The admitted branches' raw public keys for secure aggregation.
+
+        Returns a :class:`fedcrm.crypto.roster.Roster` (current signing key and
+        agreement key of every admitted branch), the roster every branch of an
+        encrypted job receives.
+        """
+        from fedcrm.crypto.roster import Roster as KeyRoster
+        from fedcrm.crypto.roster import RosterEntry
+        from fedcrm.privacy import signing
+
+        entries = {}
+        for b, ident in self.admitted().items():
+            key = ident.signing_key
+            assert key is not None  # admitted
+            sign_pub = signing.signing_public_key_from_pem(key.public_key, f"admitted list: {b}")
+            agree_pub = signing.agreement_public_key_from_pem(
+                ident.agreement_public_key, f"admitted list: {b}"
+            )
+            entries[b] = RosterEntry(
+                signing.raw_public_bytes(sign_pub), signing.raw_public_bytes(agree_pub)
+            )
+        return KeyRoster(entries)
+
     def by_node_id(self, node_id: int) -> BranchIdentity | None:
         """The admitted branch bound to SuperLink node ``node_id``."""
         return next((i for i in self.admitted().values() if i.node_id == node_id), None)
@@ -302,6 +326,10 @@ def load_roster(path: str | os.PathLike[str]) -> Roster:
     return Roster(branches)
 
 
+CRYPTO_ROSTER_FILE = "roster.json"
+"""The admitted branches' public keys for encrypted jobs, written beside the admitted list."""
+
+
 def save_roster(roster: Roster, path: str | os.PathLike[str]) -> Path:
     """Write the admitted list atomically (a reader never sees half a file)."""
     path = Path(path)
@@ -313,6 +341,19 @@ def save_roster(roster: Roster, path: str | os.PathLike[str]) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+    # Beside it, the roster of encrypted jobs (raw public keys), for branches to pin
+    # (`fedcrm node start --roster`).
+    keys = path.with_name(CRYPTO_ROSTER_FILE)
+    try:
+        data_keys = roster.crypto_roster().to_json() if roster.admitted() else None
+    except KeyFileError:  # a list written before every branch had an agreement key
+        data_keys = None
+    if data_keys is None:
+        keys.unlink(missing_ok=True)
+    else:
+        tmp = keys.with_name(keys.name + ".tmp")
+        tmp.write_bytes(data_keys)
+        tmp.replace(keys)
     return path
 
 

@@ -16,10 +16,18 @@ STANDBY = "query.standby"
 TRAIN = "train"  # one FedAvg round: evaluate the incoming global model, train locally
 EVALUATE = "evaluate"  # evaluate the final global model (and release it when asked)
 
+# Encrypted jobs (privacy=he|dp_he): the key ceremony and the secure-aggregation steps
+# (fedcrm.client.secure_agg, fedcrm.server.secure_agg).
+HE_KEYS = "query.he_keys"  # roster, holder -> key held; holder: parameters + sealed secrets
+HE_ACCEPT = "query.he_accept"  # the holder's sealed secret -> the key now held
+SECAGG_ENDORSE = "train.secagg_endorse"  # (live, dropped) claim of a step -> signed endorsement
+SECAGG_REVEAL = "train.secagg_reveal"  # reveal request of a step -> shares (+ next advertisement)
+
 # Record keys
 JOB = "job"  # ConfigRecord: {"spec": JobSpec JSON, "round": int}
+SECAGG = "secagg"  # ConfigRecord: roster, step, advertisements, claims, shares (bytes values)
 WEIGHTS = "weights"  # ArrayRecord: plaintext model weights
-ENCRYPTED = "encrypted"  # ConfigRecord: CKKS ciphertexts of a weighted update / sum
+ENCRYPTED = "encrypted"  # ConfigRecord: BFV ciphertexts of a masked upload / of a step's sum
 METRICS = "metrics"  # MetricRecord: training metrics and evaluation summaries
 BRANCH = "branch"  # ConfigRecord: branch_id, status, refusal reason, ledger entries
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -61,15 +59,6 @@ def test_data_validate_reports_problems_without_values(
     assert "-77.77" not in printed.out + printed.err
 
 
-def test_keys_init_public_context_has_no_secret_key(tmp_path: Path) -> None:
-    from fedcrm.crypto.ckks import load_public_context
-
-    assert main(["keys", "init", "--out", str(tmp_path)]) == 0
-    assert stat.S_IMODE(os.stat(tmp_path / "he_secret.ctx").st_mode) == 0o600
-    public = load_public_context(tmp_path / "he_public.ctx")
-    assert not public.context.has_secret_key()
-
-
 def test_privacy_verify_of_an_empty_dir_fails_saying_what_it_looked_for(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -83,7 +72,7 @@ def test_help_lists_every_command_group(capsys: pytest.CaptureFixture) -> None:
         main(["--help"])
     assert exc.value.code == 0
     listed = capsys.readouterr().out
-    for group in ("simulate", "data", "node", "keys", "privacy", "plot", "federation", "server"):
+    for group in ("simulate", "data", "node", "privacy", "plot", "federation", "server", "score"):
         assert group in listed
 
 

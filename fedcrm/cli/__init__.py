@@ -6,7 +6,6 @@ module          commands
 ``simulate``    ``fedcrm simulate`` (Hydra overrides, ``-m`` sweeps)
 ``data``        ``fedcrm data validate|synth|import-cdnow``
 ``node``        ``fedcrm node init|rotate-keys|restore-ledger|start|app-hash``
-``keys``        ``fedcrm keys init``
 ``privacy``     ``fedcrm privacy verify|report``
 ``plot``        ``fedcrm plot privacy-utility``
 ``federation``  ``fedcrm federation init|cert|connection``

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 from rich.markup import escape
 
-from fedcrm.cli import data, federation, keys, node, plot, privacy, score, server
+from fedcrm.cli import data, federation, node, plot, privacy, score, server
 from fedcrm.cli._common import EXIT_USAGE, console
 from fedcrm.errors import FedCRMError
 
-GROUPS = (data, node, keys, privacy, plot, federation, server, score)
+GROUPS = (data, node, privacy, plot, federation, server, score)
 """Command groups in the order ``fedcrm --help`` lists them (after ``simulate``)."""
 
 

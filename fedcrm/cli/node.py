@@ -79,11 +79,14 @@ def node_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[s
         "data-spec": str(Path(args.spec).resolve()) if args.spec else "",
         "ledger-path": str(pick(args.ledger_path, bd.ledger_path)),
         "signing-key": str(pick(args.signing_key, bd.signing_key)),
+        "agreement-key": str(bd.agreement_key),
         "model-dir": str(pick(args.model_dir, bd.model_dir)),
         "cache-dir": str(pick(args.cache_dir, bd.cache_dir)),
     }
-    if args.he_secret_context:
-        node_config["he-secret-context"] = str(Path(args.he_secret_context).resolve())
+    if args.roster:
+        node_config["roster"] = str(Path(args.roster).resolve())
+    if args.min_contributors:
+        node_config["min-contributors"] = str(args.min_contributors)
     for flag, key in (("epsilon_ceiling", "epsilon-ceiling"), ("delta", "delta")):
         raw = getattr(args, flag)
         if raw is not None:
@@ -185,7 +188,7 @@ def _approved_apps(
         for what, key in (
             ("an epsilon ceiling", "epsilon-ceiling"),
             ("a ledger signing key", "signing-key"),
-            ("an HE secret key", "he-secret-context"),
+            ("a key-agreement key for encrypted jobs", "agreement-key"),
         )
         if node_config.get(key) not in (None, "")
     ]
@@ -345,7 +348,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default: the branch folder's cache/)",
     )
     ns.add_argument("--signing-key", help="default: the branch folder's signing key")
-    ns.add_argument("--he-secret-context", help="the branch's CKKS secret context (HE runs)")
+    ns.add_argument(
+        "--roster",
+        help="the roster (branch ids and public keys) this branch trusts for encrypted jobs "
+        "(the central team's server/roster.json); a job with another is refused",
+    )
+    ns.add_argument(
+        "--min-contributors",
+        help="fewest contributions an aggregate must hold before this branch decrypts it "
+        "(default 3)",
+    )
     ns.add_argument("--root-certificates", help="default: the kit's ca.crt")
     ns.add_argument("--auth-key", help="node auth private key (default: branch folder's)")
     ns.add_argument("--superlink", help="HOST:PORT (default: the federation's address)")

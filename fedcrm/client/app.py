@@ -33,10 +33,10 @@ from fedcrm.client.messages import (
     job_of,
     refused,
     reply,
-    secret_context,
     settings_of,
 )
 from fedcrm.client.privacy_gate import ANCHOR_FILE, check_job
+from fedcrm.client.secagg_app import register_secagg_handlers
 from fedcrm.client.standby import register_standby
 from fedcrm.errors import LedgerBehindAnchorError, RefusedError
 
@@ -126,6 +126,7 @@ def make_client_app(
 
     register_lstm_handlers(app, guarded)
     register_gbdt_handlers(app, guarded)
+    register_secagg_handlers(app, guarded)
     register_standby(app)
 
     @app.query("info")
@@ -140,8 +141,6 @@ def make_client_app(
             "epsilon_ceiling": float(settings.epsilon_ceiling or -1.0),
             **_ledger_history(settings),
         }
-        if spec.privacy.he:
-            branch["he_context_id"] = secret_context(settings).context_id
         metrics = MetricRecord(
             {
                 "train_customers": len(data.train),

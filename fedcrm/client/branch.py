@@ -9,7 +9,7 @@ key                  meaning
 ``branch-id``        the branch's id (as in the export's ``branch_id``; a path-safe
                      id, :func:`fedcrm.identity.check_id`)
 ``data-path``        directory with the branch export (customers/events), or
-                     a prepared feature cache (``train.npz``/``test.npz``)
+                     a prepared feature set (``features.npz``)
 ``data-url``         instead of ``data-path``: the branch's CRM database
                      (SQLAlchemy URL without password; see
                      :mod:`fedcrm.data.sql` for where the password comes from)
@@ -20,7 +20,11 @@ key                  meaning
 ``signing-key``      the branch's Ed25519 ledger signing key (PEM)
 ``epsilon-ceiling``  the most epsilon the branch will ever spend (DP runs)
 ``delta``            the branch's delta (optional; default below 1/n)
-``he-secret-context`` CKKS secret context (HE runs), from ``fedcrm keys init``
+``agreement-key``    the branch's X25519 key-agreement key (PEM; encrypted jobs)
+``roster``           optional: the roster (branch ids and public keys) the branch
+                     trusts for encrypted jobs; a job with another is refused
+``min-contributors`` fewest contributions an aggregate must hold before this
+                     branch decrypts it (default 3; a job may ask for more)
 ``model-dir``        where the branch exports models it keeps locally
 ``cache-dir``        where the branch keeps its computed features between
                      messages (optional; see :func:`load_branch_data`)
@@ -70,7 +74,9 @@ KNOWN_KEYS = (
     "signing-key",
     "epsilon-ceiling",
     "delta",
-    "he-secret-context",
+    "agreement-key",
+    "roster",
+    "min-contributors",
     "model-dir",
     "cache-dir",
     "state-dir",
@@ -93,7 +99,9 @@ class BranchSettings:
     signing_key: Path | None = None
     epsilon_ceiling: float | None = None
     delta: float | None = None
-    he_secret_context: Path | None = None
+    agreement_key: Path | None = None
+    roster: Path | None = None
+    min_contributors: int | None = None
     model_dir: Path | None = None
     cache_dir: Path | None = None
     data_url: str | None = None
@@ -189,7 +197,9 @@ class BranchSettings:
             signing_key=path("signing-key"),
             epsilon_ceiling=positive("epsilon-ceiling"),
             delta=positive("delta", upper=1.0),
-            he_secret_context=path("he-secret-context"),
+            agreement_key=path("agreement-key"),
+            roster=path("roster"),
+            min_contributors=whole("min-contributors", 2),
             model_dir=path("model-dir", must_exist=False),
             cache_dir=path("cache-dir", must_exist=False),
             data_url=data_url,

@@ -33,7 +33,6 @@ from fedcrm.client.messages import (
     record_arrays,
     reply,
     request_digest,
-    secret_context,
 )
 from fedcrm.config import JobSpec
 from fedcrm.errors import FedCRMError
@@ -49,29 +48,55 @@ def model_of(message: Message) -> TreeModel:
         raise FedCRMError(f"malformed tree model in the message: {exc}") from None
 
 
-def aggregate_of(message: Message, settings: BranchSettings) -> np.ndarray | None:
-    """The sum of the previous release: plaintext, or decrypted from the encrypted sum."""
+def aggregate_of(message: Message, spec: JobSpec, settings: BranchSettings) -> np.ndarray | None:
+    """The sum of the previous release: plaintext, or opened from the step's masked sum.
+
+    Branches open only the SUM of a step's releases (at least ``min-contributors``
+    of them, their own included); no branch's own is visible.
+    """
     content = message.content
     if P.AGGREGATE in content:
         return record_arrays(content[P.AGGREGATE])["values"]
     if P.ENCRYPTED in content:
-        from fedcrm.crypto.packing import EncryptedUpdate, decrypt_sum
+        from fedcrm.client.secagg_app import crypto_of
+        from fedcrm.client.secure_agg import forget_step, open_sum
+        from fedcrm.crypto.bfv_wire import EncryptedVector
 
-        # Branches decrypt the SUM of the histograms; no branch's own is visible.
-        agg = EncryptedUpdate.from_records(dict(content[P.ENCRYPTED]))
-        return decrypt_sum(secret_context(settings), agg)[0]
+        record = dict(content[P.ENCRYPTED])
+        step = int(record["step"])
+        crypto = crypto_of(message, settings)
+        sums, _ = open_sum(
+            crypto,
+            spec.run_id,
+            step,
+            EncryptedVector.from_records(record),
+            bytes(record["correction"]),
+            "histogram",
+        )
+        forget_step(crypto, spec.run_id, step - 1)
+        return sums
     return None
 
 
-def _encrypter(spec: JobSpec, settings: BranchSettings) -> Callable[[np.ndarray], dict] | None:
+def _encrypter(
+    message: Message, spec: JobSpec, settings: BranchSettings
+) -> Callable[[np.ndarray], dict] | None:
+    """Masks and encrypts a release for the message's step (HE jobs)."""
     if not spec.privacy.he:
         return None
+    from fedcrm.client.secagg_app import crypto_of, secagg_of
+    from fedcrm.client.secure_agg import codec, masked_upload
+
+    crypto = crypto_of(message, settings)
+    record = secagg_of(message)
+    step = int(record["step"])
+    ads = [bytes(a) for a in record.get("advertisements", [])]
 
     def encrypt(values: np.ndarray) -> dict[str, Any]:
-        from fedcrm.crypto.packing import encrypt_update
-
-        enc = encrypt_update(secret_context(settings), values, weight=1.0)
-        return {f"enc.{k}": v for k, v in enc.to_records().items()}
+        digits, clipped = codec(crypto, "histogram").encode(values)
+        if clipped:
+            raise FedCRMError(f"{clipped} released value(s) beyond the encrypted range")
+        return masked_upload(crypto, spec.run_id, step, ads, digits)
 
     return encrypt
 
@@ -124,7 +149,7 @@ def register_gbdt_handlers(app: ClientApp, guarded: Callable[..., Any]) -> None:
             model.lo,
             model.hi,
             request=request_digest(message),
-            encrypt=_encrypter(spec, settings),
+            encrypt=_encrypter(message, spec, settings),
         )
         return answer(message, settings, out)
 
@@ -136,9 +161,9 @@ def register_gbdt_handlers(app: ClientApp, guarded: Callable[..., Any]) -> None:
             settings,
             data,
             model_of(message),
-            aggregate_of(message, settings),
+            aggregate_of(message, spec, settings),
             request=request_digest(message),
-            encrypt=_encrypter(spec, settings),
+            encrypt=_encrypter(message, spec, settings),
         )
         return answer(message, settings, out)
 
@@ -155,7 +180,7 @@ def register_gbdt_handlers(app: ClientApp, guarded: Callable[..., Any]) -> None:
             settings,
             data,
             model_of(message),
-            aggregate_of(message, settings),
+            aggregate_of(message, spec, settings),
             request=request_digest(message),
         )
         return answer(message, settings, out)

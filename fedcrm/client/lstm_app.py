@@ -30,11 +30,10 @@ from fedcrm.client.messages import (
     metrics_record,
     reply,
     request_digest,
-    secret_context,
 )
 from fedcrm.client.privacy_gate import PrivacyGate, Step
 from fedcrm.config import JobSpec
-from fedcrm.errors import FedCRMError
+from fedcrm.errors import ContributorsError, FedCRMError
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +57,74 @@ def unflatten(flat: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
 def global_weights(
     message: Message, spec: JobSpec, settings: BranchSettings, data: BranchData
 ) -> list[np.ndarray]:
-    """The incoming global model: plaintext, or decrypted from the encrypted sum."""
+    """The incoming global model: plaintext, or opened from the last step's masked sum.
+
+    The sum holds each contribution's weighted parameters and its weight, so
+    the weighted average is the sum of the first divided by the sum of the last.
+    """
     if P.WEIGHTS in message.content:
         return message.content[P.WEIGHTS].to_numpy_ndarrays()  # type: ignore[union-attr]
-    from fedcrm.crypto.packing import EncryptedUpdate, decrypt_average
+    from fedcrm.client.secagg_app import crypto_of
+    from fedcrm.client.secure_agg import forget_step, open_sum
+    from fedcrm.crypto.bfv_wire import EncryptedVector
 
-    agg = EncryptedUpdate.from_records(dict(message.content[P.ENCRYPTED]))
-    like = initial_weights(spec, data.n_tabular)
-    return unflatten(decrypt_average(secret_context(settings), agg), like)
+    record = dict(message.content[P.ENCRYPTED])
+    step = int(record["step"])
+    crypto = crypto_of(message, settings)
+    sums, _ = open_sum(
+        crypto,
+        spec.run_id,
+        step,
+        EncryptedVector.from_records(record),
+        bytes(record["correction"]),
+        "update",
+    )
+    forget_step(crypto, spec.run_id, step - 1)
+    if not sums[-1] > 0:
+        raise FedCRMError("the opened aggregate has no weight")
+    return unflatten(sums[:-1] / sums[-1], initial_weights(spec, data.n_tabular))
 
 
-def _encrypter(settings: BranchSettings) -> Callable[[list[np.ndarray], int], dict[str, Any]]:
+def _encrypter(
+    message: Message, settings: BranchSettings, spec: JobSpec
+) -> Callable[[list[np.ndarray], int], dict[str, Any]]:
+    """Masks and encrypts a trained model for the message's step (weighted by the branch)."""
+    from fedcrm.client.secagg_app import crypto_of, secagg_of
+    from fedcrm.client.secure_agg import codec, masked_upload, weight_of
+
+    crypto = crypto_of(message, settings)
+    record = secagg_of(message)
+    step = int(record["step"])
+    ads = [bytes(a) for a in record.get("advertisements", [])]
+
     def encrypt(weights: list[np.ndarray], n: int) -> dict[str, Any]:
-        from fedcrm.crypto.packing import encrypt_update
-
-        enc = encrypt_update(secret_context(settings), flatten(weights) * n, weight=float(n))
-        return {f"enc.{k}": v for k, v in enc.to_records().items()}
+        w = weight_of(n)
+        digits, clipped = codec(crypto, "update").encode(
+            np.concatenate([flatten(weights) * w, [w]])
+        )
+        if clipped:
+            log.warning("%d weighted parameter(s) clipped to the encrypted range", clipped)
+        return masked_upload(crypto, spec.run_id, step, ads, digits)
 
     return encrypt
+
+
+def catch_up(
+    message: Message, spec: JobSpec, settings: BranchSettings, data: BranchData, why: str
+) -> Message:
+    """Upload a zero-weight contribution to the message's step instead of training.
+
+    A branch whose upload is not in the last step's sum (it dropped, or its
+    upload was refused) cannot open that sum; it trains nothing this round
+    and adds zeros with weight zero to the next sum, which then holds its own
+    contribution and opens for it. Nothing of the branch's data is used.
+    """
+    log.warning("branch %s sits this round out to rejoin: %s", settings.branch_id, why)
+    like = initial_weights(spec, data.n_tabular)
+    upload = _encrypter(message, settings, spec)([np.zeros_like(w) for w in like], 0)
+    metrics = {"num-examples": 0, "catching_up": 1}
+    records = {P.METRICS: metrics_record(metrics), **_payload_records(upload, True)}
+    return reply(message, branch_record(settings), **records)
 
 
 def _payload_records(payload: dict[str, Any], he: bool) -> dict[str, Any]:
@@ -92,7 +141,12 @@ def register_lstm_handlers(app: ClientApp, guarded: Callable[..., Any]) -> None:
     def train(message: Message, context: Context, settings: BranchSettings) -> Message:
         spec, round_num = job_of(message)
         data = load_branch_data(settings, spec.task)
-        weights = global_weights(message, spec, settings, data)
+        try:
+            weights = global_weights(message, spec, settings, data)
+        except ContributorsError as exc:
+            if exc.reason != "missing-own":
+                raise
+            return catch_up(message, spec, settings, data, str(exc))
         outcome = train_round(
             spec,
             round_num,
@@ -100,7 +154,7 @@ def register_lstm_handlers(app: ClientApp, guarded: Callable[..., Any]) -> None:
             data,
             weights,
             request=request_digest(message),
-            encrypt=_encrypter(settings) if spec.privacy.he else None,
+            encrypt=_encrypter(message, settings, spec) if spec.privacy.he else None,
         )
         metrics = dict(outcome.metrics)
         if outcome.evaluation:

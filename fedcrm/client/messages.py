@@ -141,15 +141,3 @@ def metrics_record(values: Mapping[str, Any]) -> MetricRecord:
         else:
             out[key] = float(value)
     return MetricRecord(out)
-
-
-def secret_context(settings: BranchSettings) -> Any:
-    """The branch's homomorphic-encryption secret context."""
-    from fedcrm.crypto.ckks import load_secret_context
-
-    if settings.he_secret_context is None:
-        raise FedCRMError(
-            "encrypted runs need `he-secret-context` in the node config "
-            "(the he_secret.ctx file from `fedcrm keys init`)"
-        )
-    return load_secret_context(settings.he_secret_context)

@@ -1,4 +1,4 @@
-"""SEAL's own serialization of seeded ciphertexts, shared by the CKKS and BFV wire formats.
+"""SEAL's own serialization of seeded ciphertexts, read by the BFV wire format.
 
 SEAL (the library under TenSEAL) saves a ``Serializable<Ciphertext>`` returned
 by ``Encryptor::encrypt_symmetric`` *seeded*: the uniformly random half ``c1``
@@ -6,7 +6,7 @@ is replaced by the 64-byte seed of the PRNG that expands to it. TenSEAL's
 bindings save such an object only to a file path and usually zstd-compress it.
 This module reads the ``c0`` coefficients and the seed out of that blob, and
 builds the blob back (uncompressed) from ``c0`` and a seed so that SEAL can
-load it again. It knows nothing of keys; :mod:`fedcrm.crypto.wire` (CKKS) and
+load it again. It knows nothing of keys; :mod:`fedcrm.crypto.bfv_wire` and
 :mod:`fedcrm.crypto.bfv` (BFV) build their compact formats on it.
 
 Layout written by SEAL 4 (little endian)::

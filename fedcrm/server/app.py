@@ -36,17 +36,6 @@ from fedcrm.server.run_dir import RunDir
 log = logging.getLogger(__name__)
 
 
-def load_server_context(cfg: RunConfig, keys_dir: str | Path | None) -> Any:
-    """The public CKKS context for an encrypted run (refuses one with a secret key)."""
-    if not cfg.privacy.he:
-        return None
-    from fedcrm.crypto.ckks import load_public_context
-
-    if keys_dir is None:
-        raise FedCRMError("encrypted runs need privacy.keys_dir (from `fedcrm keys init`)")
-    return load_public_context(Path(keys_dir) / "he_public.ctx")
-
-
 def keep_warm_policy(cfg: RunConfig) -> KeepWarm | None:
     """The standby policy of a deployment run (``None`` when ``keep_warm_s=0``)."""
     hold = cfg.federation.keep_warm_s
@@ -60,7 +49,7 @@ def run_job(
     *,
     run_id: str | None = None,
     reporter: Reporter | None = None,
-    keys_dir: str | Path | None = None,
+    roster: Any | None = None,
     node_wait_s: float = 120.0,
     deployment: bool = False,
     expected_nodes: int | None = None,
@@ -88,15 +77,16 @@ def run_job(
             "features (branches refuse such a job)"
         )
     run_dir = RunDir(out_dir)
-    he_context = load_server_context(cfg, keys_dir or cfg.privacy.keys_dir)
+    if cfg.privacy.he and roster is None and identities is not None:
+        roster = identities.roster().crypto_roster()
     run_id = run_id or uuid.uuid4().hex[:12]
-    keys = (
-        Path(signing_keys) if signing_keys else (Path(server_dir) / "keys" if server_dir else None)
-    )
-    if server_dir is not None:
-        ledgers = LedgerStore(Path(server_dir), public_keys=keys_from_dir(keys))
+    keys = Path(signing_keys) if signing_keys else None
+    # The branches' signing keys: the admitted list in deployment, key files in simulation.
+    lookup = identities.signing_keys if identities is not None else keys_from_dir(keys)
+    if server_dir:
+        ledgers = LedgerStore(Path(server_dir), public_keys=lookup)
     else:
-        ledgers = LedgerStore(run_dir.path, ledger_dir="ledger", public_keys=keys_from_dir(keys))
+        ledgers = LedgerStore(run_dir.path, ledger_dir="ledger", public_keys=lookup)
     job_class: Any = FedAvgJob
     if cfg.model.name == "gbdt":
         from fedcrm.server.gbdt_job import GBDTJob
@@ -108,7 +98,7 @@ def run_job(
         run_dir,
         run_id=run_id,
         reporter=reporter,
-        he_context=he_context,
+        roster=roster,
         node_wait_s=node_wait_s,
         keep_warm=keep_warm_policy(cfg) if deployment else None,
         expected_nodes=expected_nodes,
@@ -138,7 +128,7 @@ def make_server_app(
     *,
     run_id: str,
     reporter: Reporter | None = None,
-    keys_dir: str | Path | None = None,
+    roster: Any | None = None,
     results: dict[str, Any] | None = None,
     expected_nodes: int | None = None,
     signing_keys: str | Path | None = None,
@@ -154,7 +144,7 @@ def make_server_app(
             out_dir,
             run_id=run_id,
             reporter=reporter,
-            keys_dir=keys_dir,
+            roster=roster,
             expected_nodes=expected_nodes,
             signing_keys=signing_keys,
         )

@@ -56,6 +56,7 @@ class FedAvgJob(FederatedJob):
         )
         updates, weights, enc_updates, evals, losses = [], [], {}, [], []
         problems: dict[str, str] = {}
+        rejoining: set[str] = set()
         for reply, b in zip(replies, chosen, strict=True):
             if not reply.ok:
                 b.failed_rounds += 1
@@ -70,14 +71,16 @@ class FedAvgJob(FederatedJob):
             if not self._handle_status(b, info, problems):
                 continue
             try:
-                if self.he_context is not None:
-                    from fedcrm.crypto.packing import EncryptedUpdate
-
-                    enc = EncryptedUpdate.from_records(
-                        dict(reply.message.content[P.ENCRYPTED])  # type: ignore[union-attr]
-                    )
-                    enc_updates[b.branch_id] = enc
-                    self.bytes_up += sum(len(c) for c in enc.chunks) + len(enc.weight)
+                if self.secure is not None:
+                    upload = dict(reply.message.content[P.ENCRYPTED])  # type: ignore[union-attr]
+                    enc_updates[b.branch_id] = upload
+                    self.bytes_up += sum(len(c) for c in upload.get("chunks", []))
+                    if metrics.get("catching_up"):
+                        # It could not open the last sum (its upload was not in it):
+                        # a zero-weight upload now, training again next round.
+                        rejoining.add(b.branch_id)
+                        b.skipped_rounds += 1
+                        continue
                 else:
                     update = reply.message.content[P.WEIGHTS].to_numpy_ndarrays()  # type: ignore
                     check_update(b.branch_id, update, like)
@@ -94,22 +97,25 @@ class FedAvgJob(FederatedJob):
             if "train_loss" in metrics:  # DP branches do not release it
                 losses.append(float(metrics["train_loss"]))
         new_state: Any = None
-        if self.he_context is not None and enc_updates:
-            from fedcrm.crypto.packing import aggregate
-
-            n_values = int(sum(w.size for w in like))
-            try:
-                new_state, rejected = aggregate(self.he_context, enc_updates, length=n_values)
-            except FedCRMError as exc:  # no update could be accepted
-                new_state, rejected = None, dict.fromkeys(enc_updates, str(exc))
+        if self.secure is not None and enc_updates:
+            last = round_num == self.cfg.federation.rounds
+            new_state, rejected = self.secure.finish(
+                round_num, self.secure_state, enc_updates, next_step=None if last else round_num + 1
+            )
+            if new_state is not None:
+                self.secure_state = new_state
             for branch_id, reason in rejected.items():
                 problems[branch_id] = f"round {round_num}: update rejected: {reason}"
                 for b in chosen:
                     if b.branch_id == branch_id:
                         b.failed_rounds += 1
-                        b.rounds_trained -= 1
+                        if branch_id in rejoining:
+                            b.skipped_rounds -= 1
+                        else:
+                            b.rounds_trained -= 1
                         b.last_problem = problems[branch_id]
-            accepted = len(enc_updates) - len(rejected)
+            contributors = new_state.contributors if new_state is not None else []
+            accepted = len([c for c in contributors if c not in rejoining])
         elif updates:
             new_state = weighted_average(updates, weights)
             accepted = len(updates)
@@ -126,6 +132,7 @@ class FedAvgJob(FederatedJob):
             "train_loss": float(np.nanmean(losses)) if losses else None,
             "seconds": time.perf_counter() - t0,
             "problems": problems,
+            "rejoining": sorted(rejoining),
             "epsilon": {
                 b.branch_id: b.epsilon for b in self.branches.values() if b.epsilon is not None
             },
@@ -146,6 +153,9 @@ class FedAvgJob(FederatedJob):
     def final_evaluation(self, global_state: Any) -> tuple[dict[str, Any], list[np.ndarray] | None]:
         """Score the final global model at every branch; collect a released model."""
         nodes = sorted(self.branches.values(), key=lambda b: b.branch_id)
+        if self.secure is not None and self.secure_state.aggregate is not None:
+            # Only the last sum's contributors can open it.
+            nodes = [b for b in nodes if b.branch_id in self.secure_state.contributors]
         payload = self._payload(global_state)
         replies = self.courier.exchange(
             [
@@ -186,6 +196,17 @@ class FedAvgJob(FederatedJob):
             rounds_done, global_state = self._resume(global_state)
             last_plain = global_state if isinstance(global_state, list) else None
         first_round = rounds_done + 1
+        if self.secure is not None:
+            from fedcrm.server.secure_agg import SecureState
+
+            t_keys = time.perf_counter()
+            fresh = self.secure.setup(first_step=first_round)
+            if isinstance(global_state, SecureState):  # resumed: the checkpoint's sum, new ads
+                global_state.advertisements = fresh.advertisements
+                global_state.next_step = first_round
+                fresh = global_state
+            self.secure_state = fresh
+            self.timings["key_ceremony_s"] = time.perf_counter() - t_keys
         for r in range(first_round, self.cfg.federation.rounds + 1):
             joined = self.admit_new_nodes() if r > first_round else []
             if joined:
@@ -217,7 +238,7 @@ class FedAvgJob(FederatedJob):
         self.timings["final_evaluation_s"] = time.perf_counter() - t_eval
         self.timings["federated_s"] = time.perf_counter() - t_start
         model = last_plain if last_plain is not None and rounds_done > 0 else released
-        if self.he_context is not None and not self.cfg.release:
+        if self.secure is not None and not self.cfg.release:
             model = None
         return self._result(final, model, rounds_done)
 
@@ -236,6 +257,7 @@ class FedAvgJob(FederatedJob):
                 "excluded_customers": b.excluded_customers,
                 "rounds_trained": b.rounds_trained,
                 "failed_rounds": b.failed_rounds,
+                "skipped_rounds": b.skipped_rounds,
                 "last_problem": b.last_problem,
             }
         privacy: dict[str, Any] = {

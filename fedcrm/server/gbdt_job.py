@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord
 
 from fedcrm import protocol as P
 from fedcrm.config import GBDTModelConfig
@@ -142,8 +142,11 @@ class GBDTJob(FedAvgJob):
         payload: dict[str, Any] = {P.GBDT_MODEL: _record(arrays)}
         if isinstance(pending, np.ndarray):
             payload[P.AGGREGATE] = _record({"values": pending})
-        elif pending is not None:
-            payload[P.ENCRYPTED] = ConfigRecord(pending.to_records())
+        elif self.secure is not None:
+            # The step's sum when there is one to apply; always the roster and the
+            # advertisements of the step this message asks for.
+            state = pending if pending is not None else self.secure_state
+            payload.update(state.records(self.secure.roster_json, with_sum=pending is not None))
         return payload
 
     def _exclude(self, b: BranchState, why: str, problems: dict[str, str]) -> None:
@@ -274,26 +277,31 @@ class GBDTJob(FedAvgJob):
         if step.get("stage") in ("done", "evaluate") or "shape" not in step:
             return len(members), None
         shape = tuple(int(s) for s in step["shape"])
-        length = int(np.prod(shape))
-        if self.he_context is not None:
-            from fedcrm.crypto.packing import EncryptedUpdate, aggregate
-
-            updates, rejected = {}, {}
+        if self.secure is not None:
+            uploads = {}
             for b, (_, _, content) in members:
-                try:
-                    enc = EncryptedUpdate.from_records(dict(content[P.ENCRYPTED]))
-                except (FedCRMError, KeyError) as exc:
-                    rejected[b.branch_id] = str(exc)
+                if P.ENCRYPTED not in content:
                     continue
-                updates[b.branch_id] = enc
-                self.bytes_up += enc.nbytes
-            total: Any = None
-            if updates:
-                try:
-                    total, more = aggregate(self.he_context, updates, length=length)
-                    rejected.update(more)
-                except FedCRMError as exc:
-                    rejected.update(dict.fromkeys(updates, str(exc)))
+                uploads[b.branch_id] = dict(content[P.ENCRYPTED])
+                self.bytes_up += sum(len(c) for c in uploads[b.branch_id].get("chunks", []))
+            rejected = {
+                b.branch_id: "no encrypted release"
+                for b, _ in members
+                if b.branch_id not in uploads
+            }
+            step_no = self.secure_state.next_step
+            total, more = self.secure.finish(
+                step_no,
+                self.secure_state,
+                uploads,
+                next_step=None if self._is_last(step) else step_no + 1,
+            )
+            rejected.update(more)
+            if total is not None:
+                self.secure_state = total
+                rejected.update(
+                    {b: "not in the step's sum" for b in uploads if b not in total.contributors}
+                )
         else:
             total, rejected = None, {}
             for b, (_, _, content) in members:
@@ -311,6 +319,11 @@ class GBDTJob(FedAvgJob):
             b = by_id[branch_id]
             b.failed_rounds += 1
             b.last_problem = problems[branch_id] = f"round {round_num}: histogram rejected: {why}"
+            if self.secure is not None:
+                # A branch opens only sums holding its own upload, and each step of a
+                # tree needs the last one: it sits out the rest of the job.
+                b.extra["excluded"] = True
+                b.last_problem += " (out of the encrypted sums: sits out the rest of the job)"
         accepted = len(members) - len(rejected)
         for b, _ in members:
             if b.branch_id not in rejected:
@@ -345,6 +358,18 @@ class GBDTJob(FedAvgJob):
         if self.cfg.resume:
             n_trees, resumed = self._resume(None)
         t_trees = time.perf_counter()
+        if self.secure is not None:
+            from fedcrm.server.secure_agg import SecureState
+
+            t_keys = time.perf_counter()
+            pending_state = resumed.pending if resumed is not None else None
+            first = pending_state.next_step if isinstance(pending_state, SecureState) else 1
+            fresh = self.secure.setup(first_step=first)
+            if isinstance(pending_state, SecureState):  # resumed: the checkpoint's sum, new ads
+                pending_state.advertisements = fresh.advertisements
+                fresh = pending_state
+            self.secure_state = fresh
+            self.timings["key_ceremony_s"] = time.perf_counter() - t_keys
         if resumed is not None:
             # Branches keep nothing between messages and pay each tree's release once
             # (their ledgers dedupe by run and round), so sending the checkpointed
@@ -360,11 +385,13 @@ class GBDTJob(FedAvgJob):
             self._tree_checkpoint(n_trees, arrays, pending, step, names)
         mtype = P.GBDT_BATCH if self.gbdt.mode == "batched" else P.GBDT_LEVEL
         last_t = time.perf_counter()
+        seen: dict[str, str] = {}  # problems of the exchanges since the last finished tree
         while arrays is not None and self.stopped_reason is None and not self._is_last(step):
             if step.get("stage") == "done":
                 pending = None
                 break
             new, step, pending, info = self._step(mtype, arrays, pending, n_trees + 1)
+            seen.update(info.get("problems", {}))
             if new is None:
                 break
             arrays = new
@@ -374,6 +401,7 @@ class GBDTJob(FedAvgJob):
                 last_t = time.perf_counter()
                 n_trees = done
                 info.pop("evals", None)
+                info["problems"], seen = seen, {}
                 self._report({"round": n_trees}, {**info, "round": n_trees})
             if self.stopped_reason is None:
                 self._tree_checkpoint(n_trees, arrays, pending, step, names)
@@ -419,7 +447,7 @@ class GBDTJob(FedAvgJob):
             )
             importance = model.feature_importance("total_gain")
         artifact = None
-        if model is not None and (self.he_context is None or self.cfg.release):
+        if model is not None and (self.secure is None or self.cfg.release):
             artifact = TreeArtifact(
                 model, {"trees": len(trees), "mode": self.gbdt.mode, "exchanges": self.exchanges}
             )

@@ -44,6 +44,7 @@ class BranchState:
     rounds_trained: int = 0
     refused_rounds: int = 0
     failed_rounds: int = 0
+    skipped_rounds: int = 0  # encrypted jobs: rounds sat out to rejoin the masked sums
     exhausted: bool = False
     epsilon: float | None = None
     delta: float | None = None
@@ -97,15 +98,17 @@ class FederatedJob:
         *,
         run_id: str,
         reporter: Reporter | None = None,
-        he_context: Any | None = None,
+        roster: Any | None = None,
         node_wait_s: float = 120.0,
         keep_warm: KeepWarm | None = None,
         expected_nodes: int | None = None,
         ledgers: LedgerStore | None = None,
         identities: RosterFile | None = None,
     ) -> None:
-        if cfg.privacy.he and he_context is None:
-            raise FedCRMError("privacy mode needs the CKKS public context on the server")
+        if cfg.privacy.he and roster is None:
+            raise FedCRMError(
+                "encrypted jobs need the federation's roster (the admitted branches' public keys)"
+            )
         self.grid = grid
         self.courier = Courier(grid, keep_warm)
         self.cfg = cfg
@@ -114,7 +117,13 @@ class FederatedJob:
         self.ledgers = ledgers or LedgerStore(run_dir.path, ledger_dir="ledger")
         self.spec = JobSpec.from_run(cfg, run_id)
         self.reporter = reporter or (lambda rec: log.info("round %s", rec))
-        self.he_context = he_context
+        # Encrypted jobs: masked sums over the roster's branches (the server holds no key).
+        self.secure: Any = None
+        if cfg.privacy.he:
+            from fedcrm.server.secure_agg import SecureAggregation
+
+            self.secure = SecureAggregation(self, roster)
+        self.secure_state: Any = None
         self.node_wait_s = node_wait_s
         # A simulation registers a known number of virtual SuperNodes, one by one
         # and concurrently with the ServerApp: wait for all of them, or the first
@@ -141,9 +150,20 @@ class FederatedJob:
         return Message(RecordDict({P.JOB: job, **payload}), dst_node_id=node, message_type=mtype)
 
     def _payload(self, global_state: Any) -> dict[str, Any]:
+        """The model records of a message: plaintext weights, or the last step's masked sum.
+
+        Encrypted jobs add the roster and the advertisements of the step the
+        message asks for (:meth:`SecureState.records`).
+        """
+        out: dict[str, Any] = {}
         if isinstance(global_state, list):
-            return {P.WEIGHTS: ArrayRecord(numpy_ndarrays=global_state)}
-        return {P.ENCRYPTED: ConfigRecord(global_state.to_records())}
+            out[P.WEIGHTS] = ArrayRecord(numpy_ndarrays=global_state)
+        if self.secure is not None:
+            from fedcrm.server.secure_agg import SecureState
+
+            state = global_state if isinstance(global_state, SecureState) else self.secure_state
+            out.update(state.records(self.secure.roster_json))
+        return out
 
     # --------------------------------------------------------------- steps
     def connect(self) -> None:
@@ -208,12 +228,6 @@ class FederatedJob:
                     "branch %s left out: %s", branch.get("branch_id"), branch.get("message")
                 )
                 continue
-            if self.cfg.privacy.he and branch.get("he_context_id") != self.he_context.context_id:
-                log.warning(
-                    "branch %s left out: its CKKS keys are from another key ceremony",
-                    branch["branch_id"],
-                )
-                continue
             m = dict(reply.message.content[P.METRICS])  # type: ignore[union-attr]
             if tabular and int(m["n_tabular"]) not in tabular:
                 log.warning(
@@ -272,9 +286,13 @@ class FederatedJob:
 
     def _sample(self, round_num: int) -> list[BranchState]:
         able = [b for b in self.branches.values() if not b.exhausted]
+        if self.secure is not None:  # only who advertised for the step can upload in it
+            able = [b for b in able if b.branch_id in self.secure_state.advertisements]
         k = max(
             self.cfg.federation.min_branches, round(self.cfg.federation.fraction_train * len(able))
         )
+        if self.secure is not None:  # fewer live uploads than the threshold cannot be unmasked
+            k = max(k, self.secure.threshold)
         rng = random.Random(self.cfg.seed * 7919 + round_num)
         chosen = sorted(rng.sample(able, min(k, len(able))), key=lambda b: b.branch_id)
         return chosen

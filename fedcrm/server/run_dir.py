@@ -76,8 +76,10 @@ class RunDir:
     def save_checkpoint(self, state: dict[str, Any], global_state: Any) -> None:
         """Atomically replace ``checkpoint/`` with ``state`` and the global model.
 
-        ``global_state`` is the LSTM's weights (a list of arrays), its encrypted
-        sum, or a :class:`TreeState` (trees so far, the pending aggregate, the step).
+        ``global_state`` is the LSTM's weights (a list of arrays), the
+        :class:`~fedcrm.server.secure_agg.SecureState` of an encrypted job (the
+        last step's masked sum), or a :class:`TreeState` (trees so far, the
+        pending aggregate, the step).
         """
         import shutil
 
@@ -129,17 +131,17 @@ class RunDir:
             if state["pending"] == "plaintext":
                 pending = np.load(final / "pending.npy")
             elif state["pending"] == "encrypted":
-                from fedcrm.crypto.packing import EncryptedUpdate
+                from fedcrm.server.secure_agg import SecureState
 
-                pending = EncryptedUpdate.from_records(load_records(final / "pending_encrypted"))
+                pending = SecureState.from_records(load_records(final / "pending_encrypted"))
             return state, TreeState(arrays, pending, dict(state["step"]))
         if state["global"] == "plaintext":
             with np.load(final / "global.npz") as z:
                 weights = [z[f"arr_{i}"] for i in range(len(z.files))]
             return state, weights
-        from fedcrm.crypto.packing import EncryptedUpdate
+        from fedcrm.server.secure_agg import SecureState
 
-        return state, EncryptedUpdate.from_records(load_records(final / "global_encrypted"))
+        return state, SecureState.from_records(load_records(final / "global_encrypted"))
 
     def truncate_rounds(self, last_round: int) -> None:
         """Drop ``rounds.jsonl`` records of rounds after ``last_round`` (before a resume)."""

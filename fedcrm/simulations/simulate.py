@@ -168,9 +168,13 @@ def branch_node_configs(
     cfg: RunConfig,
     out_dir: Path,
     branches: dict[str, tuple[FeatureSet, FeatureSet]],
-    he_keys: Path | None,
 ) -> dict[int, dict[str, Any]]:
-    """Each simulated branch's keys (DP, HE) and the node config of each partition."""
+    """Each simulated branch's keys (DP, HE) and the node config of each partition.
+
+    Keys are made here for the simulated branches (a deployed branch makes its
+    own with ``fedcrm node init``); their public halves go to ``keys/``, where
+    the simulated server reads the roster of an encrypted job.
+    """
     keys_dir = out_dir / "keys"
     node_configs: dict[int, dict[str, Any]] = {}
     if not cfg.privacy.dp and (cfg.branch.epsilon_ceiling or cfg.branch.epsilon_ceilings):
@@ -182,7 +186,7 @@ def branch_node_configs(
     for pid, b in enumerate(sorted(branches)):
         bdir = out_dir / "branches" / b
         nc = branch_settings(cfg, out_dir, b)
-        if cfg.privacy.dp:
+        if cfg.privacy.dp or cfg.privacy.he:
             from fedcrm.privacy.signing import generate_signing_key
 
             key = bdir / f"{b}.key"
@@ -190,14 +194,22 @@ def branch_node_configs(
                 generate_signing_key(bdir, b)
             keys_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy(bdir / f"{b}.pub", keys_dir / f"{b}.pub")
-            nc.update({"ledger-path": str(bdir / "ledger.jsonl"), "signing-key": str(key)})
+            nc["signing-key"] = str(key)
+        if cfg.privacy.he:
+            from fedcrm.privacy.signing import generate_agreement_key
+
+            agreement = bdir / f"{b}.x25519.key"
+            if not agreement.exists():
+                generate_agreement_key(bdir, b)
+            shutil.copy(bdir / f"{b}.x25519.pub", keys_dir / f"{b}.x25519.pub")
+            nc["agreement-key"] = str(agreement)
+        if cfg.privacy.dp:
+            nc["ledger-path"] = str(bdir / "ledger.jsonl")
             ceiling = cfg.branch.ceiling_for(b)
             if ceiling is not None:
                 nc["epsilon-ceiling"] = str(ceiling)
             if cfg.branch.delta is not None:
                 nc["delta"] = str(cfg.branch.delta)
-        if he_keys is not None:
-            nc["he-secret-context"] = str(he_keys / "he_secret.ctx")
         node_configs[pid] = nc
     return node_configs
 
@@ -256,15 +268,12 @@ def simulate(
             f"only {len(branches)} branch(es) have customers; "
             f"federation.min_branches={cfg.federation.min_branches}"
         )
-    he_keys = None
+    node_configs = branch_node_configs(cfg, out_dir, branches)
+    roster = None
     if cfg.privacy.he:
-        from fedcrm.crypto.ckks import key_ceremony
+        from fedcrm.crypto.roster import Roster
 
-        he_keys = Path(cfg.privacy.keys_dir) if cfg.privacy.keys_dir else out_dir / "keys" / "he"
-        if not (he_keys / "he_public.ctx").exists():
-            say("HE: CKKS key ceremony (secret context for branches, public one for the server)")
-            key_ceremony(he_keys)
-    node_configs = branch_node_configs(cfg, out_dir, branches, he_keys)
+        roster = Roster.from_key_dir(out_dir / "keys", sorted(branches))
     results: dict[str, Any] = {}
     run_id = uuid.uuid4().hex[:12]
     server_app = make_server_app(
@@ -272,7 +281,7 @@ def simulate(
         out_dir,
         run_id=run_id,
         reporter=printer.round,
-        keys_dir=he_keys,
+        roster=roster,
         results=results,
         expected_nodes=len(node_configs),
         signing_keys=out_dir / "keys" if cfg.privacy.dp else None,

@@ -177,5 +177,5 @@ def test_a_simulation_never_makes_a_branch_folder_of_it(sandbox: Sandbox) -> Non
     work, escaped = sandbox
     empty = FeatureSet.__new__(FeatureSet)
     with pytest.raises(ConfigError, match="branch_id in the data"):
-        branch_node_configs(compose([]), work, {ESCAPE: (empty, empty)}, None)
+        branch_node_configs(compose([]), work, {ESCAPE: (empty, empty)})
     assert escaped() == []

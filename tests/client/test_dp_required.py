@@ -95,9 +95,9 @@ def test_simulation_says_it_does_not_apply_ceilings_without_dp(
     from fedcrm.simulations.simulate import branch_node_configs
 
     with caplog.at_level("WARNING"):
-        branch_node_configs(compose(["branch.epsilon_ceiling=3"]), tmp_path, {}, None)
+        branch_node_configs(compose(["branch.epsilon_ceiling=3"]), tmp_path, {})
     assert "ceilings not applied: privacy=none" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
-        branch_node_configs(compose(["privacy=dp", "branch.epsilon_ceiling=3"]), tmp_path, {}, None)
+        branch_node_configs(compose(["privacy=dp", "branch.epsilon_ceiling=3"]), tmp_path, {})
     assert "not applied" not in caplog.text

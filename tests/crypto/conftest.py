@@ -8,35 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcrm.crypto import bfv, bfv_aggregate, ckks, masking, unmasking
+from fedcrm.crypto import bfv, bfv_aggregate, masking, unmasking
 from fedcrm.crypto.bfv_wire import EncryptedVector
 from fedcrm.crypto.roster import BranchIdentity, Roster, default_threshold
 from fedcrm.crypto.round_state import RoundState, load_state, save_state
-
-
-@pytest.fixture(scope="session")
-def keys_a(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return ckks.key_ceremony(tmp_path_factory.mktemp("keys_a"))
-
-
-@pytest.fixture(scope="session")
-def keys_b(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return ckks.key_ceremony(tmp_path_factory.mktemp("keys_b"))
-
-
-@pytest.fixture(scope="session")
-def secret_a(keys_a: tuple[Path, Path]) -> ckks.SecretContext:
-    return ckks.load_secret_context(keys_a[0])
-
-
-@pytest.fixture(scope="session")
-def public_a(keys_a: tuple[Path, Path]) -> ckks.PublicContext:
-    return ckks.load_public_context(keys_a[1])
-
-
-@pytest.fixture(scope="session")
-def secret_b(keys_b: tuple[Path, Path]) -> ckks.SecretContext:
-    return ckks.load_secret_context(keys_b[0])
 
 
 @pytest.fixture(scope="session")

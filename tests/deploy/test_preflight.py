@@ -140,7 +140,8 @@ def test_node_start_builds_the_supernode_command(
     assert node_config["signing-key"] == str(b1 / "keys" / "b1.key")
     assert node_config["model-dir"] == str(b1 / "models")
     assert node_config["cache-dir"] == str(b1 / "cache")
-    assert "he-secret-context" not in node_config  # only with --he-secret-context
+    assert node_config["agreement-key"] == str(b1 / "keys" / "b1.x25519.key")
+    assert "roster" not in node_config  # only with --roster
 
 
 def test_node_start_runs_the_warm_superexec_by_default(

@@ -94,16 +94,13 @@ def test_branch_born_keys_to_a_finished_run_refusing_two_intruders(
 ) -> None:
     dep = deployment
     dep.init()
-    # The branches' HE key ceremony is not part of this flow yet: one test key stands in.
-    dep.cli("keys", "init", "--out", str(tmp_path / "he"))
-    he = ["--he-secret-context", str(tmp_path / "he" / "he_secret.ctx")]
     server = dep.start_server()
     for b in dep.branches:
         reg = dep.register(b)
         assert reg["success"] and reg["branches"][b]["registered"], reg
     for b in dep.branches:
         dep.cli("data", "validate", str(crm[b]))
-    nodes = {b: dep.start_node(b, crm[b], "--epsilon-ceiling", "50", *he) for b in dep.branches}
+    nodes = {b: dep.start_node(b, crm[b], "--epsilon-ceiling", "50") for b in dep.branches}
 
     # Intruder 1: keys made, never registered.
     dep.node_init("rogue")
@@ -130,7 +127,7 @@ def test_branch_born_keys_to_a_finished_run_refusing_two_intruders(
 
     out = tmp_path / "runs"
     run_id = dep.run(
-        f"federation.rounds=2 privacy=dp_he privacy.keys_dir={tmp_path / 'he'} "
+        "federation.rounds=2 privacy=dp_he "
         f"federation.min_branches=3 federation.round_timeout=120 {dep.TINY}",
         out,
     )

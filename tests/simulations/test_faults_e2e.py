@@ -52,31 +52,32 @@ def corrupt(message: Message, context: Context, call_next: object) -> Message:
         arrays = content[P.WEIGHTS].to_numpy_ndarrays()
         arrays[0] = np.full_like(arrays[0], np.nan)
         content[P.WEIGHTS] = ArrayRecord(numpy_ndarrays=arrays)
-    elif P.ENCRYPTED in content and pid in (1, 2):
+    elif P.ENCRYPTED in content and pid == 1:
         rec = dict(content[P.ENCRYPTED])
-        key = next(k for k, v in rec.items() if isinstance(v, list))
-        chunks = list(rec[key])
-        rec[key] = chunks[:-1] if pid == 1 else [b"\x00garbage" * 50, *chunks[1:]]
+        rec["chunks"] = [b"\x00garbage" * 50, *list(rec["chunks"])[1:]]
         content[P.ENCRYPTED] = ConfigRecord(rec)
     return reply
 
 
-@pytest.mark.parametrize("privacy", ["none", "he"])
-def test_faulty_branches_are_excluded_and_the_run_finishes(tmp_path: Path, privacy: str) -> None:
+@pytest.mark.parametrize(("privacy", "branches", "bad"), [("none", 4, 2), ("he", 5, 1)])
+def test_faulty_branches_are_excluded_and_the_run_finishes(
+    tmp_path: Path, privacy: str, branches: int, bad: int
+) -> None:
+    """Encrypted: the garbage upload is left out and its masks are removed (dropout recovery)."""
     out = tmp_path / privacy
-    cfg = compose([*TINY, f"privacy={privacy}", f"output_dir={out}"])
+    cfg = compose([*TINY, f"data.branches={branches}", f"privacy={privacy}", f"output_dir={out}"])
     summary = simulate(cfg, out, client_mods=[corrupt])
 
     assert summary["rounds"] == 2 and summary["stopped_reason"] is None
     per = summary["per_branch"]
     good = [b for b in per if per[b]["failed_rounds"] == 0]
-    bad = [b for b in per if per[b]["failed_rounds"] == 2]
-    assert len(good) == 2 and len(bad) == 2, per
-    for b in bad:
+    failed = [b for b in per if per[b]["failed_rounds"] == 2]
+    assert len(good) == branches - bad and len(failed) == bad, per
+    for b in failed:
         assert per[b]["rounds_trained"] == 0
         assert "rejected" in per[b]["last_problem"]
     rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
     trained = [r for r in rounds if "trained_round" in r]
-    assert all(r["branches_aggregated"] == 2 for r in trained)
-    assert all(len(r["problems"]) == 2 for r in trained)
+    assert all(r["branches_aggregated"] == branches - bad for r in trained)
+    assert all(len(r["problems"]) == bad for r in trained)
     assert 0.0 <= summary["final"]["auc"] <= 1.0
