@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcrm.errors import LedgerError
-from fedcrm.privacy.plots import epsilon_chart_svg
+from fedcrm.plots.privacy import epsilon_chart_svg
 from fedcrm.privacy.verify import BranchVerification, verify_path
 
 _CSS = """

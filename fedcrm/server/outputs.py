@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from fedcrm.config import RunConfig
-from fedcrm.plots import plot_per_branch, plot_rounds
+from fedcrm.plots.branches import plot_per_branch
+from fedcrm.plots.rounds import plot_rounds
 from fedcrm.server.run_dir import RunDir
 
 log = logging.getLogger(__name__)
