@@ -179,7 +179,8 @@ def test_branch_born_keys_to_a_finished_run_refusing_two_intruders(
     assert not scan_for_ids(texts, customer_ids(crm))
     for proc in nodes.values():
         assert proc.alive()
-    assert private_key_files(dep.fed) == ["ca/ca.key", "server/server.key"]
+    # Still no branch key: the run added only the federation's own release key.
+    assert private_key_files(dep.fed) == ["ca/ca.key", "server/release.key", "server/server.key"]
 
     # Unregistered: the SuperLink drops the branch's SuperNode and refuses it from then on.
     gone = dep.branches[-1]
