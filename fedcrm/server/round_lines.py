@@ -132,20 +132,22 @@ def logging_reporter(cfg: RunConfig, logger: logging.Logger | None = None) -> Re
 
 
 def log_progress_to_stderr(name: str = "fedcrm") -> None:
-    """Let INFO records of ``name`` reach stderr, one line each.
+    """Send INFO records of ``name`` to stderr, one ``LEVEL fedcrm: message`` line each.
 
-    Flower's ServerApp process (``flwr-serverapp``) sends what it writes to
+    Flower's ServerApp process (``flwr-serverapp``) forwards what it writes to
     stdout and stderr to the SuperLink, which ``flwr log`` shows; Python's
-    logging shows only warnings without a handler. Adds a handler to ``name``
-    unless it or the root logger has one already (then INFO just passes).
+    logging shows only warnings without a handler, and a library may have set
+    up the root logger with its own format (Opacus calls ``basicConfig`` on
+    import). So ``name`` gets its own handler (once) and stops propagating:
+    every fedcrm line, warnings included, reads the same.
     """
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
-    if logger.handlers or logging.getLogger().handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s fedcrm: %(message)s"))
-    logger.addHandler(handler)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s fedcrm: %(message)s"))
+        logger.addHandler(handler)
+    logger.propagate = False
 
 
 __all__ = [
