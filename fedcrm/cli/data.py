@@ -58,16 +58,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    """Write a synthetic multi-branch CRM."""
-    from fedcrm.data.synthetic import write_synthetic
+    """Write a synthetic multi-branch CRM (one export, or one folder per branch)."""
+    from fedcrm.data.synthetic import default_branch_ids, write_synthetic
 
+    ids = [b.strip() for b in args.branch_ids.split(",")] if args.branch_ids else None
+    branches = args.branches if args.branches is not None else len(ids) if ids else 5
     t0 = time.perf_counter()
     path = write_synthetic(
-        Path(args.out), branches=args.branches, customers=args.customers, seed=args.seed
+        Path(args.out),
+        branches=branches,
+        customers=args.customers,
+        seed=args.seed,
+        branch_ids=ids,
+        per_branch=args.per_branch,
+    )
+    names = ids or default_branch_ids(branches)
+    where = (
+        f"one folder per branch in {path} ({', '.join(names)})"
+        if args.per_branch
+        else f"{path} (branches {', '.join(names)})"
     )
     console.print(
-        f"wrote a synthetic CRM ({args.branches} branches, ~{args.customers} customers "
-        f"each) to {path} in {time.perf_counter() - t0:.1f} s"
+        f"wrote a synthetic CRM ({branches} branches, ~{args.customers} customers each) to "
+        f"{escape(where)} in {time.perf_counter() - t0:.1f} s",
+        highlight=False,
     )
     return 0
 
@@ -112,12 +126,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also list the first N problems, one per line with its line number (default 0)",
     )
     handles(v, cmd_validate, error_exit=EXIT_USAGE)
-    s = dsub.add_parser("synth", help="write a synthetic multi-branch CRM")
-    s.add_argument("--branches", type=int, default=5)
+    s = dsub.add_parser(
+        "synth",
+        help="write a synthetic multi-branch CRM",
+        description="One export with a branch_id column, or with --per-branch one folder per "
+        "branch (OUT/<branch_id>/customers.csv, events.csv) as each branch would export it.",
+    )
+    s.add_argument("--branches", type=int, help="number of branches (default 5, or the ids')")
+    s.add_argument(
+        "--branch-ids",
+        metavar="B1,B2,...",
+        help="the branches' ids, comma-separated, instead of branch_00, branch_01, ...",
+    )
+    s.add_argument(
+        "--per-branch", action="store_true", help="one export folder per branch under --out"
+    )
     s.add_argument("--customers", type=int, default=2000, help="customers per branch (mean)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
-    handles(s, cmd_synth, error_exit=EXIT_INVALID)
+    handles(s, cmd_synth, error_exit=EXIT_USAGE)
     c = dsub.add_parser("import-cdnow", help="convert the CDNOW transaction log")
     c.add_argument("--out", required=True)
     c.add_argument("--source", help="CDNOW_master.txt (default: the copy in `lifetimes`)")

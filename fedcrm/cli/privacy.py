@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from rich.markup import escape
 
 from fedcrm.cli._common import EXIT_INVALID, console, handles, out, subparsers
 
@@ -27,15 +28,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write the self-contained HTML privacy report."""
-    from fedcrm.privacy.report import write_report
+    """Write the self-contained HTML privacy report; 1 when its ledgers do not verify."""
+    from fedcrm.privacy.report import build_report
 
-    path = Path(args.path)
-    summary = None
-    if (path / "summary.json").exists():
-        summary = json.loads((path / "summary.json").read_text())
-    written = write_report(path, Path(args.out), summary=summary)
-    console.print(f"privacy report written to {written}")
+    report = build_report(Path(args.path), keys_dir=Path(args.keys) if args.keys else None)
+    written = report.write(Path(args.out))
+    if not report.verified:
+        failed = [r.branch_id for r in report.results if not r.ok]
+        why = report.error or f"branch(es) {', '.join(failed)} failed"
+        console.print(
+            f"privacy report written to {escape(str(written))}; [red]ledger verification "
+            f"FAILED[/red]: {escape(why)} (`fedcrm privacy verify` lists every problem)",
+            highlight=False,
+        )
+        return EXIT_INVALID
+    console.print(
+        f"privacy report written to {escape(str(written))}; every ledger verified",
+        highlight=False,
+    )
     return 0
 
 
@@ -45,13 +55,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     psub = subparsers(priv, "privacy_cmd")
     pv = psub.add_parser("verify", help="verify signatures, hash chain and epsilon")
     pv.add_argument("path", help="a ledger file, a directory of ledgers, or a run directory")
-    pv.add_argument("--keys", help="directory of <branch_id>.pub files")
+    pv.add_argument(
+        "--keys", help="a directory of <branch_id>.pub files or the central team's admitted.json"
+    )
     pv.add_argument(
         "--anchor",
         help="the branch's ledger anchor (default for a ledger file: state/anchor.json beside it)",
     )
     handles(pv, cmd_verify, error_exit=EXIT_INVALID)
-    pr = psub.add_parser("report", help="self-contained HTML privacy report")
+    pr = psub.add_parser(
+        "report",
+        help="self-contained HTML privacy report",
+        description="Verifies the ledgers on the way; exits 1 when any does not verify (the "
+        "report is still written and says why).",
+    )
     pr.add_argument("path", help="a run directory or a ledger directory")
     pr.add_argument("--out", required=True)
+    pr.add_argument(
+        "--keys",
+        help="the branches' public keys: a directory of <branch_id>.pub files or the central "
+        "team's admitted.json (default: the run directory's keys/)",
+    )
     handles(pr, cmd_report, error_exit=EXIT_INVALID)

@@ -344,9 +344,13 @@ def _read_prepared(directory: Path) -> tuple[FeatureSet, int]:
 
 def _featurise(settings: BranchSettings, task: TaskConfig) -> tuple[FeatureSet, int]:
     """Validate, consent-filter and featurise the branch's data (export or database)."""
+    from fedcrm.data.contract import branch_id_mismatch
     from fedcrm.data.features import build_features
 
     crm = settings.source().load()
+    note = branch_id_mismatch(crm, settings.branch_id)
+    if note:
+        log.warning("%s", note)
     branches = crm.branches()
     if settings.branch_id in branches:
         crm = crm.branch(settings.branch_id)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -85,6 +86,8 @@ __all__ = [
     "MIN_BRANCH_CUSTOMERS",
     "OPTIONAL_COLUMNS",
     "FilePair",
+    "branch_id_mismatch",
+    "branch_ids_of",
     "discover",
     "find_table",
     "lookup",
@@ -191,3 +194,37 @@ def discover(root: Path) -> list[FilePair]:
         prefix = "" if d == root else d.relative_to(root).as_posix()
         pairs.append(FilePair(d, prefix, cust[0] if cust else None, ev[0] if ev else None))
     return pairs
+
+
+def branch_ids_of(data: Any) -> list[str]:
+    """The branch ids of loaded data (a ``CRMData``) or of a customers table, sorted."""
+    if hasattr(data, "branches"):
+        return [str(b) for b in data.branches()]
+    if "branch_id" not in data:
+        return []
+    return sorted({str(b) for b in data["branch_id"].dropna().unique() if str(b)})
+
+
+def branch_id_mismatch(data: Any, branch_id: str) -> str | None:
+    """A note when a one-branch export names another branch than the node serves, else None.
+
+    A one-branch export is read as the branch's own whatever its rows say, so
+    an export of the wrong branch (or the generator's ``branch_00``) would be
+    accepted without a word. The note names both ids (ids, never customer data).
+
+    Parameters
+    ----------
+    data
+        A ``CRMData`` or a customers table (``branch_id`` column).
+    branch_id
+        The branch the node serves (node config ``branch-id``).
+    """
+    ids = branch_ids_of(data)
+    if len(ids) != 1 or ids[0] == branch_id:
+        return None
+    return (
+        f"every row of the export says branch_id {ids[0]}, and this node serves branch "
+        f"{branch_id}: its customers are taken as {branch_id}'s. If the export is another "
+        f"branch's, stop and export {branch_id}'s; if {ids[0]} is only another name for this "
+        "branch, nothing needs doing"
+    )

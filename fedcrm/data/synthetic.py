@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ import pandas as pd
 
 from fedcrm.data.contract import CHANNELS, EVENT_TYPES
 from fedcrm.data.loader import CRMData, apply_consent
+from fedcrm.errors import ConfigError
+from fedcrm.identity import check_id, id_path
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +81,19 @@ def _draw(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return np.minimum((u[:, None] >= cum).sum(axis=1), probs.shape[1] - 1)
 
 
+def default_branch_ids(branches: int) -> list[str]:
+    """``branch_00``, ``branch_01``, ...: the generator's branch ids unless named."""
+    width = max(2, len(str(int(branches) - 1)))
+    return [f"branch_{i:0{width}d}" for i in range(int(branches))]
+
+
 def _raw(
-    branches: int, customers: int, seed: int, start: str, end: str
+    branches: int,
+    customers: int,
+    seed: int,
+    start: str,
+    end: str,
+    branch_ids: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All customers (consenting or not) and their events."""
     rng = np.random.default_rng(seed)
@@ -163,8 +177,7 @@ def _raw(
     ts = start_ns + np.floor(t).astype(np.int64) * _DAY_NS + seconds * 10**9
     order = np.lexsort((ts, owner))
 
-    width = max(2, len(str(B - 1)))
-    branch_names = np.asarray([f"branch_{i:0{width}d}" for i in range(B)], dtype=object)
+    branch_names = np.asarray(list(branch_ids or default_branch_ids(B)), dtype=object)
     ids = np.char.add("C", np.char.zfill(np.arange(N).astype(str), 7)).astype(object)
     signup_ts = pd.to_datetime(start_ns + signup.astype(np.int64) * _DAY_NS)
     signup_ts = signup_ts.where(rng.random(N) >= 0.05)  # 5 % unknown signup dates
@@ -233,24 +246,65 @@ def write_synthetic(
     start: str = "2023-01-01",
     end: str = "2024-12-31",
     fmt: str = "csv",
+    branch_ids: Sequence[str] | None = None,
+    per_branch: bool = False,
 ) -> Path:
     """Write a synthetic branch export (all customers, consenting or not) as contract files.
 
     Parameters
     ----------
     out_dir : str or Path
-        Directory to create (one pair of files with a ``branch_id`` column).
+        Directory to create: one pair of files with a ``branch_id`` column, or
+        with ``per_branch`` one folder per branch (``out_dir/<branch_id>/``),
+        each as that branch would export it.
     branches, customers, seed, start, end
         As for :func:`generate`.
     fmt : {"csv", "parquet"}
+    branch_ids
+        The branches' ids (``branches`` of them, path-safe, distinct) instead of
+        ``branch_00``, ``branch_01``, ...; the data is the same either way.
+    per_branch
+        One export folder per branch.
 
     Returns
     -------
     Path
         ``out_dir``.
+
+    Raises
+    ------
+    ConfigError
+        ``branch_ids`` not ``branches`` distinct, valid ids.
     """
-    cust, events = _raw(branches, customers, seed, start, end)
-    return CRMData(cust, events, {}).write(out_dir, fmt=fmt)
+    ids = check_branch_ids(branch_ids, branches) if branch_ids is not None else None
+    cust, events = _raw(branches, customers, seed, start, end, ids)
+    data = CRMData(cust, events, {})
+    if not per_branch:
+        return data.write(out_dir, fmt=fmt)
+    out = Path(out_dir)
+    for b in ids or default_branch_ids(branches):
+        data.branch(b).write(id_path(out, b, "branch id"), fmt=fmt)
+    return out
+
+
+def check_branch_ids(branch_ids: Sequence[str], branches: int) -> list[str]:
+    """``branch_ids`` as a list when they are ``branches`` distinct, path-safe ids.
+
+    Raises
+    ------
+    ConfigError
+        Naming what is wrong (count, duplicates, an invalid id).
+    """
+    ids = [check_id(b, "--branch-ids: branch id") for b in branch_ids]
+    if len(ids) != int(branches):
+        raise ConfigError(
+            f"--branch-ids names {len(ids)} branch(es) but --branches is {branches}: give one "
+            "id per branch (or leave --branches out)"
+        )
+    repeated = sorted({b for b in ids if ids.count(b) > 1})
+    if repeated:
+        raise ConfigError(f"--branch-ids names {', '.join(repeated)} more than once")
+    return ids
 
 
 def default_cutoff(end: str = "2024-12-31", *, horizon_days: int = HORIZON_DAYS) -> dt.date:

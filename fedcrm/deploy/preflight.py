@@ -261,9 +261,11 @@ def check_data(node_config: Mapping[str, Any], branch_id: str, report: Report) -
     """Validate the branch's data (export or database) as its ClientApp will read it.
 
     Problems are summarised one line per kind and never quote a value;
-    warnings (e.g. a branch too small to train) become notes.
+    warnings (e.g. a branch too small to train) become notes, and so does a
+    one-branch export whose rows name another branch than ``branch_id``.
     """
     from fedcrm.client.branch import BranchSettings
+    from fedcrm.data.contract import branch_id_mismatch, branch_ids_of
     from fedcrm.errors import DataSourceError
 
     try:
@@ -296,14 +298,17 @@ def check_data(node_config: Mapping[str, Any], branch_id: str, report: Report) -
         return
     report.notes.extend(str(w) for w in inspection.warnings)
     customers = inspection.customers
-    if customers is not None and "branch_id" in customers:
-        ids = sorted({str(b) for b in customers["branch_id"].dropna().unique() if str(b)})
+    if customers is not None:
+        ids = branch_ids_of(customers)
         if len(ids) > 1 and branch_id not in ids:
             report.add(
                 "--branch-id",
                 f"the data at {source.describe()} holds {len(ids)} branches and none is "
                 f"{branch_id!r}",
             )
+        mismatch = branch_id_mismatch(customers, branch_id)
+        if mismatch is not None:
+            report.notes.append(f"{setting}: {mismatch}")
 
 
 def check_node_config(node_config: Mapping[str, Any], report: Report) -> None:

@@ -10,8 +10,8 @@ Modules (imported on demand; Opacus and torch load only with the accounting):
 * :mod:`~fedcrm.privacy.ledger` - the append-only signed ledger and the server copy;
 * :mod:`~fedcrm.privacy.budget` - a branch's epsilon ceiling;
 * :mod:`~fedcrm.privacy.verify` - verifying ledgers with the public keys;
-* :mod:`~fedcrm.privacy.report` and :mod:`~fedcrm.privacy.plots` - the HTML
-  compliance report.
+* :mod:`~fedcrm.privacy.report` - the HTML compliance report (its chart is
+  :mod:`fedcrm.plots.privacy`).
 
 Nothing here knows about federation (no Flower import).
 """

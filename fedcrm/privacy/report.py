@@ -3,24 +3,36 @@
 One self-contained file (inline CSS and SVG, no external asset, a two-line
 script that only marks the page as rendered): per branch epsilon spent
 against its ceiling, delta, rounds trained and refused, customers excluded
-for consent or opt-out, a chart of cumulative epsilon, the mechanisms and
-their parameters, whether updates were encrypted, the result of verifying the
-signed ledgers, and what all of it means in plain language. Every piece of
-text from a file is escaped.
+for consent or opt-out; the spend of training and of evaluation and how they
+compose; a chart of cumulative epsilon; the mechanisms and their parameters;
+how the run ended, whether updates were encrypted and whether evaluation was
+differentially private; the result of verifying the signed ledgers; and what
+all of it means in plain language. Every piece of text from a file is escaped.
+Its tables (:mod:`fedcrm.privacy.report_tables`) fit the page: long cells wrap.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcrm.errors import LedgerError
-from fedcrm.privacy.plots import epsilon_chart_svg
+from fedcrm.errors import ConfigError, LedgerError
+from fedcrm.plots.privacy import coinciding_series, epsilon_chart_svg
+from fedcrm.privacy.ledger_format import charges
+from fedcrm.privacy.report_tables import (
+    branch_table,
+    e,
+    get,
+    mechanism_table,
+    num,
+    purpose_table,
+    verification_section,
+)
 from fedcrm.privacy.verify import BranchVerification, verify_path
 
 _CSS = """
@@ -30,30 +42,41 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px soli
 table{border-collapse:collapse;width:100%;margin:.6em 0;font-size:14px}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.fit{max-width:100%;overflow-x:auto}.fit table{font-size:12px}
+.fit th,.fit td{padding:3px 5px}.fit td{overflow-wrap:break-word}
+.fit td.id{overflow-wrap:anywhere}
 .ok{color:#05661e;font-weight:600}.bad{color:#a40000;font-weight:600}
-.muted{color:#666}.bar{background:#eee;height:8px;width:120px;border-radius:4px}
+.muted{color:#666}.bar{background:#eee;height:8px;width:100%;max-width:120px;border-radius:4px}
 .bar>span{display:block;height:8px;border-radius:4px;background:#0072B2}
 .bar>span.full{background:#a40000}.facts td:first-child{width:30%;font-weight:600}
-li{margin:.3em 0}
+li{margin:.3em 0}.note{font-size:13px;color:#444}
 """
 
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(value: object, fmt: str = ".4g") -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "&ndash;" if value is None else _e(value)
-    return _e(format(value, fmt))
+PASSED = "<span class='ok'>passed</span>"
+FAILED = "<span class='bad'>FAILED</span>"
+DEFAULT_MIN_CELL_COUNT = 10
+"""A branch's ``min-cell-count`` unless it sets another (see ``fedcrm.client.branch``)."""
 
 
-def _get(mapping: object, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(mapping, Mapping):
-            return None
-        mapping = mapping.get(key)
-    return mapping
+@dataclass
+class Report:
+    """A rendered privacy report and the verification it shows."""
+
+    html: str
+    results: list[BranchVerification] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        """Whether every ledger was found and verified."""
+        return bool(self.results) and self.error is None and all(r.ok for r in self.results)
+
+    def write(self, out_path: str | os.PathLike[str]) -> Path:
+        """Write the HTML file (its folder created)."""
+        out = Path(out_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(self.html, encoding="utf-8")
+        return out
 
 
 def _load_summary(root: Path) -> dict[str, Any] | None:
@@ -86,142 +109,64 @@ def _ledger_entries(path: str | None) -> list[dict[str, Any]]:
     return entries
 
 
+def _charge_label(entry: Mapping[str, Any]) -> str:
+    step = entry.get("step") or f"round {entry.get('round')}"
+    return f"{entry.get('purpose', 'train')} {step} of run {entry.get('run_id')}"
+
+
+def _coinciding_note(series: Mapping[str, Any]) -> str:
+    notes = [
+        f"{', '.join(e(b) for b in names[:-1])} and {e(names[-1])} spent the same epsilon at "
+        "every charge: their lines lie on top of each other (each drawn thinner than the one "
+        "before, so every colour still shows)."
+        for names in coinciding_series(series)
+    ]
+    return "".join(f'<p class="note coinciding">{n}</p>' for n in notes)
+
+
 def _describe_model(model: object) -> str:
     if isinstance(model, Mapping):
         model = model.get("name") or json.dumps(model, sort_keys=True, default=str)
-    return "&ndash;" if model in (None, "") else _e(model)
+    return "&ndash;" if model in (None, "") else e(model)
 
 
-def _count(value: object) -> str:
-    if isinstance(value, (list, tuple)):
-        shown = ", ".join(str(v) for v in value)
-        return f"{len(value)}" + (f" (rounds {_e(shown)})" if value else "")
-    return _num(value, "d") if isinstance(value, int) else _num(value)
+def evaluation_kind(summary: Mapping[str, Any] | None, entries: Mapping[str, list]) -> str | None:
+    """``"dp"`` or ``"thresholded"`` (the summary's, else ``dp`` when a ledger holds one)."""
+    mechanism = get(summary, "evaluation", "mechanism")
+    if mechanism in ("dp", "thresholded"):
+        return str(mechanism)
+    if any(x.get("mechanism") == "dp-eval" for items in entries.values() for x in items):
+        return "dp"
+    return None
 
 
-def _branch_table(
-    branches: list[str],
-    results: dict[str, BranchVerification],
-    entries: dict[str, list[dict[str, Any]]],
-    summary: dict[str, Any] | None,
-) -> str:
-    rows = []
-    for b in branches:
-        stated = _get(summary, "privacy", "per_branch", b) or {}
-        last = entries[b][-1] if entries.get(b) else {}
-        epsilon = last.get("epsilon", stated.get("epsilon"))
-        ceiling = stated.get("ceiling")
-        delta = last.get("delta", stated.get("delta"))
-        bar = "&ndash;"
-        if isinstance(epsilon, (int, float)) and isinstance(ceiling, (int, float)) and ceiling > 0:
-            share = min(epsilon / ceiling, 1.0)
-            full = " full" if share >= 0.999 else ""
-            bar = (
-                f'<div class="bar" title="{share:.0%} of the ceiling">'
-                f'<span class="{full.strip()}" style="width:{share * 100:.1f}%"></span></div>'
-            )
-        result = results.get(b)
-        if result is None:
-            verdict = '<span class="muted">no ledger</span>'
-        elif result.ok:
-            verdict = '<span class="ok">verified</span>'
-        else:
-            verdict = f'<span class="bad">FAILED ({len(result.problems)})</span>'
-        excluded = _get(summary, "per_branch", b, "excluded_customers")
-        rows.append(
-            "<tr>"
-            f"<td>{_e(b)}</td><td class='num'>{_num(epsilon)}</td>"
-            f"<td class='num'>{_num(ceiling) if ceiling is not None else 'none'}</td>"
-            f"<td>{bar}</td><td class='num'>{_num(delta, '.3g')}</td>"
-            f"<td class='num'>{_count(stated.get('rounds_trained'))}</td>"
-            f"<td class='num'>{_count(stated.get('refused_rounds'))}</td>"
-            f"<td class='num'>{_count(excluded)}</td>"
-            f"<td class='num'>{len(entries.get(b, []))}</td><td>{verdict}</td>"
-            "</tr>"
+def _evaluation_text(kind: str | None) -> str:
+    if kind == "dp":
+        return (
+            "Evaluation statistics of held-out test customers (score histograms, confusion "
+            "counts) were released with a Gaussian mechanism (<code>dp-eval</code>) and are "
+            "accounted in each branch's ledger under the purpose <i>evaluation</i>."
         )
-    return (
-        '<table id="branch-table"><thead><tr><th>Branch</th><th>Epsilon spent</th>'
-        "<th>Ceiling</th><th>Share of ceiling</th><th>Delta</th><th>Rounds trained</th>"
-        "<th>Rounds refused</th><th>Customers excluded (consent / opt-out)</th>"
-        "<th>Ledger entries</th><th>Ledger verification</th></tr></thead><tbody>"
-        + "".join(rows)
-        + "</tbody></table>"
-    )
-
-
-def _mechanism_table(entries: dict[str, list[dict[str, Any]]]) -> str:
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for branch, items in sorted(entries.items()):
-        for entry in items:
-            key = tuple(
-                entry.get(k)
-                for k in (
-                    "run_id",
-                    "model",
-                    "mechanism",
-                    "noise_multiplier",
-                    "sample_rate",
-                    "steps",
-                    "max_grad_norm",
-                    "sensitivity",
-                    "delta",
-                    "accountant",
-                )
-            )
-            groups.setdefault((branch, *key), []).append(entry.get("round"))
-    if not groups:
-        return "<p class='muted'>No ledger entries.</p>"
-    rows = []
-    for (
-        branch,
-        run,
-        model,
-        name,
-        sigma,
-        q,
-        steps,
-        clip,
-        sens,
-        delta,
-        acc,
-    ), rounds in groups.items():
-        rounds_text = ", ".join(str(r) for r in rounds[:12]) + (" ..." if len(rounds) > 12 else "")
-        rows.append(
-            f"<tr><td>{_e(branch)}</td><td>{_e(run)}</td><td>{_e(model)}</td><td>{_e(name)}</td>"
-            f"<td class='num'>{_num(sigma)}</td><td class='num'>{_num(q)}</td>"
-            f"<td class='num'>{_num(steps)}</td><td class='num'>{_num(clip)}</td>"
-            f"<td class='num'>{_num(sens)}</td><td class='num'>{_num(delta, '.3g')}</td>"
-            f"<td>{_e(acc)}</td><td class='num'>{len(rounds)}</td><td>{_e(rounds_text)}</td></tr>"
+    if kind == "thresholded":
+        return (
+            "Evaluation statistics of held-out test customers are <b>not differentially "
+            "private</b>: each branch released only groups of at least k customers (k is the "
+            f"branch's <code>min-cell-count</code>, {DEFAULT_MIN_CELL_COUNT} unless it set "
+            "another), never a customer's score or id, from which the pooled AUC, F1 and log "
+            "loss are computed. Epsilon does not cover them."
         )
-    return (
-        '<table id="mechanism-table"><thead><tr><th>Branch</th><th>Run</th><th>Model</th>'
-        "<th>Mechanism</th><th>Noise multiplier</th><th>Sample rate</th><th>Steps per entry</th>"
-        "<th>Clipping norm</th><th>Sensitivity</th><th>Delta</th><th>Accountant</th>"
-        "<th>Entries</th><th>Rounds</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
-    )
+    return "No evaluation release is recorded for this run."
 
 
-def _verification_section(results: list[BranchVerification], error: str | None) -> str:
-    if error is not None:
-        return f"<p class='bad'>Ledgers could not be verified: {_e(error)}</p>"
-    parts = []
-    if results and all(r.ok for r in results):
-        parts.append(
-            "<p class='ok'>Every ledger verified: all signatures, the hash chains and every "
-            "stated epsilon recomputed from the recorded parameters.</p>"
-        )
-    for r in results:
-        if r.ok:
-            continue
-        items = "".join(f"<li>{_e(p)}</li>" for p in r.problems[:20])
-        more = len(r.problems) - 20
-        if more > 0:
-            items += f"<li>... and {more} more (run <code>fedcrm privacy verify</code>)</li>"
-        parts.append(f"<p class='bad'>Branch {_e(r.branch_id)} failed:</p><ul>{items}</ul>")
-    return "".join(parts)
+def _status(summary: Mapping[str, Any] | None) -> str:
+    status = get(summary, "status")
+    reason = get(summary, "stopped_reason") or get(summary, "privacy", "stopped_reason")
+    if status == "stopped_early" or reason:
+        return f"<span class='bad'>stopped early</span>: {e(reason)}"
+    return "unknown" if summary is None else "completed"
 
 
-def _caveats(mode: str | None, accountants: set[str]) -> str:
+def _caveats(mode: str | None, accountants: set[str], evaluation: str | None) -> str:
     encrypted = mode in ("he", "dp_he")
     names = " and ".join(sorted(a.upper() for a in accountants)) or "PRV or RDP"
     if encrypted:
@@ -248,6 +193,17 @@ def _caveats(mode: str | None, accountants: set[str]) -> str:
         "with that branch's epsilon, and the two add up.</li>"
         "<li><b>Across rounds and runs.</b> Each branch's epsilon composes every mechanism "
         "recorded in its ledger on the same data, in this run and earlier ones.</li>"
+        "<li><b>Training and evaluation.</b> A branch trains on its training customers and "
+        "evaluates on its held-out test customers; one split, drawn once at the branch and "
+        "named in every ledger entry, keeps them apart. When every charge of a ledger names "
+        "the same split, no customer is on both sides, so the two sides compose in parallel: "
+        "the branch's epsilon is the larger of the two, not their sum. Otherwise (different "
+        "or unrecorded splits) they add up.</li>"
+        "<li><b>Reservations and releases.</b> A branch writes the epsilon of each step into "
+        "its ledger (a <i>reservation</i>) before the step runs, so no two steps can pass its "
+        "ceiling together; what it then sent is recorded as a <i>release</i> (the digests of "
+        "the request and of the reply, zero epsilon). A repeated request gets the same reply "
+        "again and costs nothing more; a changed one is refused.</li>"
         f"<li><b>What the server could see.</b> {server}</li>"
         "<li><b>Collusion.</b> If the server colludes with one branch, encryption no longer "
         "hides the other branches' updates; differential privacy still holds for every "
@@ -259,76 +215,76 @@ def _caveats(mode: str | None, accountants: set[str]) -> str:
         "bound including its numerical error.</li>"
         "<li>Delta is the small probability with which the epsilon guarantee may fail; it "
         "is set below one over the number of customers of the branch.</li>"
-        "<li><b>Evaluation.</b> Test customers are held out of training and not covered by "
-        "epsilon: each branch reports only aggregate statistics about them (a histogram of "
-        "model scores and confusion counts, never a customer's score or id), from which the "
-        "pooled AUC, F1 and log loss are computed.</li>"
+        f"<li><b>Evaluation.</b> {_evaluation_text(evaluation)}</li>"
         "</ul>"
     )
 
 
-def write_report(
+def build_report(
     run_or_ledger_dir: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
     *,
     summary: dict[str, Any] | None = None,
-) -> Path:
-    """Write the HTML privacy report of a run (or a directory of ledgers).
+    keys_dir: str | os.PathLike[str] | None = None,
+) -> Report:
+    """Verify the ledgers of a run (or a directory of ledgers) and render the report.
 
     Parameters
     ----------
     run_or_ledger_dir
         A run directory (``ledger/``, ``keys/``, ``summary.json``), a directory
-        of ledgers, or one ledger file; the ledgers are verified on the way.
-    out_path
-        The HTML file to write.
+        of ledgers, or one ledger file.
     summary
         The run summary; read from ``summary.json`` in the directory when not given.
-
-    Returns
-    -------
-    Path
-        ``out_path``.
+    keys_dir
+        The branches' public keys: a directory of ``<branch_id>.pub`` files or
+        the central team's ``admitted.json`` (default: ``keys/`` beside the ledgers).
     """
     root = Path(run_or_ledger_dir)
     if summary is None:
         summary = _load_summary(root if root.is_dir() else root.parent)
     error = None
     try:
-        results = verify_path(root)
-    except LedgerError as exc:
+        results = verify_path(root, keys_dir=keys_dir)
+    except (LedgerError, ConfigError) as exc:
         results, error = [], str(exc)
     by_branch = {r.branch_id: r for r in results}
     entries = {r.branch_id: _ledger_entries(r.path) for r in results}
-    per_branch = _get(summary, "privacy", "per_branch") or {}
+    per_branch = get(summary, "privacy", "per_branch") or {}
     branches = sorted(set(by_branch) | set(per_branch))
-    ceilings = {b: _get(per_branch, b, "ceiling") for b in branches}
+    ceilings = {b: get(per_branch, b, "ceiling") for b in branches}
     series = {
-        b: [(f"run {e.get('run_id')} round {e.get('round')}", float(e["epsilon"])) for e in items]
+        b: [(_charge_label(x), float(x["epsilon"])) for x in items if charges(x)]
         for b, items in entries.items()
     }
-    mode = _get(summary, "privacy", "mode")
-    accountants = {str(e.get("accountant")) for items in entries.values() for e in items}
-    verified = bool(results) and error is None and all(r.ok for r in results)
-    stopped = _get(summary, "privacy", "stopped_reason")
-    auc = _get(summary, "final", "auc")
+    mode = get(summary, "privacy", "mode")
+    accountants = {str(x.get("accountant")) for items in entries.values() for x in items}
+    evaluation = evaluation_kind(summary, entries)
+    report = Report("", results, error)
+    keys_text = f" with the keys in {e(keys_dir)}" if keys_dir is not None else ""
     facts = [
-        ("Source", _e(root)),
-        ("Model", _describe_model(_get(summary, "model"))),
+        ("Source", e(root)),
+        ("Model", _describe_model(get(summary, "model"))),
+        ("Run", _status(summary)),
         (
             "Updates encrypted (HE)",
             "unknown" if mode is None else ("yes" if mode in ("he", "dp_he") else "no"),
         ),
-        ("Privacy mode", _e(mode or "unknown")),
+        ("Privacy mode", e(mode or "unknown")),
+        (
+            "Evaluation",
+            {
+                "dp": "differentially private (<code>dp-eval</code>, in the ledgers)",
+                "thresholded": "<b>not DP</b>: groups of at least k customers",
+            }.get(evaluation or "", "unknown"),
+        ),
         (
             "Ledger verification",
-            "<span class='ok'>passed</span>" if verified else "<span class='bad'>FAILED</span>",
+            (PASSED if report.verified else FAILED) + keys_text,
         ),
-        ("Run ended early", _e(stopped) if stopped else "no"),
-        ("Final AUC", _num(auc, ".3f")),
+        ("Final AUC", num(get(summary, "final", "auc"), ".3f")),
     ]
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = f"""<!DOCTYPE html>
+    report.html = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>fedcrm privacy report</title><style>{_CSS}</style>
@@ -336,23 +292,37 @@ def write_report(
 document.documentElement.setAttribute("data-script-error","1");}});</script>
 </head><body>
 <h1>Privacy report</h1>
-<p class="muted">Generated {_e(generated)} by fedcrm from the signed privacy ledgers.</p>
+<p class="muted">Generated {e(generated)} by fedcrm from the signed privacy ledgers.</p>
 <table class="facts"><tbody>{"".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in facts)}
 </tbody></table>
 <h2>Per branch</h2>
-{_branch_table(branches, by_branch, entries, summary)}
+{branch_table(branches, by_branch, entries, summary)}
+<h2>Training and evaluation</h2>
+<p class="note">Each side composed alone; the branch's epsilon is the larger side when both
+name one split (parallel composition), their composition otherwise. Releases record what
+left the branch for a reserved step and charge nothing.</p>
+{purpose_table(branches, entries)}
 <h2>Cumulative epsilon</h2>
 {epsilon_chart_svg(series, ceilings=ceilings)}
+{_coinciding_note(series)}
 <h2>Mechanisms and parameters</h2>
-{_mechanism_table(entries)}
+{mechanism_table(entries)}
 <h2>Ledger verification</h2>
-{_verification_section(results, error)}
+{verification_section(results, error)}
 <h2>What this means</h2>
-{_caveats(mode if isinstance(mode, str) else None, accountants)}
+{_caveats(mode if isinstance(mode, str) else None, accountants, evaluation)}
 <script>document.documentElement.setAttribute("data-rendered","1");</script>
 </body></html>
 """
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(body, encoding="utf-8")
-    return out
+    return report
+
+
+def write_report(
+    run_or_ledger_dir: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    summary: dict[str, Any] | None = None,
+    keys_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write the HTML privacy report of a run (see :func:`build_report`); returns ``out_path``."""
+    return build_report(run_or_ledger_dir, summary=summary, keys_dir=keys_dir).write(out_path)

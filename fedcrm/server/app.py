@@ -31,6 +31,7 @@ from fedcrm.server.exchange import KeepWarm
 from fedcrm.server.fedavg import FedAvgJob, Reporter
 from fedcrm.server.ledger_store import LedgerStore, keys_from_dir
 from fedcrm.server.outputs import write_outputs
+from fedcrm.server.round_lines import log_progress_to_stderr, logging_reporter, status_line
 from fedcrm.server.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,13 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Deployment entry point: compose the config from the run config and run."""
+    """Deployment entry point: compose the config from the run config and run.
+
+    Each round's line (:mod:`fedcrm.server.round_lines`) is logged at INFO, which
+    ``flwr log <run-id> <connection> --show`` shows.
+    """
+    t0 = time.perf_counter()
+    log_progress_to_stderr()
     overrides = shlex.split(str(context.run_config.get("config-overrides", "")))
     cfg = compose(overrides)
     identities = load_identities(str(context.run_config.get("server-dir", "")))
@@ -222,11 +229,16 @@ def main(grid: Grid, context: Context) -> None:
         cfg,
         out_dir,
         run_id=str(context.run_id),
+        reporter=logging_reporter(cfg),
         deployment=True,
         identities=identities,
         server_dir=server_dir,
     )
     identities.roster().write_signing_keys(Path(out_dir) / "keys")
-    write_outputs(
+    result.setdefault("timings", {})["total_s"] = time.perf_counter() - t0
+    summary = write_outputs(
         Path(out_dir), cfg, result, release_key_dir=Path(server_dir) if server_dir else None
+    )
+    log.info(
+        "fedcrm job %s %s; run directory %s", context.run_id, status_line(cfg, summary), out_dir
     )

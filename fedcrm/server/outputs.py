@@ -10,7 +10,9 @@ from typing import Any
 import yaml
 
 from fedcrm.config import RunConfig
-from fedcrm.plots import plot_per_branch, plot_rounds
+from fedcrm.plots.branches import plot_per_branch
+from fedcrm.plots.rounds import plot_rounds
+from fedcrm.server.round_lines import run_status, unit
 from fedcrm.server.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ def write_outputs(
         "final": result["final"],
         "per_branch": result["per_branch"],
         "privacy": result["privacy"],
+        "status": run_status(result.get("stopped_reason")),
         "stopped_reason": result.get("stopped_reason"),
         "encrypted": result.get("encrypted", False),
         "bytes_uploaded": result.get("bytes_uploaded"),
@@ -70,13 +73,17 @@ def write_outputs(
         summary["baselines"] = baselines
     if extra:
         summary.update(extra)
+    # The job's cutoff (a simulation passes the one resolved from the data). Under DP it
+    # is always fixed; a deployed job without DP and without one lets each branch derive it.
+    summary.setdefault("cutoff", cfg.task.cutoff.isoformat() if cfg.task.cutoff else None)
     summary["excluded_customers"] = sum(
         b.get("excluded_customers", 0) for b in summary["per_branch"].values()
     )
     if weights is not None:
         card = {
             "model": cfg.model.model_dump(mode="json"),
-            "task": cfg.task.model_dump(mode="json"),
+            # The cutoff the features were built with (resolved from the data when unset).
+            "task": {**cfg.task.model_dump(mode="json"), "cutoff": summary.get("cutoff")},
             "metrics": summary["final"],
             "privacy": {
                 "mode": cfg.privacy.mode,
@@ -112,7 +119,13 @@ def write_outputs(
         except Exception as exc:  # the run's results must still be kept
             log.error("could not write the model bundle: %s", exc, exc_info=True)
     rounds = run_dir.rounds()
-    plot_rounds(rounds, out_dir / "plots", baselines=baselines)
+    plot_rounds(
+        rounds,
+        out_dir / "plots",
+        baselines=baselines,
+        unit=unit(cfg),
+        planned=result.get("rounds_planned"),
+    )
     local = None
     if baselines and "local_only" in baselines:
         local = {b: v.get("auc") for b, v in baselines["local_only"].get("per_branch", {}).items()}

@@ -1,4 +1,7 @@
-"""Rich progress output for simulations: one line per round and a final table."""
+"""Rich progress output for simulations: one line per round (tree) and a final table.
+
+The lines are :mod:`fedcrm.server.round_lines`' (the deployed ServerApp logs the same).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedcrm.config import RunConfig
+from fedcrm.server import round_lines
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -26,7 +31,7 @@ class RoundPrinter:
 
     def say(self, text: str) -> None:
         """A progress message."""
-        self.console.print(f"[dim]·[/dim] {text}")
+        self.console.print(f"[dim]·[/dim] {escape(text)}")
 
     @contextlib.contextmanager
     def live(self) -> Iterator[None]:
@@ -39,40 +44,21 @@ class RoundPrinter:
                 self._status = None
 
     def round(self, rec: dict[str, Any]) -> None:
-        """Called by the ServerApp after every round and after the final evaluation."""
-        total = self.cfg.federation.rounds
-        if self.cfg.model.name == "gbdt" and "trained_round" in rec:
-            n = rec["trained_round"]
-            self.console.print(
-                f"trees {n}/{self.cfg.model.n_estimators}  {rec.get('seconds', 0):5.1f} s  "
-                f"branches {rec.get('branches_aggregated', '-')}"
-            )
-            if self._status is not None:
-                self._status.update(f"growing tree {n + 1}...")
+        """Called by the ServerApp after every round (tree) and after the final evaluation."""
+        if "trained_round" not in rec:
+            final = round_lines.final_line(self.cfg, rec)
+            self.console.print(f"[bold]final[/bold]{escape(final.removeprefix('final'))}")
             return
-        if "trained_round" in rec:
-            r = rec["trained_round"]
-            eps = rec.get("epsilon") or {}
-            eps_txt = f"  ε max {max(eps.values()):.3g}" if eps else ""
-            problems = rec.get("problems") or {}
-            warn = f"  [yellow]{len(problems)} branch problem(s)[/yellow]" if problems else ""
-            self.console.print(
-                f"round {r}/{total}  {rec.get('seconds', 0):5.1f} s  "
-                f"train loss {_fmt(rec.get('train_loss'))}  "
-                f"AUC(after round {r - 1}) {_fmt(rec.get('auc'))}  "
-                f"branches {rec.get('branches_aggregated')}/{rec.get('branches_sampled')}"
-                f"{eps_txt}{warn}"
-            )
-            if self._status is not None and r < total:
-                self._status.update(f"round {r + 1}/{total} running...")
-        else:
-            self.console.print(
-                f"[bold]final[/bold] (after round {rec['round']}): AUC {_fmt(rec.get('auc'))}  "
-                f"F1 {_fmt(rec.get('f1'))}  log loss {_fmt(rec.get('logloss'))}"
-            )
+        line = round_lines.round_line(self.cfg, rec)
+        warn = f"  [yellow]{escape(line.problems)}[/yellow]" if line.problems else ""
+        self.console.print(escape(line.text) + warn, highlight=False)
+        n, total = rec["trained_round"], round_lines.planned(self.cfg)
+        if self._status is not None and n < total:
+            doing = "growing tree" if round_lines.unit(self.cfg) == "tree" else "round"
+            self._status.update(f"{doing} {n + 1}/{total} running...")
 
     def final(self, summary: dict[str, Any]) -> None:
-        """Federated vs centralized vs local-only, side by side."""
+        """Federated vs centralized vs local-only, side by side, and how the run ended."""
         table = Table(title=f"fedcrm: {summary['model']} on {summary.get('data', '?')} data")
         table.add_column("model")
         for m in ("auc", "f1", "logloss", "accuracy"):
@@ -92,6 +78,7 @@ class RoundPrinter:
                 f"privacy: {priv['mode']}, ε per branch up to {max(eps):.3g}"
                 f" ({priv.get('accountant')})"
             )
-        if summary.get("stopped_reason"):
-            self.console.print(f"[yellow]stopped early:[/yellow] {summary['stopped_reason']}")
+        status = escape(round_lines.status_line(self.cfg, summary))
+        stopped = summary.get("status") == round_lines.STATUS_STOPPED_EARLY
+        self.console.print(f"[yellow]{status}[/yellow]" if stopped else status, highlight=False)
         self.console.print(f"total {summary['timings'].get('total_s', 0):.1f} s")

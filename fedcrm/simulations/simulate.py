@@ -253,6 +253,7 @@ def simulate(
     from fedcrm.client.app import make_client_app
     from fedcrm.server.app import make_server_app
     from fedcrm.server.outputs import write_outputs
+    from fedcrm.server.round_lines import header_line
     from fedcrm.simulations.baselines import run_baselines
     from fedcrm.simulations.progress import RoundPrinter
 
@@ -289,10 +290,7 @@ def simulate(
     client_app = make_client_app(node_configs, mods=client_mods)
     threads = max(1, int(cfg.federation.num_cpus_per_branch))
     os.environ["FEDCRM_TORCH_THREADS"] = str(threads)
-    say(
-        f"federation: {len(branches)} branches, {cfg.federation.rounds} rounds, "
-        f"model={cfg.model.name}, privacy={cfg.privacy.mode}"
-    )
+    say(header_line(cfg, len(branches)))
     t_fed = time.perf_counter()
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.propagate = False  # Flower prints through its own handler

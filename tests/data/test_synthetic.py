@@ -55,3 +55,19 @@ def test_branches_are_non_iid_and_signal_is_learnable() -> None:
 def test_true_signal_is_documented() -> None:
     assert "True signal" in synthetic.TRUE_SIGNAL
     assert synthetic.TRUE_SIGNAL in (synthetic.__doc__ or "")
+
+
+def test_a_one_branch_export_naming_another_branch_is_noted(tmp_path: Path) -> None:
+    from fedcrm.data.contract import branch_id_mismatch
+
+    write_synthetic = synthetic.write_synthetic
+    one = load_crm(write_synthetic(tmp_path / "one", branches=1, customers=30, seed=1))
+    note = branch_id_mismatch(one, "b1")
+    assert note is not None and "branch_id branch_00" in note and "serves branch b1" in note
+    assert branch_id_mismatch(one.customers, "b1") == note  # a customers table works too
+    assert branch_id_mismatch(one, "branch_00") is None
+    named = write_synthetic(tmp_path / "named", branches=1, customers=30, seed=1, branch_ids=["b1"])
+    assert branch_id_mismatch(load_crm(named), "b1") is None
+    # Several branches: picking this branch's rows is another check's business.
+    many = load_crm(write_synthetic(tmp_path / "many", branches=2, customers=30, seed=1))
+    assert branch_id_mismatch(many, "b1") is None

@@ -241,6 +241,21 @@ def test_a_branch_id_other_than_the_folders(fed: Path, data_dir: Path) -> None:
         node_start(fed, data_dir, "--branch-id", "zz")
 
 
+def test_an_export_naming_another_branch_is_noted_with_both_ids(
+    fed: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedcrm.data.synthetic import write_synthetic
+
+    # data_dir is the generator's one-branch export: its rows say branch_00.
+    assert node_start(fed, data_dir, "--no-connect-check") == 0
+    err = capsys.readouterr().err
+    assert "note: --data-path: every row of the export says branch_id branch_00" in err
+    assert "this node serves branch b1" in err
+    own = write_synthetic(tmp_path / "b1", branches=1, customers=40, seed=3, branch_ids=["b1"])
+    assert node_start(fed, own, "--no-connect-check") == 0
+    assert "every row of the export says" not in capsys.readouterr().err
+
+
 def test_runtime_port_in_use(fed: Path, data_dir: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,29 +100,15 @@ class Proc:
             break
 
 
-def split_branches(src: Path, dst: Path) -> dict[str, Path]:
-    """One export directory per ``branch_id`` of a multi-branch synthetic export."""
-    customers = pd.read_csv(src / "customers.csv", dtype=str, keep_default_na=False)
-    events = pd.read_csv(src / "events.csv", dtype=str, keep_default_na=False)
-    owner = dict(zip(customers["customer_id"], customers["branch_id"], strict=True))
-    out = {}
-    for b, part in customers.groupby("branch_id"):
-        d = dst / str(b)
-        d.mkdir(parents=True)
-        part.to_csv(d / "customers.csv", index=False)
-        events[events["customer_id"].map(owner) == b].to_csv(d / "events.csv", index=False)
-        out[str(b)] = d
-    return out
-
-
 @pytest.fixture(scope="session")
 def crm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Synthetic CRM: 3 branches x ~150 customers, one export directory per branch."""
     from fedcrm.data.synthetic import write_synthetic
 
-    root = tmp_path_factory.mktemp("crm")
-    write_synthetic(root / "all", branches=3, customers=150, seed=7)
-    return split_branches(root / "all", root / "split")
+    root = write_synthetic(
+        tmp_path_factory.mktemp("crm"), branches=3, customers=150, seed=7, per_branch=True
+    )
+    return {d.name: d for d in sorted(root.iterdir())}
 
 
 @pytest.fixture

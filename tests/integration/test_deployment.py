@@ -136,6 +136,8 @@ def test_branch_born_keys_to_a_finished_run_refusing_two_intruders(
     run_dir = dep.run_dir(out, run_id)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["stopped_reason"] is None
+    assert summary["status"] == "completed" and summary["cutoff"] == "2024-10-02"
+    assert summary["timings"]["total_s"] > 0
     assert sorted(summary["per_branch"]) == sorted(dep.branches)
     for b, info in summary["per_branch"].items():
         assert info["rounds_trained"] == 2 and info["failed_rounds"] == 0, (b, info)
@@ -147,6 +149,10 @@ def test_branch_born_keys_to_a_finished_run_refusing_two_intruders(
     assert [r["trained_round"] for r in rounds if "trained_round" in r] == [1, 2]
     assert all(r["branches_aggregated"] == 3 for r in rounds if "trained_round" in r)
     log = dep.log(run_id)
+    # The job's progress as `fedcrm simulate` prints it, one line per round.
+    for line in ("round 1/2 ", "round 2/2 ", "final (after round 2): AUC", "completed: 2/2 rounds"):
+        assert line in log, log[-3000:]
+    assert re.search(r"round 2/2 .* AUC\(after round 1\) \S+  branches 3/3  ε max", log), log
     assert (
         f"node {online['mallory']} left out: other-node: node {online['mallory']} announced "
         f"branch {victim}, which is registered with another node key (it is registered for "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -43,12 +44,13 @@ def _summary() -> dict:
     }
 
 
-def render(html_path: Path, profile: Path) -> tuple[str, list[str]]:
-    """The DOM after Chromium ran the page, and the console messages it logged."""
+def render(html_path: Path, profile: Path, width: int = 1280) -> tuple[str, list[str]]:
+    """The DOM after Chromium ran the page (``width`` px wide), and its console messages."""
     assert CHROMIUM is not None
     proc = subprocess.run(
         [
             CHROMIUM,
+            f"--window-size={width},1000",
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -127,3 +129,40 @@ def test_report_renders_in_headless_chromium_without_console_errors(
     assert table is not None
     assert table.group(0).count("<tr>") == 3  # header + b1 + b2
     assert "<svg" in dom
+
+
+# Appended to a copy of the report: records, for every table, whether it fits its box.
+MEASURE = """<script>
+var rows = [];
+document.querySelectorAll("table").forEach(function (t) {
+  rows.push([t.id || t.className, t.scrollWidth, t.parentElement.clientWidth,
+             document.documentElement.scrollWidth <= window.innerWidth]);
+});
+document.documentElement.setAttribute("data-layout", JSON.stringify(rows));
+</script></body>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+@pytest.mark.parametrize("width", [1280, 800])
+def test_every_table_fits_the_page_in_headless_chromium(
+    run_dir: Path, tmp_path: Path, width: int
+) -> None:
+    page = write_report(run_dir, run_dir / "report.html", summary=_summary()).read_text()
+    measured = tmp_path / "measured.html"
+    measured.write_text(page.replace("</body>", MEASURE))
+
+    dom, console = render(measured, tmp_path / "profile", width=width)
+
+    assert console == []
+    found = re.search(r'data-layout="([^"]*)"', dom)
+    assert found is not None, dom[:2000]
+    layout = json.loads(html.unescape(found.group(1)))
+    tables = {name: (scroll, box, page_fits) for name, scroll, box, page_fits in layout}
+    assert {"branch-table", "purpose-table", "mechanism-table"} <= set(tables)
+    for name, (scroll, box, page_fits) in tables.items():
+        assert page_fits, name  # the page never scrolls sideways
+        if width >= 1024:  # on a desktop screen no table is wider than its box
+            assert scroll <= box, (name, scroll, box)
+        # (narrower, a wide table scrolls inside its own box)
+    # The ceilings' dashed line is in the chart's legend.
+    assert "ceiling (dashed)" in dom and 'class="legend-ceiling"' in dom

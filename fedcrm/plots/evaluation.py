@@ -11,23 +11,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from fedcrm.models.calibration import gains_curve
 from fedcrm.models.evaluation import EvaluationRelease
-
-
-def _save(fig: Any, out_path: Path) -> Path:
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+from fedcrm.plots._figure import plt
+from fedcrm.plots._figure import save as _save
 
 
 def plot_reliability(

@@ -21,6 +21,38 @@ def _nice_ceiling(value: float) -> float:
     return 10 * magnitude  # pragma: no cover - the loop always returns
 
 
+def _marker(shape: int, cx: float, cy: float, size: float, colour: str, title: str) -> str:
+    """A marker of one of four shapes (circle, square, triangle, diamond) with a tooltip."""
+    tip = f"<title>{title}</title>"
+    kind = shape % 4
+    if kind == 0:
+        return f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{size:.1f}" fill="{colour}">{tip}</circle>'
+    if kind == 1:
+        return (
+            f'<rect x="{cx - size:.1f}" y="{cy - size:.1f}" width="{2 * size:.1f}" '
+            f'height="{2 * size:.1f}" fill="{colour}">{tip}</rect>'
+        )
+    if kind == 2:
+        corners = [
+            (cx, cy - 1.2 * size),
+            (cx - size, cy + 0.8 * size),
+            (cx + size, cy + 0.8 * size),
+        ]
+    else:
+        corners = [(cx, cy - 1.3 * size), (cx + size, cy), (cx, cy + 1.3 * size), (cx - size, cy)]
+    points = " ".join(f"{px:.1f},{py:.1f}" for px, py in corners)
+    return f'<polygon points="{points}" fill="{colour}">{tip}</polygon>'
+
+
+def coinciding_series(series: Mapping[str, Sequence[tuple[str, float]]]) -> list[list[str]]:
+    """Groups of two or more branches whose cumulative epsilons are the same at every charge."""
+    groups: dict[tuple[float, ...], list[str]] = {}
+    for branch, points in sorted(series.items()):
+        if points:
+            groups.setdefault(tuple(round(e, 9) for _, e in points), []).append(branch)
+    return [names for names in groups.values() if len(names) > 1]
+
+
 def epsilon_chart_svg(
     series: Mapping[str, Sequence[tuple[str, float]]],
     *,
@@ -28,15 +60,20 @@ def epsilon_chart_svg(
     width: int = 760,
     height: int = 320,
 ) -> str:
-    """Cumulative epsilon after each ledger entry, one line per branch.
+    """Cumulative epsilon after each charge in a ledger, one line per branch.
+
+    Lines that coincide stay visible: each branch has its own colour and
+    marker shape, and every line is drawn thinner than the one before it, so
+    a line on top of another leaves the other's colour around it. Ceilings
+    are dashed lines of the branch's colour, named in the legend.
 
     Parameters
     ----------
     series
-        Per branch, ``(label, cumulative epsilon)`` for each entry in ledger
-        order; the label (run and round) shows as a tooltip.
+        Per branch, ``(label, cumulative epsilon)`` for each charging entry
+        (reservation) in ledger order; the label shows as a tooltip.
     ceilings
-        Per branch epsilon ceiling, drawn as a dashed line of the same colour.
+        Per branch epsilon ceiling.
 
     Returns
     -------
@@ -64,8 +101,9 @@ def epsilon_chart_svg(
     out = [
         f'<svg role="img" viewBox="0 0 {width} {height}" '
         f'width="100%" style="max-width:{width}px" aria-labelledby="eps-title eps-desc">',
-        '<title id="eps-title">Cumulative epsilon per branch after each ledger entry</title>',
-        '<desc id="eps-desc">One line per branch; dashed lines are the branch ceilings.</desc>',
+        '<title id="eps-title">Cumulative epsilon per branch after each privacy charge</title>',
+        '<desc id="eps-desc">One line per branch, each with its own colour and marker; '
+        "dashed lines are the branch ceilings.</desc>",
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" '
         'stroke="#999"/>',
     ]
@@ -85,13 +123,18 @@ def epsilon_chart_svg(
         )
     out.append(
         f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle" font-size="12">'
-        "ledger entry (one per mechanism run, in order)</text>"
+        "privacy charge (reservation), in ledger order</text>"
         f'<text x="14" y="{top + plot_h / 2}" text-anchor="middle" font-size="12" '
         f'transform="rotate(-90 14 {top + plot_h / 2})">cumulative epsilon</text>'
     )
+    count = len(series)
+    legend_x = left + plot_w + 12
     for n, (branch, points) in enumerate(sorted(series.items())):
         colour = PALETTE[n % len(PALETTE)]
         name = html.escape(branch)
+        # Earlier lines wider: one drawn over another leaves the other's colour showing.
+        stroke = 1.5 + 3.0 * (count - 1 - n) / max(count - 1, 1)
+        size = 2.5 + stroke / 2
         ceiling = ceilings.get(branch)
         if ceiling is not None:
             out.append(
@@ -102,19 +145,26 @@ def epsilon_chart_svg(
         if points:
             path = " ".join(f"{x(i):.1f},{y(e):.1f}" for i, (_, e) in enumerate(points))
             out.append(
-                f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}">'
-                f"<title>{name}</title></polyline>"
+                f'<polyline fill="none" stroke="{colour}" stroke-width="{stroke:.1f}" '
+                f'stroke-linejoin="round" points="{path}"><title>{name}</title></polyline>'
             )
             for i, (label, e) in enumerate(points):
-                out.append(
-                    f'<circle cx="{x(i):.1f}" cy="{y(e):.1f}" r="2.5" fill="{colour}">'
-                    f"<title>{name} {html.escape(label)}: epsilon {e:.4g}</title></circle>"
-                )
+                tip = f"{name} {html.escape(label)}: epsilon {e:.4g}"
+                out.append(_marker(n, x(i), y(e), size, colour, tip))
         legend_y = top + 14 + 18 * n
         out.append(
-            f'<line x1="{left + plot_w + 12}" x2="{left + plot_w + 32}" y1="{legend_y - 4}" '
-            f'y2="{legend_y - 4}" stroke="{colour}" stroke-width="3"/>'
-            f'<text x="{left + plot_w + 38}" y="{legend_y}" font-size="12">{name}</text>'
+            f'<line x1="{legend_x}" x2="{legend_x + 20}" y1="{legend_y - 4}" '
+            f'y2="{legend_y - 4}" stroke="{colour}" stroke-width="{stroke:.1f}"/>'
+            + _marker(n, legend_x + 10, legend_y - 4, size, colour, name)
+            + f'<text x="{legend_x + 26}" y="{legend_y}" font-size="12">{name}</text>'
+        )
+    if any(c is not None for c in ceilings.values()):
+        legend_y = top + 14 + 18 * count
+        out.append(
+            f'<line x1="{legend_x}" x2="{legend_x + 20}" y1="{legend_y - 4}" '
+            f'y2="{legend_y - 4}" stroke="#555" stroke-dasharray="6 4" '
+            'class="legend-ceiling"/>'
+            f'<text x="{legend_x + 26}" y="{legend_y}" font-size="12">ceiling (dashed)</text>'
         )
     out.append("</svg>")
     return "\n".join(out)
