@@ -209,7 +209,8 @@ def calibration_run(name: str, kind: str, seed: int) -> dict[str, float]:
     """One run: fit on releases of half the test customers, measure on the other half."""
     from fedcrm.data.features import stratified_split
     from fedcrm.models.calibration import fit_calibration
-    from fedcrm.models.evaluation import pooled_metrics, thresholded_release
+    from fedcrm.models.evaluation import thresholded_release
+    from fedcrm.models.pooled import pooled_metrics
 
     fs, k = _dataset(name, seed)
     train, test = stratified_split(fs, test_fraction=0.3, seed=seed)

@@ -231,6 +231,8 @@ class BranchData:
     test: FeatureSet
     excluded_customers: int
     split_id: str | None = None
+    validation: np.ndarray | None = None
+    """Of the test customers, the validation half (evaluation releases keep it apart)."""
 
     @property
     def n_tabular(self) -> int:
@@ -332,7 +334,12 @@ def load_branch_data(settings: BranchSettings, task: TaskConfig) -> BranchData:
         raise ConfigError("the branch has no customers left for training or testing")
     if not np.isfinite(train.tabular).all():
         raise ConfigError("the branch's features contain non-finite values")
-    data = BranchData(train, test, excluded, split)
+    from fedcrm.data.split import validation_mask
+
+    validation = validation_mask(
+        test.customer_ids, settings.branch_id, key_bytes, settings.test_fraction
+    )
+    data = BranchData(train, test, excluded, split, validation)
     _CACHE[key] = data
     return data
 

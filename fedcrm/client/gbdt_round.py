@@ -614,7 +614,9 @@ def finish_and_evaluate(
 
     gate = _gate(spec, settings, data)
     if gate is None:
-        rel = thresholded_release(data.test.labels, proba(), min_count=settings.min_cell_count)
+        rel = thresholded_release(
+            data.test.labels, proba(), min_count=settings.min_cell_count, validation=data.validation
+        )
         return StepOutcome(model, step=info, evaluation=rel.to_record())
     from fedcrm.client.lstm_round import evaluation_noise
     from fedcrm.privacy.accounting import Mechanism
@@ -626,7 +628,9 @@ def finish_and_evaluate(
 
     def noisy() -> dict[str, Any]:
         rng = release_rng(settings.rng_seed, spec.run_id, "eval-final")
-        return dp_release(data.test.labels, proba(), noise_std=sigma, rng=rng).to_record()
+        return dp_release(
+            data.test.labels, proba(), noise_std=sigma, rng=rng, validation=data.validation
+        ).to_record()
 
     try:
         released = gate.release(

@@ -174,7 +174,9 @@ def evaluation_release(
     """
     if gate is None:
         proba = predict(spec, data, weights)
-        rel = thresholded_release(data.test.labels, proba, min_count=settings.min_cell_count)
+        rel = thresholded_release(
+            data.test.labels, proba, min_count=settings.min_cell_count, validation=data.validation
+        )
         return rel.to_record(), []
     sigma = evaluation_noise(spec, gate)
     if sigma is None:
@@ -187,7 +189,9 @@ def evaluation_release(
     def compute() -> dict[str, Any]:
         proba = predict(spec, data, weights)
         rng = release_rng(settings.rng_seed, spec.run_id, step.release_name)
-        return dp_release(data.test.labels, proba, noise_std=sigma, rng=rng).to_record()
+        return dp_release(
+            data.test.labels, proba, noise_std=sigma, rng=rng, validation=data.validation
+        ).to_record()
 
     try:
         released = gate.release(step, mechanism, request, compute)

@@ -153,10 +153,10 @@ def varint(n: int) -> bytes:
 
 
 def vector_proto(seal_blob: bytes, n_values: int, scale: float | None = None) -> bytes:
-    """TenSEAL's ``CKKSVectorProto`` / ``BFVVectorProto`` holding one ciphertext.
+    """TenSEAL's ``BFVVectorProto`` holding one ciphertext.
 
-    Fields: ``sizes = [n_values]``, ``ciphertexts = [seal_blob]`` and, for CKKS
-    only, ``scale``.
+    Fields: ``sizes = [n_values]``, ``ciphertexts = [seal_blob]`` (and ``scale``,
+    which only TenSEAL's CKKS vectors use).
     """
     sizes = varint(n_values)
     parts = [

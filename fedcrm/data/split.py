@@ -16,7 +16,9 @@ is that of the side it is on. The ledger records the split's id
 (:func:`split_id`) so that accounting applies parallel composition only when a
 branch has always used one split. The split is not stratified by label (that
 would make the partition depend on data); test sets hold the branch's churn
-rate up to sampling noise.
+rate up to sampling noise. Test customers with ``u`` below half the test
+fraction form the *validation* half of evaluation releases
+(:func:`validation_mask`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,17 @@ def holdout_mask(
     return split_uniform(customer_ids, branch_id, key) < test_fraction
 
 
+def validation_mask(
+    customer_ids: np.ndarray, branch_id: str, key: bytes, test_fraction: float
+) -> np.ndarray:
+    """Of test customers, those released apart for choosing thresholds (``u < fraction / 2``).
+
+    The same fixed number ``u`` that made them test customers halves them, so
+    the halves never change between runs and depend on no data.
+    """
+    return split_uniform(customer_ids, branch_id, key) < test_fraction / 2
+
+
 def split_id(branch_id: str, key: bytes, test_fraction: float) -> str:
     """A public fingerprint of a split (the key stays secret): recorded in the ledger."""
     message = f"split-id|{branch_id}|{test_fraction!r}".encode()
@@ -112,4 +125,5 @@ __all__ = [
     "public_split_key",
     "split_id",
     "split_uniform",
+    "validation_mask",
 ]

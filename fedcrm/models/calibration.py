@@ -30,13 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fedcrm.models.evaluation import (
-    EvaluationRelease,
-    ScoreGroups,
-    logit,
-    pooled_metrics,
-    sigmoid,
-)
+from fedcrm.models.evaluation import EvaluationRelease, ScoreGroups, logit, sigmoid
+from fedcrm.models.pooled import pooled_metrics
 
 Method = Literal["platt", "isotonic"]
 METHODS: tuple[str, ...] = ("platt", "isotonic")
@@ -152,7 +147,7 @@ def score_points(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every released group as (location logit, label, customers), counts clipped at 0."""
     locs, labels, counts = [], [], []
-    for r in releases:
+    for r in (part for release in releases for part in release.parts()):
         for label, groups in ((1.0, r.positives), (0.0, r.negatives)):
             locs.append(np.asarray(groups.logit, dtype=np.float64))
             labels.append(np.full(np.shape(groups.logit), label))
@@ -171,7 +166,13 @@ def _locations_only(release: EvaluationRelease, cal: Calibration | None) -> Eval
             loc = logit(cal.apply(sigmoid(loc)))
         return ScoreGroups(np.asarray(g.count, dtype=np.float64), loc)
 
-    return EvaluationRelease(move(release.positives), move(release.negatives), release.mechanism)
+    validation = release.validation
+    return EvaluationRelease(
+        move(release.positives),
+        move(release.negatives),
+        release.mechanism,
+        _locations_only(validation, cal) if validation is not None else None,
+    )
 
 
 def calibration_error(

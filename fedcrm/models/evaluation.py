@@ -18,18 +18,19 @@ probability and squared probability. Two releases exist:
   1 and the noise standard deviation is the noise multiplier. Locations are
   the cell centres; sums are derived from them when pooling.
 
-:func:`pooled_metrics` pools any number of releases of one kind into ROC AUC
-(groups as point masses, ties count half), F1 and accuracy at a threshold,
-log loss, Brier score, expected calibration error, top-decile lift, the share
-of positives captured in the top 10 % and a reliability table. With exact
-groups of 10 customers the pooled AUC is within ~0.001 of the exact one on
-typical churn scores (``tests/models/test_evaluation.py``).
+A release may carry a second, *validation* part: the same statistics of a
+fixed half of the test customers (those whose split number ``u`` lies below
+half the test fraction, :mod:`fedcrm.data.split`), the main part holding the
+other half. The halves are disjoint, so under DP the pair costs what one
+release costs (one customer moves one count of one half). The server picks
+the F1 threshold on the validation halves and reports F1 on the others
+(:mod:`fedcrm.models.pooled`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -134,6 +135,7 @@ class EvaluationRelease:
     positives: ScoreGroups
     negatives: ScoreGroups
     mechanism: Mechanism
+    validation: EvaluationRelease | None = None
 
     def to_record(self, prefix: str = "eval.") -> dict[str, Any]:
         """Flat name -> number or list of numbers (a Flower ``MetricRecord``'s values)."""
@@ -143,7 +145,14 @@ class EvaluationRelease:
                 value = getattr(groups, name)
                 if value is not None:
                     out[f"{prefix}{label}.{name}"] = [float(v) for v in np.ravel(value)]
+        if self.validation is not None:
+            out.update(self.validation.to_record(f"{prefix}val."))
         return out
+
+    def parts(self) -> list[EvaluationRelease]:
+        """The release's disjoint parts (main, then validation when there is one)."""
+        main = EvaluationRelease(self.positives, self.negatives, self.mechanism)
+        return [main] if self.validation is None else [main, self.validation]
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], prefix: str = "eval.") -> EvaluationRelease:
@@ -170,12 +179,18 @@ class EvaluationRelease:
             ):
                 raise ValueError("a thresholded evaluation release must carry its group sums")
             labels[label] = ScoreGroups(**arrays)  # type: ignore[arg-type]
-        return cls(labels["pos"], labels["neg"], mechanism)
+        validation = None
+        if f"{prefix}val.dp" in record:
+            validation = cls.from_record(record, f"{prefix}val.")
+            if validation.mechanism != mechanism or validation.validation is not None:
+                raise ValueError("the validation part must be one release of the same kind")
+        return cls(labels["pos"], labels["neg"], mechanism, validation)
 
     @property
     def n(self) -> float:
-        """Customers released (noisy under DP)."""
-        return float(np.sum(self.positives.count) + np.sum(self.negatives.count))
+        """Customers released, both parts (noisy under DP)."""
+        own = float(np.sum(self.positives.count) + np.sum(self.negatives.count))
+        return own + (self.validation.n if self.validation is not None else 0.0)
 
 
 # ------------------------------------------------------------------ releases
@@ -231,12 +246,32 @@ def _label_groups(
     )
 
 
+def _halves(
+    y: np.ndarray, s: np.ndarray, validation: np.ndarray | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(labels, scores) of the main part, then of the validation part when asked."""
+    if validation is None:
+        return [(y, s)]
+    v = np.asarray(validation, dtype=bool).ravel()
+    if v.shape != y.shape:
+        raise ValueError(f"validation mask has {v.size} values but there are {y.size} scores")
+    return [(y[~v], s[~v]), (y[v], s[v])]
+
+
+def _with_validation(parts: list[EvaluationRelease]) -> EvaluationRelease:
+    main = parts[0]
+    if len(parts) == 1:
+        return main
+    return EvaluationRelease(main.positives, main.negatives, main.mechanism, parts[1])
+
+
 def thresholded_release(
     y_true: np.ndarray,
     p: np.ndarray,
     *,
     min_count: int = DEFAULT_MIN_COUNT,
     threshold: float = THRESHOLD,
+    validation: np.ndarray | None = None,
 ) -> EvaluationRelease:
     """Score groups of at least ``min_count`` customers per label (not DP).
 
@@ -249,14 +284,21 @@ def thresholded_release(
     threshold
         Groups do not straddle it when each side has ``min_count`` customers,
         so counts above and below it are exact.
+    validation
+        Boolean mask of the customers released apart as the validation part.
     """
     if min_count < 1:
         raise ValueError("min_count must be >= 1")
     y, s = _check(y_true, p)
-    return EvaluationRelease(
-        _label_groups(s[y == 1], min_count, threshold, True),
-        _label_groups(s[y == 0], min_count, threshold, False),
-        "thresholded",
+    return _with_validation(
+        [
+            EvaluationRelease(
+                _label_groups(ss[yy == 1], min_count, threshold, True),
+                _label_groups(ss[yy == 0], min_count, threshold, False),
+                "thresholded",
+            )
+            for yy, ss in _halves(y, s, validation)
+        ]
     )
 
 
@@ -271,141 +313,34 @@ def grid_counts(y_true: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def dp_release(
-    y_true: np.ndarray, p: np.ndarray, *, noise_std: float, rng: np.random.Generator
+    y_true: np.ndarray,
+    p: np.ndarray,
+    *,
+    noise_std: float,
+    rng: np.random.Generator,
+    validation: np.ndarray | None = None,
 ) -> EvaluationRelease:
     """Grid counts per label plus Gaussian noise of ``noise_std`` (L2 sensitivity 1).
 
-    ``rng`` must be the branch's own release generator (never seeded by a message).
+    ``rng`` must be the branch's own release generator (never seeded by a
+    message). With a ``validation`` mask the two disjoint halves get a grid
+    each; one customer still moves one count, so the sensitivity stays 1.
     """
     if not (math.isfinite(noise_std) and noise_std > 0):
         raise ValueError("noise_std must be a finite number > 0")
-    pos, neg = grid_counts(y_true, p)
-    centres = grid_centres()
-    pos = pos + rng.normal(0.0, noise_std, size=pos.shape)
-    neg = neg + rng.normal(0.0, noise_std, size=neg.shape)
-    return EvaluationRelease(
-        ScoreGroups(pos, centres.copy()), ScoreGroups(neg, centres.copy()), "dp"
-    )
-
-
-# ------------------------------------------------------------------- metrics
-def _concat(groups: Sequence[ScoreGroups], positive: bool) -> tuple[np.ndarray, ...]:
-    if not groups:
-        empty = np.zeros(0)
-        return empty, empty, empty, empty, empty
-    count = np.concatenate([g.count for g in groups])
-    loc = np.concatenate([g.logit for g in groups])
-    sums = [g.sums(positive) for g in groups]
-    loss = np.concatenate([s[0] for s in sums])
-    prob = np.concatenate([s[1] for s in sums])
-    prob_sq = np.concatenate([s[2] for s in sums])
-    return count, loc, loss, prob, prob_sq
-
-
-def pooled_auc(
-    pos_count: np.ndarray, pos_loc: np.ndarray, neg_count: np.ndarray, neg_loc: np.ndarray
-) -> float:
-    """ROC AUC of point masses (ties count half); nan when a class has no mass."""
-    n_pos, n_neg = float(np.sum(pos_count)), float(np.sum(neg_count))
-    if n_pos <= 0 or n_neg <= 0:
-        return float("nan")
-    order = np.argsort(neg_loc, kind="stable")
-    nl, nc = neg_loc[order], neg_count[order]
-    cum = np.concatenate([[0.0], np.cumsum(nc)])
-    below = cum[np.searchsorted(nl, pos_loc, side="left")]
-    equal = cum[np.searchsorted(nl, pos_loc, side="right")] - below
-    return float(np.sum(pos_count * (below + 0.5 * equal)) / (n_pos * n_neg))
-
-
-def _top_share(
-    locs: np.ndarray, counts: np.ndarray, is_pos: np.ndarray, share: float
-) -> tuple[float, float]:
-    """(customers, positives) in the top ``share`` of customers by score (groups pro rata)."""
-    order = np.argsort(-locs, kind="stable")
-    c, pos = np.clip(counts[order], 0, None), is_pos[order]
-    total = float(c.sum())
-    want = share * total
-    taken = np.minimum(c, np.clip(want - np.concatenate([[0.0], np.cumsum(c)[:-1]]), 0, None))
-    return float(taken.sum()), float(np.sum(taken * pos))
-
-
-def pooled_metrics(
-    releases: Sequence[EvaluationRelease], *, threshold: float = THRESHOLD
-) -> dict[str, Any]:
-    """Metrics of the customers of every release together.
-
-    Returns
-    -------
-    dict
-        ``auc``, ``f1``, ``accuracy`` (at ``threshold``), ``logloss``,
-        ``brier``, ``ece``, ``top_decile_lift``, ``capture_top_10pct``, ``n``
-        and ``reliability`` (per probability bin: mean predicted, observed rate,
-        customers). Noisy negative counts are kept for AUC (unbiased) and
-        clipped at 0 elsewhere; metrics of an empty pool are nan.
-    """
-    if not releases:
-        raise ValueError("no releases to pool")
-    pc, pl, ploss, pprob, psq = _concat([r.positives for r in releases], True)
-    nc, nl, nloss, nprob, nsq = _concat([r.negatives for r in releases], False)
-    pcc, ncc = np.clip(pc, 0, None), np.clip(nc, 0, None)
-    n = float(pcc.sum() + ncc.sum())
-    nan = float("nan")
-    if n <= 0:
-        return {
-            "auc": nan, "f1": nan, "accuracy": nan, "logloss": nan, "brier": nan, "ece": nan,
-            "top_decile_lift": nan, "capture_top_10pct": nan, "n": 0.0, "reliability": [],
-        }  # fmt: skip
-    cut = float(logit(threshold))
-    tp, fn = float(pcc[pl >= cut].sum()), float(pcc[pl < cut].sum())
-    fp, tn = float(ncc[nl >= cut].sum()), float(ncc[nl < cut].sum())
-    f1_den = 2 * tp + fp + fn
-    weight_p = np.divide(pcc, pc, out=np.zeros_like(pc), where=pc > 0)
-    weight_n = np.divide(ncc, nc, out=np.zeros_like(nc), where=nc > 0)
-    loss = float(np.sum(ploss * weight_p) + np.sum(nloss * weight_n))
-    # Brier: sum over positives of (1 - p)^2 plus over negatives of p^2.
-    brier = float(np.sum(pcc - 2 * pprob * weight_p + psq * weight_p) + np.sum(nsq * weight_n))
-    locs = np.concatenate([pl, nl])
-    counts = np.concatenate([pcc, ncc])
-    is_pos = np.concatenate([np.ones_like(pl), np.zeros_like(nl)])
-    mean_p = np.concatenate(
-        [
-            np.divide(pprob, pc, out=sigmoid(pl), where=pc > 0),
-            np.divide(nprob, nc, out=sigmoid(nl), where=nc > 0),
-        ]
-    )
-    edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)
-    which = np.clip(np.searchsorted(edges, mean_p, side="right") - 1, 0, CALIBRATION_BINS - 1)
-    reliability, ece = [], 0.0
-    for b in range(CALIBRATION_BINS):
-        m = which == b
-        size = float(counts[m].sum())
-        if size <= 0:
-            continue
-        predicted = float(np.sum(counts[m] * mean_p[m]) / size)
-        observed = float(np.sum(counts[m] * is_pos[m]) / size)
-        ece += size / n * abs(predicted - observed)
-        reliability.append(
-            {"bin": [float(edges[b]), float(edges[b + 1])], "predicted": predicted,
-             "observed": observed, "customers": size}
-        )  # fmt: skip
-    base_rate = float(pcc.sum()) / n
-    top_n, top_pos = _top_share(locs, counts, is_pos, 0.10)
-    lift = (top_pos / top_n) / base_rate if top_n > 0 and base_rate > 0 else nan
-    capture = top_pos / float(pcc.sum()) if pcc.sum() > 0 else nan
-    # Noisy counts keep the AUC estimate unbiased but may carry it past [0, 1].
-    auc = pooled_auc(pc, pl, nc, nl)
-    return {
-        "auc": auc if math.isnan(auc) else min(1.0, max(0.0, auc)),
-        "f1": 2 * tp / f1_den if f1_den > 0 else 0.0,
-        "accuracy": (tp + tn) / n,
-        "logloss": loss / n,
-        "brier": brier / n,
-        "ece": float(ece),
-        "top_decile_lift": float(lift),
-        "capture_top_10pct": float(capture),
-        "n": n,
-        "reliability": reliability,
-    }
+    y, s = _check(y_true, p)
+    parts = []
+    for yy, ss in _halves(y, s, validation):
+        pos, neg = grid_counts(yy, ss)
+        centres = grid_centres()
+        pos = pos + rng.normal(0.0, noise_std, size=pos.shape)
+        neg = neg + rng.normal(0.0, noise_std, size=neg.shape)
+        parts.append(
+            EvaluationRelease(
+                ScoreGroups(pos, centres.copy()), ScoreGroups(neg, centres.copy()), "dp"
+            )
+        )
+    return _with_validation(parts)
 
 
 __all__ = [
@@ -413,7 +348,5 @@ __all__ = [
     "ScoreGroups",
     "dp_release",
     "grid_counts",
-    "pooled_auc",
-    "pooled_metrics",
     "thresholded_release",
 ]

@@ -2,8 +2,8 @@
 
 Centralized training and the federated tree protocol call the same functions:
 a branch computes :func:`node_histograms` on its own binned rows
-(:mod:`fedcrm.models.gbdt_bins`); the sum over branches (clear, CKKS-encrypted
-or DP-noised) goes into :func:`best_splits`, which every branch evaluates
+(:mod:`fedcrm.models.gbdt_bins`); the sum over branches (clear, encrypted and
+masked, or DP-noised) goes into :func:`best_splits`, which every branch evaluates
 identically. Summing per-branch histograms equals the histogram of the pooled
 rows, so federated training without noise is lossless.
 """

@@ -171,9 +171,11 @@ def _caveats(mode: str | None, accountants: set[str], evaluation: str | None) ->
     names = " and ".join(sorted(a.upper() for a in accountants)) or "PRV or RDP"
     if encrypted:
         server = (
-            "Updates were encrypted (CKKS homomorphic encryption): the server only added "
-            "ciphertexts and never saw any single branch's update or histogram, only the "
-            "aggregate the branches chose to release."
+            "Updates were masked and encrypted (BFV homomorphic encryption with secure "
+            "aggregation): the server only added ciphertexts and never saw any single "
+            "branch's update or histogram, nor could it with one branch's help; the "
+            "branches opened only sums of at least min_contributors uploads, and the server "
+            "saw only what the branches chose to release."
         )
     elif mode is None:
         server = "The run summary was not available, so whether updates were encrypted is unknown."

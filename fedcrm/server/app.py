@@ -4,8 +4,8 @@ Deployment: ``flwr run . <connection> --run-config "config-overrides='...'
 output-dir='runs/x' server-dir='/path/to/server'"``; the module-level ``app``
 composes the packaged Hydra config with those overrides (the ``branch``
 section is ignored: branch-side settings come from each SuperNode's node
-config), loads only the public CKKS context when the run is encrypted, and
-writes the run directory. The released model's bundle is signed with
+config), relays the branches' key ceremony when the run is encrypted (the
+server holds no key), and writes the run directory. The released model's bundle is signed with
 ``<server-dir>/release.key`` (created there on first use; without
 ``server-dir``, in the run directory's ``keys/``).
 

@@ -1,11 +1,13 @@
-"""Federated averaging of the LSTM on Flower's Grid, plaintext or CKKS-encrypted.
+"""Federated averaging of the LSTM on Flower's Grid, plaintext or encrypted and masked.
 
 One exchange per round: the train message carries the global model of the
-previous round (plaintext weights, or the encrypted sum that only branches can
-decrypt); each branch first evaluates it on its test customers, then trains
-and replies with its update. A final ``evaluate`` exchange scores the last
-global model. The server never sees per-customer predictions: branches send
-score histograms and confusion counts, pooled here.
+previous round (plaintext weights, or the masked, encrypted sum that only the
+branches in it can open); each branch first evaluates it on its test
+customers, then trains and replies with its update. Encrypted jobs add the
+unmasking exchange of :mod:`fedcrm.server.secure_agg` to each round. A final
+``evaluate`` exchange scores the last global model. The server never sees
+per-customer predictions: branches send evaluation releases
+(:mod:`fedcrm.models.evaluation`), pooled here.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import numpy as np
 
 from fedcrm import protocol as P
 from fedcrm.errors import FedCRMError, UpdateRejectedError
-from fedcrm.models.evaluation import pooled_metrics
 from fedcrm.models.lstm import build_model, get_weights
+from fedcrm.models.pooled import pooled_metrics
 from fedcrm.server.aggregate import check_update, weighted_average
 from fedcrm.server.job import (
     METRIC_KEYS,

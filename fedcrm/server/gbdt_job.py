@@ -1,4 +1,4 @@
-"""The federated tree protocol on Flower's Grid (``model=gbdt``), plaintext or CKKS.
+"""The federated tree protocol on Flower's Grid (``model=gbdt``), plaintext or encrypted.
 
 The server drives a chain of exchanges; each message carries the model so far
 (bin edges, finished trees, the tree being grown) and the sum of the previous
@@ -21,7 +21,7 @@ Every branch turns the same sum into the same edges, splits and leaf values;
 the server compares the models the branches return (a branch that disagrees
 with the majority is excluded, with the reason), keeps the agreed one and adds
 the releases: plaintext arrays (shape and finiteness checked per branch) or
-CKKS ciphertexts it cannot read (:func:`fedcrm.crypto.packing.aggregate`).
+masked BFV ciphertexts it cannot read (:mod:`fedcrm.server.secure_agg`).
 Exact mode costs ``max_depth`` exchanges per tree (the message with one
 level's sum asks for the next level; leaf values come from the last level's
 split sums), batched mode one per ``trees_per_exchange`` trees.

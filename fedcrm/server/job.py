@@ -21,7 +21,8 @@ from fedcrm import protocol as P
 from fedcrm.config import JobSpec, RunConfig
 from fedcrm.errors import FedCRMError
 from fedcrm.identity import RosterFile, identity_refusal
-from fedcrm.models.evaluation import EvaluationRelease, pooled_metrics
+from fedcrm.models.evaluation import EvaluationRelease
+from fedcrm.models.pooled import pooled_metrics
 from fedcrm.server.exchange import Courier, KeepWarm, Reply, wait_for_nodes
 from fedcrm.server.ledger_store import LedgerStore
 from fedcrm.server.run_dir import RunDir, TreeState
@@ -56,6 +57,9 @@ class BranchState:
 METRIC_KEYS = (
     "auc",
     "f1",
+    "f1_threshold",
+    "f1_threshold_from",
+    "f1_at_default",
     "logloss",
     "accuracy",
     "brier",

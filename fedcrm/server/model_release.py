@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from fedcrm.config import RunConfig
-from fedcrm.models.evaluation import EvaluationRelease, pooled_metrics
+from fedcrm.models.evaluation import EvaluationRelease
+from fedcrm.models.pooled import pooled_metrics
 from fedcrm.plots.evaluation import plot_gains, plot_importance, plot_reliability
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,11 @@ the deployed ServerApp logs them at INFO through :func:`logging_reporter`, so
 An LSTM job counts rounds, a tree job counts trees (its ``rounds.jsonl``
 records carry ``round`` = trees done), in every line and on the plots::
 
-    round 2/5    2.3 s  train loss 0.4405  AUC(after round 1) 0.8679  branches 5/5  ε max 1.2
+    round 2/5    2.3 s  train loss 0.4405  AUC(after round 1) 0.8679  branches 5/5
+    round 2/5    2.9 s  test loss(DP) 0.4512  AUC(after round 1) 0.8611  branches 5/5  ε max 1.2
     trees 12/50    0.4 s  branches 3/3  ε max 0.31
-    final (after round 5): AUC 0.8746  F1 0.7243  log loss 0.4079
+    final (after round 5): AUC 0.8746  F1 0.7243 (threshold 0.378, chosen on validation
+    customers)  log loss 0.4079
     final (after 50 trees): AUC 0.8713  F1 0.7101  log loss 0.4120
     completed: 5/5 rounds
     stopped early after 1/5 rounds: round 2: only 1 branch update(s) could be aggregated ...
@@ -71,6 +73,20 @@ def header_line(cfg: RunConfig, branches: int) -> str:
     )
 
 
+def loss_text(cfg: RunConfig, rec: Mapping[str, Any]) -> str:
+    """The round's loss: the training loss, or under DP the test log loss of the DP release.
+
+    A DP branch never sends its training loss (it would be a release outside
+    the ledger); the evaluation release of the previous model is DP and gives
+    the test log loss instead, when the job evaluates every round.
+    """
+    if rec.get("train_loss") is not None or not cfg.privacy.dp:
+        return f"train loss {_fmt(rec.get('train_loss'))}"
+    if rec.get("logloss") is not None:
+        return f"test loss(DP) {_fmt(rec.get('logloss'))}"
+    return "loss withheld(DP)"
+
+
 def round_line(cfg: RunConfig, rec: Mapping[str, Any]) -> RoundLine:
     """The line of one training record (one with ``trained_round``)."""
     n = rec["trained_round"]
@@ -84,7 +100,7 @@ def round_line(cfg: RunConfig, rec: Mapping[str, Any]) -> RoundLine:
         text = f"trees {n}/{planned(cfg)}  {seconds}  {branches}{eps_txt}"
     else:
         text = (
-            f"round {n}/{planned(cfg)}  {seconds}  train loss {_fmt(rec.get('train_loss'))}  "
+            f"round {n}/{planned(cfg)}  {seconds}  {loss_text(cfg, rec)}  "
             f"AUC(after round {n - 1}) {_fmt(rec.get('auc'))}  {branches}{eps_txt}"
         )
     return RoundLine(text, warn)
@@ -97,10 +113,10 @@ def final_line(cfg: RunConfig, rec: Mapping[str, Any]) -> str:
         if unit(cfg) == "tree"
         else f"after round {rec['round']}"
     )
-    return (
-        f"final ({after}): AUC {_fmt(rec.get('auc'))}  F1 {_fmt(rec.get('f1'))}  "
-        f"log loss {_fmt(rec.get('logloss'))}"
-    )
+    f1 = f"F1 {_fmt(rec.get('f1'))}"
+    if rec.get("f1_threshold_from") == "validation" and rec.get("f1_threshold") is not None:
+        f1 += f" (threshold {rec['f1_threshold']:.3g}, chosen on validation customers)"
+    return f"final ({after}): AUC {_fmt(rec.get('auc'))}  {f1}  log loss {_fmt(rec.get('logloss'))}"
 
 
 def run_status(stopped_reason: str | None) -> str:

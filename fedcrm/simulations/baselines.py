@@ -47,8 +47,17 @@ def fit_predict(cfg: RunConfig, train: FeatureSet, test: FeatureSet, *, seed: in
     return gbdt.predict_proba(test.tabular)[:, 1]
 
 
-def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    return {k: float(v) for k, v in binary_metrics(y, p).items()}
+def _metrics(y: np.ndarray, p: np.ndarray, validation: np.ndarray | None) -> dict[str, Any]:
+    """Exact metrics; F1 at the threshold chosen on the validation half, as for federated runs."""
+    out: dict[str, Any] = {k: float(v) for k, v in binary_metrics(y, p).items()}
+    if validation is not None:
+        from fedcrm.models.evaluation import thresholded_release
+        from fedcrm.models.pooled import pooled_metrics
+
+        exact = pooled_metrics([thresholded_release(y, p, min_count=1, validation=validation)])
+        out.update({k: exact[k] for k in ("f1", "f1_threshold", "f1_threshold_from")})
+        out["f1_at_default"] = float(binary_metrics(y, p)["f1"])
+    return out
 
 
 def _fit_predict_job(args: tuple[RunConfig, FeatureSet, FeatureSet, int]) -> np.ndarray:
@@ -65,11 +74,14 @@ def run_baselines(
     *,
     progress: Progress | None = None,
     workers: int | None = None,
+    validation: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Centralized (pooled) and local-only (each branch alone) baselines.
 
     ``local_only`` metrics pool every branch's own model's predictions on its
-    own test customers. The models train in ``workers`` processes (default:
+    own test customers. With each branch's ``validation`` half of its test
+    customers, F1 is scored as in federated runs (threshold chosen on the
+    validation halves, F1 on the others). The models train in ``workers`` processes (default:
     one per core) with one thread each, which beats threads on small batches.
     """
     import concurrent.futures as cf
@@ -92,13 +104,19 @@ def run_baselines(
     else:
         preds = [_fit_predict_job(job) for job in jobs]
     seconds = time.perf_counter() - t0
-    centralized = _metrics(pooled_test.labels, preds[0])
+    held = (
+        np.concatenate([validation[b] for b in ids])
+        if validation is not None and all(b in validation for b in ids)
+        else None
+    )
+    centralized = _metrics(pooled_test.labels, preds[0], held)
     centralized["seconds"] = seconds
     per_branch = {
-        b: _metrics(branches[b][1].labels, p) for b, p in zip(ids, preds[1:], strict=True)
+        b: _metrics(branches[b][1].labels, p, validation.get(b) if validation else None)
+        for b, p in zip(ids, preds[1:], strict=True)
     }
     local = _metrics(
-        np.concatenate([branches[b][1].labels for b in ids]), np.concatenate(preds[1:])
+        np.concatenate([branches[b][1].labels for b in ids]), np.concatenate(preds[1:]), held
     )
     local["seconds"] = seconds
     local["per_branch"] = per_branch  # type: ignore[assignment]

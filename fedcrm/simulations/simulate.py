@@ -1,8 +1,8 @@
 """``fedcrm simulate``: Hydra config -> Flower simulation -> run directory.
 
 Each simulated branch gets what a deployed branch has: a node config, its
-features, and (for DP/HE runs) its own signing key, ledger and CKKS secret
-context under ``<output_dir>/branches/<branch_id>/``. The server side sees
+features, and (for DP/HE runs) its own signing and agreement keys, ledger and
+state folder under ``<output_dir>/branches/<branch_id>/``. The server side sees
 only Flower messages, exactly as in deployment.
 """
 
@@ -16,6 +16,8 @@ import uuid
 import warnings
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fedcrm.config import RunConfig, cpu_count
 from fedcrm.data.dataset import FeatureSet
@@ -134,6 +136,7 @@ def prepare_branches(
     from fedcrm.client.branch import BranchSettings, split_branch, split_key, write_feature_cache
     from fedcrm.data.contract import MIN_BRANCH_CUSTOMERS
     from fedcrm.data.features import build_features, resolve_cutoff
+    from fedcrm.data.split import validation_mask
 
     t0 = time.perf_counter()
     data = load_run_data(cfg, out_dir / "work")
@@ -143,6 +146,7 @@ def prepare_branches(
         f"{sum(data.excluded.values())} customers excluded (consent/opt-out)"
     )
     branches: dict[str, tuple[FeatureSet, FeatureSet]] = {}
+    validation: dict[str, np.ndarray] = {}
     excluded: dict[str, int] = {}
     for b in data.branches():
         fs = build_features(
@@ -158,9 +162,15 @@ def prepare_branches(
         nc = branch_settings(cfg, out_dir, b)
         write_feature_cache(Path(nc["data-path"]), fs, excluded[b])
         settings = BranchSettings.from_node_config(nc)
-        train, test, _ = split_branch(fs, b, split_key(settings), settings.test_fraction)
+        key = split_key(settings)
+        train, test, _ = split_branch(fs, b, key, settings.test_fraction)
         branches[b] = (train, test)
-    info = {"cutoff": str(cutoff), "prepare_s": time.perf_counter() - t0}
+        validation[b] = validation_mask(test.customer_ids, b, key, settings.test_fraction)
+    info = {
+        "cutoff": str(cutoff),
+        "prepare_s": time.perf_counter() - t0,
+        "validation": validation,
+    }
     return branches, excluded, info
 
 
@@ -314,7 +324,7 @@ def simulate(
     baselines = None
     if cfg.baseline:
         tb = time.perf_counter()
-        baselines = run_baselines(cfg, branches, progress=say)
+        baselines = run_baselines(cfg, branches, progress=say, validation=info.get("validation"))
         result["timings"]["baselines_s"] = time.perf_counter() - tb
     result["timings"].update(prepare_s=info["prepare_s"], total_s=time.perf_counter() - t0)
     summary = write_outputs(

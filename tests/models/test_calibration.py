@@ -11,7 +11,8 @@ from fedcrm.models.calibration import (
     fit_calibration,
     gains_curve,
 )
-from fedcrm.models.evaluation import dp_release, pooled_metrics, sigmoid, thresholded_release
+from fedcrm.models.evaluation import dp_release, sigmoid, thresholded_release
+from fedcrm.models.pooled import pooled_metrics
 
 
 def _miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

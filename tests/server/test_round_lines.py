@@ -104,3 +104,20 @@ def test_progress_reaches_stderr_one_line_per_record(root_handlers: str) -> None
     ).stderr
     lines = [line for line in err.splitlines() if "fedcrm" in line or "before" in line]
     assert lines == ["INFO fedcrm: round 1/2 " + "x" * 300, "WARNING fedcrm: node 7 left out"]
+
+
+def test_a_dp_round_shows_the_dp_test_loss_or_says_the_loss_is_withheld() -> None:
+    cfg = compose(["federation.rounds=5", "privacy=dp"])
+    dp_round = {**ROUND, "train_loss": None, "logloss": 0.4512}
+    assert "test loss(DP) 0.4512" in round_line(cfg, dp_round).text
+    no_eval = {**dp_round, "logloss": None, "auc": None}
+    assert "loss withheld(DP)" in round_line(cfg, no_eval).text
+    assert "train loss -" in round_line(compose([]), {**ROUND, "train_loss": None}).text
+
+
+def test_the_final_line_names_the_f1_threshold_chosen_on_validation_customers() -> None:
+    cfg = compose([])
+    rec = {"round": 5, "auc": 0.85, "f1": 0.61, "logloss": 0.4}
+    assert "threshold" not in final_line(cfg, rec)
+    chosen = {**rec, "f1_threshold": 0.2689, "f1_threshold_from": "validation"}
+    assert "F1 0.6100 (threshold 0.269, chosen on validation customers)" in final_line(cfg, chosen)
