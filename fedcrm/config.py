@@ -159,6 +159,11 @@ class PrivacyConfig(_Strict):
 
     mode: Literal["none", "dp", "he", "dp_he"] = "none"
     target_epsilon: float | None = Field(None, gt=0.0)
+    # "job": the noise spends target_epsilon for this job alone (a branch refuses
+    # the rounds that would pass its ceiling); "remaining": each branch plans its
+    # noise against its own ledger so the job ends within min(ceiling, spent +
+    # target_epsilon) - see fedcrm.privacy.planning.
+    target: Literal["job", "remaining"] = "job"
     noise_multiplier: float | None = Field(None, gt=0.0)
     delta: float | None = Field(None, gt=0.0, lt=1.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
@@ -194,6 +199,11 @@ class PrivacyConfig(_Strict):
             raise ValueError(
                 "with privacy=dp give exactly one of privacy.target_epsilon and "
                 "privacy.noise_multiplier (set the other to null)"
+            )
+        if self.dp and self.target == "remaining" and self.target_epsilon is None:
+            raise ValueError(
+                "privacy.target=remaining plans each branch's noise from an epsilon: give "
+                "privacy.target_epsilon (and privacy.noise_multiplier=null)"
             )
         return self
 

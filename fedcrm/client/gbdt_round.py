@@ -54,6 +54,7 @@ from fedcrm.models.gbdt_bins import (
 from fedcrm.models.gbdt_hist import best_splits, leaf_weight
 from fedcrm.models.gbdt_reference import DEFAULT_N_FINE
 from fedcrm.models.gbdt_tree import Tree, local_histograms, logistic_grad_hess, split_nodes
+from fedcrm.privacy.planning import SpendPlan
 from fedcrm.privacy.randomness import release_rng, release_seed
 
 log = logging.getLogger(__name__)
@@ -445,6 +446,15 @@ def _gate(spec: JobSpec, settings: BranchSettings, data: BranchData) -> PrivacyG
     )
 
 
+def _spend(spec: JobSpec, gate: PrivacyGate) -> SpendPlan | None:
+    """The branch's plan under ``privacy.target=remaining`` (``None``: the job's target)."""
+    if spec.privacy.noise_multiplier is not None or spec.privacy.target == "job":
+        return None
+    from fedcrm.client.lstm_round import planned_evaluation
+
+    return gate.spend_plan(planned_evaluation(spec, gate.delta))
+
+
 def _payload(values: np.ndarray, encrypt: Encrypt | None) -> dict[str, Any]:
     values = np.asarray(values, dtype=np.float64).ravel()
     return encrypt(values) if encrypt is not None else {"values": values}
@@ -501,7 +511,7 @@ def protocol_step(
             release = compute()
             info["shape"] = [int(x) for x in release.shape]
             return StepOutcome(model, release=_payload(release, encrypt), step=info)
-        plan = plan_dp(spec, gate.delta, data.n_tabular)
+        plan = plan_dp(spec, gate.delta, data.n_tabular, _spend(spec, gate))
         kind = "batch" if cfg.mode == "batched" else "tree"
         mechanism = plan.mechanism(kind, trees=info.get("trees", 0))
 
@@ -573,7 +583,7 @@ def fine_release(
         gate = _gate(spec, settings, data)
         if gate is None:
             return StepOutcome(model, release=_payload(counts(), encrypt), step=info)
-        plan = plan_dp(spec, gate.delta, data.n_tabular)
+        plan = plan_dp(spec, gate.delta, data.n_tabular, _spend(spec, gate))
 
         def noisy() -> dict[str, Any]:
             c = counts()
@@ -739,17 +749,26 @@ class DPPlan:
         return Mechanism("gaussian", self.std(kind) / sens, self.sample_rate, 1, sensitivity=sens)
 
 
-def plan_dp(spec: JobSpec, delta: float, n_features: int) -> DPPlan:
-    """The run's noise at a branch with ``delta`` (a pure function of the job)."""
+def plan_dp(spec: JobSpec, delta: float, n_features: int, spend: SpendPlan | None = None) -> DPPlan:
+    """The run's noise at a branch with ``delta``.
+
+    A pure function of the job and ``spend`` (the branch's plan under
+    ``privacy.target=remaining``, from its ledger's other runs; ``None``: the
+    job's ``target_epsilon`` alone).
+    """
     cfg = gbdt_config(spec)
     if spec.privacy.noise_multiplier is not None:
         z_edges = z_main = float(spec.privacy.noise_multiplier)
     else:
         assert spec.privacy.target_epsilon is not None
-        z_edges, z_main = _calibrate(
-            spec.privacy.target_epsilon, delta, spec.privacy.accountant, cfg_rounds(spec),
-            cfg.subsample,
-        )  # fmt: skip
+        acc, units = spec.privacy.accountant, cfg_rounds(spec)
+        z_edges, z_main = _calibrate(spec.privacy.target_epsilon, delta, acc, units, cfg.subsample)
+        if spend is not None and spend.cap is not None:
+            # Never less noise than the job asks for; more where the ceiling needs it.
+            capped = _calibrate(
+                spend.cap, delta, acc, units, cfg.subsample, spend.prior, spend.spent
+            )
+            z_edges, z_main = max(z_edges, capped[0]), max(z_main, capped[1])
     return DPPlan(
         z_edges,
         z_main,
@@ -762,16 +781,29 @@ def plan_dp(spec: JobSpec, delta: float, n_features: int) -> DPPlan:
 
 
 @functools.lru_cache(maxsize=32)
-def _calibrate(eps: float, delta: float, acc: str, units: int, rate: float) -> tuple[float, float]:
+def _calibrate(
+    eps: float,
+    delta: float,
+    acc: str,
+    units: int,
+    rate: float,
+    prior: tuple[Any, ...] = (),
+    spent: float = 0.0,
+) -> tuple[float, float]:
+    """Edge and tree noise so that ``prior`` + the run compose to ``eps``.
+
+    The edges get :data:`EDGE_BUDGET_SHARE` of the room above ``spent``.
+    """
     from fedcrm.privacy.accounting import Mechanism, noise_multiplier_for
 
     z_edges = noise_multiplier_for(
-        target_epsilon=EDGE_BUDGET_SHARE * eps,
+        target_epsilon=spent + EDGE_BUDGET_SHARE * (eps - spent),
         delta=delta,
         sample_rate=1.0,
         steps=1,
         accountant=acc,  # type: ignore[arg-type]
         name="gaussian",
+        prior=prior,
     )
     z_main = noise_multiplier_for(
         target_epsilon=eps,
@@ -780,7 +812,7 @@ def _calibrate(eps: float, delta: float, acc: str, units: int, rate: float) -> t
         steps=units,
         accountant=acc,  # type: ignore[arg-type]
         name="gaussian",
-        prior=[Mechanism("gaussian", z_edges, 1.0, 1)],
+        prior=[*prior, Mechanism("gaussian", z_edges, 1.0, 1)],
     )
     return z_edges, z_main
 

@@ -21,7 +21,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,8 @@ from fedcrm.errors import BudgetExhaustedError, ConfigError, PrivacyError, Refus
 from fedcrm.models.evaluation import dp_release, thresholded_release
 from fedcrm.models.lstm import build_model, get_weights, set_weights
 from fedcrm.models.train import DPSettings, predict_proba, train_local
+from fedcrm.privacy.accounting import Mechanism
+from fedcrm.privacy.planning import SpendPlan
 from fedcrm.privacy.randomness import release_rng, release_seed
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,13 @@ def dp_round_plan(spec: JobSpec, n_train: int) -> tuple[float, int]:
 
 @functools.lru_cache(maxsize=64)
 def _noise(
-    target: float, delta: float, sample_rate: float, steps: int, acc: str, name: str
+    target: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    acc: str,
+    name: str,
+    prior: tuple[Mechanism, ...] = (),
 ) -> float:
     from fedcrm.privacy.accounting import noise_multiplier_for
 
@@ -101,23 +109,48 @@ def _noise(
         steps=steps,
         accountant=acc,  # type: ignore[arg-type]
         name=name,
+        prior=prior,
     )
 
 
-def noise_for_run(spec: JobSpec, n_train: int, delta: float) -> float:
-    """The noise multiplier: given, or derived so the run's rounds spend ``target_epsilon``."""
+def noise_for_run(
+    spec: JobSpec, n_train: int, delta: float, plan: SpendPlan | None = None
+) -> float:
+    """The noise multiplier: given, or derived so the run's rounds spend what ``plan`` allows.
+
+    Without ``plan`` the rounds spend ``privacy.target_epsilon`` on their own;
+    a plan with a cap (``privacy.target=remaining``) adds noise until the
+    branch's ledger and the run together stay within it, never less.
+    """
     if spec.privacy.noise_multiplier is not None:
         return spec.privacy.noise_multiplier
     assert spec.privacy.target_epsilon is not None
+    if plan is None:
+        plan = SpendPlan(spec.privacy.target_epsilon)
     sample_rate, steps = dp_round_plan(spec, n_train)
-    return _noise(
-        spec.privacy.target_epsilon,
-        delta,
-        sample_rate,
-        steps * spec.rounds,
-        spec.privacy.accountant,
-        "dp-sgd",
-    )
+    acc = spec.privacy.accountant
+    steps *= spec.rounds
+    sigma = _noise(plan.target, delta, sample_rate, steps, acc, "dp-sgd")
+    if plan.cap is not None:
+        sigma = max(sigma, _noise(plan.cap, delta, sample_rate, steps, acc, "dp-sgd", plan.prior))
+    return sigma
+
+
+def planned_evaluation(spec: JobSpec, delta: float) -> list[Mechanism]:
+    """The job's evaluation releases as planned (each at its share of the evaluation budget)."""
+    releases = evaluation_releases(spec)
+    share = spec.privacy.evaluation_budget / releases
+    sigma = _noise(share, delta, 1.0, 1, spec.privacy.accountant, "dp-eval")
+    return [Mechanism("dp-eval", sigma, 1.0, releases, sensitivity=1.0)]
+
+
+def training_plan(spec: JobSpec, gate: PrivacyGate) -> SpendPlan | None:
+    """The branch's plan for this job's training releases (``None``: a fixed noise)."""
+    if spec.privacy.noise_multiplier is not None:
+        return None
+    if spec.privacy.target == "job":
+        return SpendPlan(spec.privacy.target_epsilon or 0.0)
+    return gate.spend_plan(planned_evaluation(spec, gate.delta))
 
 
 def evaluation_releases(spec: JobSpec) -> int:
@@ -182,8 +215,6 @@ def evaluation_release(
     if sigma is None:
         log.warning("evaluation %s not released: no evaluation budget left", step.release_name)
         return None, []
-    from fedcrm.privacy.accounting import Mechanism
-
     mechanism = Mechanism("dp-eval", sigma, 1.0, 1, sensitivity=1.0)
 
     def compute() -> dict[str, Any]:
@@ -255,9 +286,7 @@ def train_round(
             gate = PrivacyGate(
                 settings, spec, n_customers=data.n_customers, split_id=data.split_id, model="lstm"
             )
-            from fedcrm.privacy.accounting import Mechanism
-
-            sigma = noise_for_run(spec, n_train, gate.delta)
+            sigma = noise_for_run(spec, n_train, gate.delta, training_plan(spec, gate))
             sample_rate, steps = dp_round_plan(spec, n_train)
             mechanism = Mechanism(
                 "dp-sgd", sigma, sample_rate, steps, max_grad_norm=spec.privacy.max_grad_norm
@@ -281,6 +310,13 @@ def train_round(
                 "noise_multiplier": sigma,
                 "resent": 1.0 if released.replayed else 0.0,
             }
+            if round_num == 1 and settings.epsilon_ceiling is not None:
+                # Tell the server now when the whole plan cannot fit (the branch
+                # would refuse its last rounds); the ledger holds round 1 already.
+                rest = spec.rounds - 1
+                whole = gate.projected(replace(mechanism, steps=steps * rest)) if rest else None
+                fits = whole is None or whole <= settings.epsilon_ceiling
+                metrics["plan_passes_ceiling"] = 0.0 if fits else 1.0
         else:
             payload = train(None, spec.seed * 100_003 + round_num)
             metrics = {}

@@ -30,7 +30,7 @@ import fcntl
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,10 @@ from fedcrm.errors import (
     PrivacyError,
     RefusedError,
 )
-from fedcrm.privacy.accounting import Charge, Mechanism
+from fedcrm.privacy.accounting import Charge, Mechanism, composed_epsilon
 from fedcrm.privacy.ledger import Ledger
 from fedcrm.privacy.ledger_format import charge_of, charges, kind_of
+from fedcrm.privacy.planning import SpendPlan, spend_plan
 from fedcrm.privacy.releases import Payload, ReleaseStore, payload_digest
 
 log = logging.getLogger(__name__)
@@ -331,6 +332,31 @@ class PrivacyGate:
             for e in self.ledger.entries()
             if charges(e) and e.get("purpose") == "evaluation"
         ]
+
+    def spend_plan(self, evaluation: Sequence[Mechanism] = ()) -> SpendPlan:
+        """What this job's training releases may spend here (see :mod:`fedcrm.privacy.planning`)."""
+        assert self.spec.privacy.target_epsilon is not None
+        run = self.spec.run_id
+        return spend_plan(
+            mode=self.spec.privacy.target,
+            target_epsilon=self.spec.privacy.target_epsilon,
+            ceiling=self.settings.epsilon_ceiling,
+            others=[
+                charge_of(e) for e in self.ledger.entries() if charges(e) and e["run_id"] != run
+            ],
+            split=self.split_id,
+            delta=self.delta,
+            accountant=self.spec.privacy.accountant,
+            branch_id=self.settings.branch_id,
+            evaluation=evaluation,
+        )
+
+    def projected(self, mechanism: Mechanism) -> float:
+        """The branch's epsilon after also running ``mechanism`` on its training customers."""
+        new = Charge(mechanism, purpose="train", split=self.split_id)
+        return composed_epsilon(
+            [*self.ledger.charges(), new], delta=self.delta, accountant=self.spec.privacy.accountant
+        )
 
     def spent(self) -> float:
         """The branch's epsilon at this job's delta."""

@@ -70,6 +70,13 @@ class FedAvgJob(FederatedJob):
             summary = unpack_summary(metrics)
             if summary is not None:
                 evals.append((b, summary))
+            if metrics.get("plan_passes_ceiling"):
+                log.warning(
+                    "branch %s: this job's plan passes the branch's epsilon ceiling; it will "
+                    "refuse the rounds beyond it (privacy.target=remaining plans each branch's "
+                    "noise within its ceiling)",
+                    b.branch_id,
+                )
             if not self._handle_status(b, info, problems):
                 continue
             try:
