@@ -42,6 +42,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _results import add_save_flag, emit
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BRANCH = "branch_00"
@@ -182,6 +184,7 @@ def main() -> None:
         help="comma-separated steps to run after generating (default: all)",
     )
     p.add_argument("--step", choices=["generate", *STEPS], help=argparse.SUPPRESS)
+    add_save_flag(p)
     args = p.parse_args()
     if args.step:
         torch_threads = os.environ.get("FEDCRM_TORCH_THREADS")
@@ -208,7 +211,7 @@ def main() -> None:
             out[step] = _child(step, work, args.customers)
         out["swap_used_mb"] = round(_swap_mb() - swap0, 1)
         out["load_average"] = os.getloadavg()[0]
-        print(json.dumps(out, default=float))
+        emit("branch_scale", out, save=args.save)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

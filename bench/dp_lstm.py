@@ -5,7 +5,7 @@ object: ``plain_step_s``, ``opacus_step_s``, ``fast_step_s``, ``ratio_opacus``
 and ``ratio_fast`` (DP step / plain step) for T=50 at the top level, and the
 same figures for every T under ``T50``, ``T100``. All engines run in one
 process on the same batches with the default thread setting (``--threads``
-overrides it). The model is the one of issue 8: one embedding 200 x 32 plus 4
+overrides it). The model is a production-sized churn LSTM: one embedding 200 x 32 plus 4
 numeric fields, LSTM hidden 192, linear head (183k parameters), batch 64,
 full-length sequences. Each time is the median over ``--reps`` steps after a
 warm-up and each ratio the median of per-batch ratios of steps run back to
@@ -20,7 +20,6 @@ simulation's own benchmark.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _results import add_save_flag, emit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,7 +41,7 @@ VOCAB, EMB, NUMERIC, HIDDEN, BATCH = 200, 32, 4, 192, 64
 
 
 def make_model(engine: str | None) -> ChurnLSTM:
-    """The issue-8 model; every engine starts from the same weights."""
+    """The benchmark model; every engine starts from the same weights."""
     model = ChurnLSTM(
         0,
         embedding_dim=EMB,
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--opacus-reps", type=int, default=3, help="timed Opacus steps")
     parser.add_argument("--no-train-local", action="store_true", help="skip the local-epoch timing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    add_save_flag(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     first = result[f"T{args.steps[0]}"]
     assert isinstance(first, dict)
     result.update(first)
-    print(json.dumps(result, indent=None))
+    emit("dp_lstm", result, save=args.save, indent=None)
 
 
 if __name__ == "__main__":

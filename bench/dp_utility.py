@@ -12,9 +12,10 @@ Usage: python bench/dp_utility.py [--data synthetic|cdnow] [--eps 1,4,8] [--roun
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+
+from _results import add_save_flag, emit
 
 from fedcrm.config import compose
 from fedcrm.simulations.simulate import simulate
@@ -37,6 +38,7 @@ def main() -> None:
     p.add_argument("--delta", default="1e-5")
     p.add_argument("--out", default="runs/bench_dp")
     p.add_argument("--extra", default="", help="more Hydra overrides, space separated")
+    add_save_flag(p)
     args = p.parse_args()
     base = [f"data={args.data}", f"federation.rounds={args.rounds}", "baseline=false"]
     if args.data == "cdnow":
@@ -73,7 +75,7 @@ def main() -> None:
         result["engine_time_ratio_opacus_over_fast"] = (
             result["seconds_by_engine"]["opacus"] / result["seconds_by_engine"]["fast"]
         )
-    print(json.dumps(result, indent=2, sort_keys=True))
+    emit("dp_utility", result, save=args.save)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ Run: ``python bench/gbdt_federated.py [--privacy none he] [--epsilon 1 4]``
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _results import add_save_flag, emit
 
 from fedcrm.config import compose
 from fedcrm.simulations.simulate import simulate
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--trees-per-exchange", type=int, default=10)
     parser.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides")
+    add_save_flag(parser)
     args = parser.parse_args()
     base = [
         "model=gbdt",
@@ -90,7 +92,11 @@ def main() -> None:
                 else:
                     per_mode[mode] = run(over, Path(tmp) / f"{privacy}-{mode}")
             result[privacy] = per_mode
-    print(json.dumps(result[args.privacy[0]] if len(args.privacy) == 1 else result, indent=2))
+    emit(
+        "gbdt_federated",
+        result[args.privacy[0]] if len(args.privacy) == 1 else result,
+        save=args.save,
+    )
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _results import add_save_flag, emit
 
 from fedcrm.crypto import bfv, bfv_aggregate, masking, unmasking
 from fedcrm.crypto.limbs import LimbCodec
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--customers", type=int, default=15000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-simulation", action="store_true")
+    add_save_flag(ap)
     args = ap.parse_args(argv)
     overrides = [
         f"data.branches={args.branches}",
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "loadavg_1m": os.getloadavg()[0],
     }
-    print(json.dumps(result, indent=2))
+    emit("he", result, save=args.save)
     return result
 
 

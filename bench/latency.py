@@ -53,6 +53,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _results import add_save_flag, emit
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # The synthetic data's public cutoff: DP jobs need a fixed one.
@@ -444,6 +446,7 @@ def main() -> None:
     )
     ap.add_argument("--ten-rounds", type=int, default=2, help="rounds of the 10-SuperNode run")
     ap.add_argument("--keep", type=Path, help="keep logs and run directories here")
+    add_save_flag(ap)
     args = ap.parse_args()
     result: dict[str, Any] = {"load_average_at_start": os.getloadavg()[0], "cpus": os.cpu_count()}
     with contextlib.ExitStack() as stack:
@@ -505,7 +508,7 @@ def main() -> None:
             data10 = crm(tmp / "crm10", 10, 60)
             result["ten_supernodes"] = bench_end_to_end(tmp, data10, args.ten_rounds, "e2e10")
     result["load_average_at_end"] = os.getloadavg()[0]
-    print(json.dumps(result, sort_keys=True))
+    emit("latency", result, save=args.save)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,14 @@ Shapes (delta 1e-5, ending below epsilon 3):
 
 from __future__ import annotations
 
-import json
+import argparse
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from _results import add_save_flag, emit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -103,6 +105,9 @@ def write_ledger(path: Path, key_path: Path, mechanisms: list[Mechanism], accoun
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_save_flag(ap)
+    args = ap.parse_args()
     warnings.simplefilter("ignore")  # Opacus: log(1 - q) at q = 1, largest RDP order
     out: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,7 +146,7 @@ def main() -> None:
                     row["opacus_call_s"] = round(time.perf_counter() - start, 3)
                     row["ratio_naive"] = round(N * row["opacus_call_s"] / verify_s, 1)
                 out[name][accountant] = row
-    print(json.dumps(out, indent=1))
+    emit("ledger", out, save=args.save)
 
 
 if __name__ == "__main__":

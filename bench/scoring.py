@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _results import add_save_flag, emit
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np
@@ -274,6 +276,7 @@ def main() -> None:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-calibration", action="store_true")
     p.add_argument("--child", nargs=3, metavar=("KIND", "EXPLAIN", "WORK"), help=argparse.SUPPRESS)
+    add_save_flag(p)
     args = p.parse_args()
     if args.child:
         kind, explain, work = args.child
@@ -286,7 +289,7 @@ def main() -> None:
         result["throughput"]["load_average_5min"] = [round(load, 1), round(os.getloadavg()[1], 1)]
     if not args.skip_calibration:
         result["calibration"] = calibration(args.seeds, args.datasets.split(","))
-    print(json.dumps(result, indent=2))
+    emit("scoring", result, save=args.save)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ and importing fedcrm, as a user sees them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+from _results import add_save_flag, emit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -75,6 +75,7 @@ def main() -> None:
     p.add_argument("--mb", type=float, default=51.0, help="size of the events file")
     p.add_argument("--keep", help="write the exports here and keep them")
     p.add_argument("--build", help=argparse.SUPPRESS)
+    add_save_flag(p)
     args = p.parse_args()
     if args.build:
         build(Path(args.build), args.mb)
@@ -103,7 +104,7 @@ def main() -> None:
             "invalid_peak_rss_mb": round(invalid_rss),
             "valid_peak_rss_mb": round(valid_rss),
         }
-        print(json.dumps(result))
+        emit("validate_errors", result, save=args.save)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

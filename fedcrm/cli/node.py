@@ -351,7 +351,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ns.add_argument(
         "--roster",
         help="the roster (branch ids and public keys) this branch trusts for encrypted jobs "
-        "(the central team's server/roster.json); a job with another is refused",
+        "(a run directory's roster.json, reviewed); a job with another is refused",
     )
     ns.add_argument(
         "--min-contributors",

@@ -80,6 +80,10 @@ def run_job(
     run_dir = RunDir(out_dir)
     if cfg.privacy.he and roster is None and identities is not None:
         roster = identities.roster().crypto_roster()
+    if roster is not None:
+        # Public: what a branch may review and pin (node config `roster`).
+        (run_dir.path / "roster.json").write_bytes(roster.to_json())
+        log.info("encrypted job: roster %s (%d branches)", roster.digest[:16], roster.n)
     run_id = run_id or uuid.uuid4().hex[:12]
     keys = Path(signing_keys) if signing_keys else None
     # The branches' signing keys: the admitted list in deployment, key files in simulation.

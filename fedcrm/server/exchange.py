@@ -1,6 +1,6 @@
 """Server -> branches -> server exchanges on Flower's public Grid API.
 
-Two waits dominate an exchange in Flower 1.41 deployment (FLOWER_NOTES):
+Two waits dominate an exchange in Flower 1.41 deployment (see the README's Latency section):
 
 * ``Grid.send_and_receive`` sleeps 3 s between pulls. :class:`Courier` pushes
   and then pulls after 0.1 s, backing off to a tenth of the time waited, so it

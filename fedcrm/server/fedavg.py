@@ -277,6 +277,7 @@ class FedAvgJob(FederatedJob):
             privacy.update(
                 accountant=self.cfg.privacy.accountant,
                 target_epsilon=self.cfg.privacy.target_epsilon,
+                target=self.cfg.privacy.target,
                 noise_multiplier=self.cfg.privacy.noise_multiplier,
                 max_grad_norm=self.cfg.privacy.max_grad_norm,
                 engine=self.cfg.privacy.engine,

@@ -1,4 +1,4 @@
-"""The run directory the ServerApp writes (see DESIGN.md "Run directory")."""
+"""The run directory the ServerApp writes (its files: the README's run-directory table)."""
 
 from __future__ import annotations
 

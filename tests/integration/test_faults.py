@@ -1,12 +1,12 @@
-"""Faults with real Flower processes (issue 7, faults 3, 4 and 5).
+"""Faults with real Flower processes.
 
-3. A SuperNode killed mid-round (SIGTERM, SIGKILL): the run finishes with the
+1. A SuperNode killed mid-round (SIGTERM, SIGKILL): the run finishes with the
    others, the summary names the missing branch, and neither its own ledger
    nor the server's copy holds an entry for a round it did not finish.
-4. The SuperLink (with its ServerApp) killed mid-run and restarted: a
+2. The SuperLink (with its ServerApp) killed mid-run and restarted: a
    ``resume=true`` run with the same ``output-dir`` continues at the next
    round; no round lost or repeated, no ledger entry duplicated.
-5. A branch sending a non-finite, then a mis-shaped update is excluded with a
+3. A branch sending a non-finite, then a mis-shaped update is excluded with a
    logged reason. The product has no switch for this: the test runs ``flwr
    run`` on a small test app directory whose ClientApp is fedcrm's, wrapped in
    a Flower client mod that corrupts one branch's replies.
