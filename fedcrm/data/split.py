@@ -100,14 +100,23 @@ def holdout_mask(
     return split_uniform(customer_ids, branch_id, key) < test_fraction
 
 
+MIN_VALIDATION_TEST = 200
+"""Fewest test customers a branch needs before it sets validation customers aside."""
+
+
 def validation_mask(
     customer_ids: np.ndarray, branch_id: str, key: bytes, test_fraction: float
 ) -> np.ndarray:
     """Of test customers, those released apart for choosing thresholds (``u < fraction / 2``).
 
     The same fixed number ``u`` that made them test customers halves them, so
-    the halves never change between runs and depend on no data.
+    the halves never change between runs and depend on no data. A branch with
+    fewer than :data:`MIN_VALIDATION_TEST` test customers sets none aside:
+    halves that small would lose their score groups to the minimum group size
+    of releases without DP (the F1 threshold then stays at 0.5).
     """
+    if len(customer_ids) < MIN_VALIDATION_TEST:
+        return np.zeros(len(customer_ids), dtype=bool)
     return split_uniform(customer_ids, branch_id, key) < test_fraction / 2
 
 
@@ -119,6 +128,7 @@ def split_id(branch_id: str, key: bytes, test_fraction: float) -> str:
 
 __all__ = [
     "DEFAULT_TEST_FRACTION",
+    "MIN_VALIDATION_TEST",
     "derived_split_key",
     "holdout_mask",
     "load_or_create_key",
