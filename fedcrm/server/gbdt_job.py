@@ -44,6 +44,7 @@ from fedcrm import protocol as P
 from fedcrm.config import GBDTModelConfig
 from fedcrm.errors import FedCRMError
 from fedcrm.models.gbdt import HistGBDT
+from fedcrm.models.gbdt_protocol import BASE_SCORE, TreeModel
 from fedcrm.models.gbdt_tree import Tree
 from fedcrm.server.fedavg import BranchState, FedAvgJob, unpack_summary
 from fedcrm.server.run_dir import TreeState
@@ -69,19 +70,9 @@ def model_digest(arrays: Mapping[str, np.ndarray], step: Mapping[str, Any]) -> s
 
 
 def trees_of(arrays: Mapping[str, np.ndarray]) -> tuple[list[Tree], list[np.ndarray]]:
-    """Finished trees and bin edges of a model record (``trees.<field>`` + ``tree_sizes``, ...)."""
-    edges: list[np.ndarray] = []
-    if "edge_sizes" in arrays:
-        cuts = np.cumsum(arrays["edge_sizes"])[:-1]
-        edges = [np.asarray(e, np.float32) for e in np.split(arrays["edges"], cuts)]
-    sizes = arrays.get("tree_sizes", np.zeros(0, np.int64))
-    if len(sizes) == 0:
-        return [], edges
-    cuts = np.cumsum(sizes)[:-1]
-    fields = {k[6:]: np.split(v, cuts) for k, v in arrays.items() if k.startswith("trees.")}
-    return [
-        Tree.from_arrays({k: v[i] for k, v in fields.items()}) for i in range(len(sizes))
-    ], edges
+    """Finished trees and bin edges of a model record (the protocol's one codec)."""
+    model = TreeModel.from_arrays(dict(arrays))
+    return model.trees, model.edges or []
 
 
 def check_release(branch_id: str, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -442,9 +433,8 @@ class GBDTJob(FedAvgJob):
         importance: dict[str, float] = {}
         if trees:
             params = HistGBDT.from_config(self.gbdt).get_params()
-            model = HistGBDT.from_trees(
-                trees, edges, 0.5, params, feature_names=names if len(names) == len(edges) else None
-            )
+            named = names if len(names) == len(edges) else None
+            model = HistGBDT.from_trees(trees, edges, BASE_SCORE, params, feature_names=named)
             importance = model.feature_importance("total_gain")
         artifact = None
         if model is not None and (self.secure is None or self.cfg.release):
