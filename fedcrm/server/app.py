@@ -28,8 +28,9 @@ from fedcrm.config import RunConfig, compose
 from fedcrm.errors import FedCRMError
 from fedcrm.identity import ROSTER_FILE, RosterFile
 from fedcrm.server.exchange import KeepWarm
-from fedcrm.server.fedavg import FedAvgJob, Reporter
+from fedcrm.server.job import Reporter
 from fedcrm.server.ledger_store import LedgerStore, keys_from_dir
+from fedcrm.server.lstm_job import LSTMJob
 from fedcrm.server.outputs import write_outputs
 from fedcrm.server.round_lines import log_progress_to_stderr, logging_reporter, status_line
 from fedcrm.server.run_dir import RunDir
@@ -92,7 +93,7 @@ def run_job(
         ledgers = LedgerStore(Path(server_dir), public_keys=lookup)
     else:
         ledgers = LedgerStore(run_dir.path, ledger_dir="ledger", public_keys=lookup)
-    job_class: Any = FedAvgJob
+    job_class: Any = LSTMJob
     if cfg.model.name == "gbdt":
         from fedcrm.server.gbdt_job import GBDTJob
 

@@ -46,7 +46,7 @@ from fedcrm.errors import FedCRMError
 from fedcrm.models.gbdt import HistGBDT
 from fedcrm.models.gbdt_protocol import BASE_SCORE, TreeModel
 from fedcrm.models.gbdt_tree import Tree
-from fedcrm.server.fedavg import BranchState, FedAvgJob, unpack_summary
+from fedcrm.server.job import BranchState, FederatedJob, unpack_summary
 from fedcrm.server.run_dir import TreeState
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class TreeArtifact:
         (out_dir / "model_card.json").write_text(json.dumps(card, indent=2, default=float))
 
 
-class GBDTJob(FedAvgJob):
+class GBDTJob(FederatedJob):
     """Drives one federated tree-building job and returns its result."""
 
     @property
@@ -129,7 +129,7 @@ class GBDTJob(FedAvgJob):
             key=lambda b: b.branch_id,
         )
 
-    def _payload(self, arrays: Mapping[str, np.ndarray], pending: Any) -> dict[str, Any]:  # type: ignore[override]
+    def _tree_payload(self, arrays: Mapping[str, np.ndarray], pending: Any) -> dict[str, Any]:
         payload: dict[str, Any] = {P.GBDT_MODEL: _record(arrays)}
         if isinstance(pending, np.ndarray):
             payload[P.AGGREGATE] = _record({"values": pending})
@@ -193,7 +193,7 @@ class GBDTJob(FedAvgJob):
         """One exchange: returns the agreed model, its step, the new sum, and round info."""
         t0 = time.perf_counter()
         active = self._active()
-        payload = self._payload(arrays, pending)
+        payload = self._tree_payload(arrays, pending)
         replies = self.courier.exchange(
             [self._message(b.node_id, mtype, round_num, payload) for b in active],
             timeout=self.cfg.federation.round_timeout,

@@ -2,8 +2,9 @@
 
 :class:`FederatedJob` holds the connected branches (sizes and privacy status,
 never data), builds messages carrying the job spec, writes round records and
-checkpoints. Round loops (:mod:`fedcrm.server.fedavg`,
-:mod:`fedcrm.server.gbdt_job`) subclass it.
+checkpoints, and builds the result every job returns. The LSTM and tree jobs
+(:mod:`fedcrm.server.lstm_job`, :mod:`fedcrm.server.gbdt_job`) subclass it,
+named like the branch's model modules.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fedcrm.identity import RosterFile, identity_refusal
 from fedcrm.models.evaluation import EvaluationRelease
 from fedcrm.models.pooled import pooled_metrics
 from fedcrm.server.exchange import Courier, KeepWarm, Reply, wait_for_nodes
+from fedcrm.server.job_result import METRIC_KEYS, job_result
 from fedcrm.server.ledger_store import LedgerStore
 from fedcrm.server.run_dir import RunDir, TreeState
 
@@ -52,22 +54,6 @@ class BranchState:
     last_problem: str | None = None
     eval_summary: EvaluationRelease | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-METRIC_KEYS = (
-    "auc",
-    "f1",
-    "f1_threshold",
-    "f1_threshold_from",
-    "f1_at_default",
-    "logloss",
-    "accuracy",
-    "brier",
-    "ece",
-    "top_decile_lift",
-    "capture_top_10pct",
-)
-"""Pooled metrics of every evaluation record (``summary.json`` ``final.*``)."""
 
 
 def unpack_summary(metrics: Any) -> EvaluationRelease | None:
@@ -132,7 +118,7 @@ class FederatedJob:
         # A simulation registers a known number of virtual SuperNodes, one by one
         # and concurrently with the ServerApp: wait for all of them, or the first
         # round would miss a branch. A deployment waits for min_branches and
-        # admits later SuperNodes between rounds.
+        # lets later SuperNodes join between rounds.
         self.expected_nodes = expected_nodes
         self.branches: dict[int, BranchState] = {}
         # Nodes asked once that could not take part (not asked again this run).
@@ -180,7 +166,7 @@ class FederatedJob:
                 f"only {len(nodes)} branch(es) connected within {self.node_wait_s:.0f} s; "
                 f"federation.min_branches={fed.min_branches}"
             )
-        self._admit(self._info(nodes))
+        self._join(self._info(nodes))
         if len(self.branches) < fed.min_branches:
             raise FedCRMError(
                 f"only {len(self.branches)} branch(es) could take part; "
@@ -190,7 +176,7 @@ class FederatedJob:
         if len(tabular) != 1:
             raise FedCRMError(f"branches disagree on the number of tabular features: {tabular}")
 
-    def admit_new_nodes(self) -> list[str]:
+    def join_new_nodes(self) -> list[str]:
         """Admit SuperNodes that connected since the last look; returns their branch ids.
 
         A branch that starts late, or whose SuperNode restarted under a new node
@@ -205,7 +191,7 @@ class FederatedJob:
             return []
         if not nodes:
             return []
-        return self._admit(self._info(nodes))
+        return self._join(self._info(nodes))
 
     def _info(self, nodes: list[int]) -> list[Reply]:
         return self.courier.exchange(
@@ -213,9 +199,9 @@ class FederatedJob:
             timeout=self.cfg.federation.round_timeout,
         )
 
-    def _admit(self, replies: list[Reply]) -> list[str]:
+    def _join(self, replies: list[Reply]) -> list[str]:
         """Add the branches of ``query.info`` replies that can take part."""
-        admitted = []
+        joined = []
         tabular = {b.n_tabular for b in self.branches.values()}
         for reply in replies:
             self.left_out.add(reply.node_id)
@@ -254,7 +240,7 @@ class FederatedJob:
                 del self.branches[known.node_id]
                 known.node_id = reply.node_id
                 self.branches[reply.node_id] = known
-                admitted.append(branch_id)
+                joined.append(branch_id)
                 continue
             state = BranchState(
                 node_id=reply.node_id,
@@ -269,8 +255,8 @@ class FederatedJob:
             if not self._copy_history(state, branch):
                 continue
             self.branches[reply.node_id] = state
-            admitted.append(branch_id)
-        return admitted
+            joined.append(branch_id)
+        return joined
 
     def _copy_history(self, state: BranchState, branch: dict[str, Any]) -> bool:
         """Extend the server's copy with the branch's ledger; False leaves it out.
@@ -380,6 +366,12 @@ class FederatedJob:
             rec["trained_round"] = info["round"]
         self.run_dir.append_round(rec)
         self.reporter(rec)
+
+    def _result(
+        self, final: dict[str, Any], model: list[Any] | None, rounds_done: int
+    ) -> dict[str, Any]:
+        """The job's result (see :func:`fedcrm.server.job_result.job_result`)."""
+        return job_result(self, final, model, rounds_done)
 
     def _handle_status(
         self, b: BranchState, info: dict[str, Any], problems: dict[str, str]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,23 +22,29 @@ import numpy as np
 from fedcrm import protocol as P
 from fedcrm.errors import FedCRMError, UpdateRejectedError
 from fedcrm.models.lstm import build_model, get_weights
-from fedcrm.models.pooled import pooled_metrics
 from fedcrm.server.aggregate import check_update, weighted_average
-from fedcrm.server.job import (
-    METRIC_KEYS,
-    BranchState,
-    FederatedJob,
-    Reporter,
-    reply_branch,
-    unpack_summary,
-)
+from fedcrm.server.job import FederatedJob, reply_branch, unpack_summary
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BranchState", "FedAvgJob", "Reporter", "unpack_summary"]
+__all__ = ["LSTMJob", "RoundResult"]
 
 
-class FedAvgJob(FederatedJob):
+@dataclass
+class RoundResult:
+    """What one LSTM round produced.
+
+    ``state`` is the next global state (weights, or the encrypted sum), ``None``
+    when the round could not aggregate enough updates; ``evaluation`` the
+    pooled evaluation of the incoming model; ``info`` the round's record.
+    """
+
+    state: Any
+    evaluation: dict[str, Any]
+    info: dict[str, Any]
+
+
+class LSTMJob(FederatedJob):
     """Drives one federated LSTM training job and writes its run directory."""
 
     def initial_weights(self) -> list[np.ndarray]:
@@ -47,7 +54,8 @@ class FedAvgJob(FederatedJob):
         model = build_model(self.cfg.model, n_tabular, dp_engine=engine, seed=self.cfg.seed)
         return get_weights(model)
 
-    def train_round(self, round_num: int, global_state: Any, like: list[np.ndarray]) -> Any:
+    def train_round(self, round_num: int, global_state: Any, like: list[np.ndarray]) -> RoundResult:
+        """Train round ``round_num`` from ``global_state`` at the sampled branches."""
         """One round; returns the new global state (weights or encrypted sum)."""
         chosen = self._sample(round_num)
         t0 = time.perf_counter()
@@ -133,8 +141,7 @@ class FedAvgJob(FederatedJob):
         for branch_id, why in problems.items():
             log.warning("round %d: branch %s: %s", round_num, branch_id, why)
         record = self._evaluation_record(round_num - 1, evals)
-        self.pending_eval = record
-        self.round_info = {
+        info = {
             "round": round_num,
             "branches_sampled": len(chosen),
             "branches_aggregated": accepted,
@@ -156,8 +163,8 @@ class FedAvgJob(FederatedJob):
                 f"round {round_num}: only {accepted} branch update(s) could be aggregated{why}, "
                 f"federation.min_branches={self.cfg.federation.min_branches}"
             )
-            return None
-        return new_state
+            return RoundResult(None, record, info)
+        return RoundResult(new_state, record, info)
 
     def final_evaluation(self, global_state: Any) -> tuple[dict[str, Any], list[np.ndarray] | None]:
         """Score the final global model at every branch; collect a released model."""
@@ -217,7 +224,7 @@ class FedAvgJob(FederatedJob):
             self.secure_state = fresh
             self.timings["key_ceremony_s"] = time.perf_counter() - t_keys
         for r in range(first_round, self.cfg.federation.rounds + 1):
-            joined = self.admit_new_nodes() if r > first_round else []
+            joined = self.join_new_nodes() if r > first_round else []
             if joined:
                 log.info("round %d: branch(es) %s joined", r, ", ".join(joined))
             if (
@@ -229,11 +236,11 @@ class FedAvgJob(FederatedJob):
                     f"{self.cfg.federation.min_branches} branches have privacy budget left"
                 )
                 break
-            new_state = self.train_round(r, global_state, like)
+            result = self.train_round(r, global_state, like)
             if joined:
-                self.round_info["joined"] = joined
-            evaluation = self.pending_eval
-            self._report(evaluation, self.round_info)
+                result.info["joined"] = joined
+            self._report(result.evaluation, result.info)
+            new_state = result.state
             if new_state is None:
                 break
             global_state = new_state
@@ -250,65 +257,3 @@ class FedAvgJob(FederatedJob):
         if self.secure is not None and not self.cfg.release:
             model = None
         return self._result(final, model, rounds_done)
-
-    def _result(
-        self, final: dict[str, Any], model: list[np.ndarray] | None, rounds_done: int
-    ) -> dict:
-
-        per_branch = {}
-        for b in sorted(self.branches.values(), key=lambda s: s.branch_id):
-            m = pooled_metrics([b.eval_summary]) if b.eval_summary is not None else {}
-            per_branch[b.branch_id] = {
-                **{k: m.get(k) for k in ("auc", "f1", "logloss", "accuracy")},
-                "customers": b.train_customers + b.test_customers,
-                "train_customers": b.train_customers,
-                "test_customers": b.test_customers,
-                "excluded_customers": b.excluded_customers,
-                "rounds_trained": b.rounds_trained,
-                "failed_rounds": b.failed_rounds,
-                "skipped_rounds": b.skipped_rounds,
-                "last_problem": b.last_problem,
-            }
-        privacy: dict[str, Any] = {
-            "mode": self.cfg.privacy.mode,
-            "stopped_reason": self.stopped_reason,
-        }
-        if self.cfg.privacy.dp:
-            privacy.update(
-                accountant=self.cfg.privacy.accountant,
-                target_epsilon=self.cfg.privacy.target_epsilon,
-                target=self.cfg.privacy.target,
-                noise_multiplier=self.cfg.privacy.noise_multiplier,
-                max_grad_norm=self.cfg.privacy.max_grad_norm,
-                engine=self.cfg.privacy.engine,
-                per_branch={
-                    b.branch_id: {
-                        "epsilon": b.epsilon,
-                        "delta": b.delta,
-                        # As reported by the branch; the server cannot set or raise it.
-                        "ceiling": b.extra.get("ceiling"),
-                        "rounds_trained": b.rounds_trained,
-                        "refused_rounds": b.refused_rounds,
-                    }
-                    for b in self.branches.values()
-                },
-            )
-        return {
-            "model": self.cfg.model.name,
-            "rounds": rounds_done,
-            "rounds_planned": self.cfg.federation.rounds,
-            "final": {k: final.get(k) for k in METRIC_KEYS},
-            "evaluation_releases": list(self.last_releases),
-            "evaluation": {
-                "mechanism": final.get("evaluation"),
-                "customers": final.get("evaluated_customers"),
-                "reliability": self.last_reliability,
-            },
-            "per_branch": per_branch,
-            "privacy": privacy,
-            "stopped_reason": self.stopped_reason,
-            "bytes_uploaded": self.bytes_up,
-            "encrypted": self.cfg.privacy.he,
-            "timings": self.timings,
-            "weights": model,
-        }

@@ -1,7 +1,8 @@
 """Branches that connect late, or come back under a new SuperNode id, join the job.
 
 A hand-made Grid answers ``query.info`` for each node as a branch would; the
-job logic under test is ``FederatedJob.connect`` / ``admit_new_nodes``.
+job logic under test is ``FederatedJob.connect`` / ``join_new_nodes`` (joining
+a job; the SuperLink's admitted list is :mod:`fedcrm.deploy.admission`).
 """
 
 from __future__ import annotations
@@ -93,14 +94,14 @@ def test_late_branch_joins_and_a_restarted_branch_keeps_its_record(job_for: Any)
     job = job_for(grid)
     job.connect()
     assert sorted(b.branch_id for b in job.branches.values()) == ["a", "b"]
-    assert job.admit_new_nodes() == []  # nothing new: no exchange at all
+    assert job.join_new_nodes() == []  # nothing new: no exchange at all
     assert grid.asked == [1, 2]
 
     job.branches[1].rounds_trained = 3
     grid.nodes[3] = {"id": "c"}  # started late
     grid.nodes[4] = {"id": "a"}  # a's SuperNode restarted under a new node id
     del grid.nodes[1]
-    assert sorted(job.admit_new_nodes()) == ["a", "c"]
+    assert sorted(job.join_new_nodes()) == ["a", "c"]
     by_id = {b.branch_id: b for b in job.branches.values()}
     assert sorted(by_id) == ["a", "b", "c"]
     assert by_id["a"].node_id == 4 and by_id["a"].rounds_trained == 3
@@ -136,8 +137,8 @@ def test_a_node_that_cannot_take_part_is_asked_once(job_for: Any) -> None:
     job.connect()
     grid.nodes[5] = {"id": "odd", "n_tabular": 9}  # another feature set
     grid.nodes[6] = None  # never answers
-    assert job.admit_new_nodes() == []
-    assert job.admit_new_nodes() == []
+    assert job.join_new_nodes() == []
+    assert job.join_new_nodes() == []
     assert grid.asked.count(5) == 1 and grid.asked.count(6) == 1
     assert sorted(b.branch_id for b in job.branches.values()) == ["a", "b"]
 
@@ -178,7 +179,7 @@ def test_a_branch_back_after_a_lost_reply_fills_the_gap_in_the_copy(
     assert _copy(job, "a") == [1]
     del grid.nodes[1]
     grid.nodes[4] = {"id": "a", "history": _history(tmp_path, "a", 2)}
-    assert job.admit_new_nodes() == ["a"]
+    assert job.join_new_nodes() == ["a"]
     assert _copy(job, "a") == [1, 2]
     back = job.branches[4]
     assert back.epsilon == pytest.approx(json.loads(_history(tmp_path, "a", 2)[-1])["epsilon"])
@@ -217,7 +218,7 @@ def test_a_branch_whose_ledger_history_is_tampered_is_left_out(
     job.connect()
     grid.nodes[3] = {"id": "c", "history": [json.dumps(e, sort_keys=True) for e in history]}
     with caplog.at_level("WARNING"):
-        assert job.admit_new_nodes() == []
+        assert job.join_new_nodes() == []
     assert "branch c left out: its ledger does not verify" in caplog.text
     assert sorted(b.branch_id for b in job.branches.values()) == ["a", "b"]
     assert _copy(job, "c") == []
@@ -234,7 +235,7 @@ def test_a_branch_whose_ledger_went_backwards_is_left_out(
     del grid.nodes[1]
     grid.nodes[4] = {"id": "a", "history": _history(tmp_path, "a", 2)[:1]}
     with caplog.at_level("WARNING"):
-        assert job.admit_new_nodes() == []
+        assert job.join_new_nodes() == []
     assert "ledger-behind-anchor" in caplog.text
     assert _copy(job, "a") == [1, 2]  # the copy keeps what it held
 
@@ -265,7 +266,7 @@ def test_a_node_presenting_another_branchs_id_is_refused_and_the_job_goes_on(
     # Nor does a node no branch is registered with take a's slot while a's SuperNode is away.
     del grid.nodes[1]
     grid.nodes[4] = {"id": "a"}
-    assert job.admit_new_nodes() == []
+    assert job.join_new_nodes() == []
     assert sorted(job.branches) == [1, 2] and 4 in job.left_out
 
 
