@@ -358,7 +358,7 @@ class FastDPStep:
                     0.0, std, size=p.shape, generator=self.generator, dtype=p.dtype
                 )
             p.grad = g / self.expected_batch_size
-        from fedcrm.models.train import zero_padding_grads
+        from fedcrm.models.lstm import zero_padding_grads
 
         zero_padding_grads(self.model)
         self.optimizer.step()

@@ -86,7 +86,7 @@ class OpacusDPStep:
             _backward(loss)
             loss_sum = float(loss.detach()) * size
         if self.optimizer.pre_step():
-            from fedcrm.models.train import zero_padding_grads
+            from fedcrm.models.lstm import zero_padding_grads
 
             zero_padding_grads(self.model)
             self.optimizer.original_optimizer.step()

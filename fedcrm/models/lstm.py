@@ -275,3 +275,10 @@ def set_weights(model: ChurnLSTM, weights: Sequence[np.ndarray]) -> None:
     with torch.no_grad():
         for p, w in zip(named.values(), weights, strict=True):
             p.copy_(torch.as_tensor(np.asarray(w), dtype=p.dtype))
+
+
+def zero_padding_grads(model: ChurnLSTM) -> None:
+    """Zero the gradient of every embedding's padding row (zero sensitivity)."""
+    for emb in model.embeddings:
+        if emb.weight.grad is not None and emb.padding_idx is not None:
+            emb.weight.grad[emb.padding_idx].zero_()

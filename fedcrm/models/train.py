@@ -264,13 +264,6 @@ def _train_dp(
     return total / max(count, 1)
 
 
-def zero_padding_grads(model: ChurnLSTM) -> None:
-    """Zero the gradient of every embedding's padding row (zero sensitivity)."""
-    for emb in model.embeddings:
-        if emb.weight.grad is not None and emb.padding_idx is not None:
-            emb.weight.grad[emb.padding_idx].zero_()
-
-
 @torch.no_grad()
 def predict_proba(model: ChurnLSTM, data: FeatureSet, *, batch_size: int = 1024) -> np.ndarray:
     """Churn probabilities, float64 array of shape ``(n,)``."""

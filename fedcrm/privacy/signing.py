@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from fedcrm.errors import ConfigError, KeyFileError
-from fedcrm.identity import check_id
+from fedcrm.ids import check_id
 
 __all__ = [
     "Ed25519PrivateKey",
