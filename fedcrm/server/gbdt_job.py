@@ -29,88 +29,30 @@ split sums), batched mode one per ``trees_per_exchange`` trees.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
 
 from fedcrm import protocol as P
 from fedcrm.config import GBDTModelConfig
 from fedcrm.errors import FedCRMError
 from fedcrm.models.gbdt import HistGBDT
-from fedcrm.models.gbdt_protocol import BASE_SCORE, TreeModel
-from fedcrm.models.gbdt_tree import Tree
+from fedcrm.models.gbdt_protocol import BASE_SCORE
 from fedcrm.server.job import BranchState, FederatedJob, unpack_summary
 from fedcrm.server.run_dir import TreeState
+from fedcrm.server.tree_records import (
+    TreeArtifact,
+    arrays_of,
+    check_release,
+    model_digest,
+    record_of,
+    trees_of,
+)
 
 log = logging.getLogger(__name__)
-
-
-def _record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
-def _arrays(record: Any) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
-
-
-def model_digest(arrays: Mapping[str, np.ndarray], step: Mapping[str, Any]) -> str:
-    """What two branches must agree on: the advanced model and the release it asks for."""
-    h = hashlib.sha256(json.dumps(dict(step), sort_keys=True, default=str).encode())
-    for key in sorted(arrays):
-        a = np.ascontiguousarray(arrays[key])
-        h.update(f"{key}:{a.dtype}:{a.shape}".encode() + a.tobytes())
-    return h.hexdigest()
-
-
-def trees_of(arrays: Mapping[str, np.ndarray]) -> tuple[list[Tree], list[np.ndarray]]:
-    """Finished trees and bin edges of a model record (the protocol's one codec)."""
-    model = TreeModel.from_arrays(dict(arrays))
-    return model.trees, model.edges or []
-
-
-def check_release(branch_id: str, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A branch's plaintext release, or ``ValueError`` naming what is wrong (never a value)."""
-    values = np.asarray(values, dtype=np.float64)
-    expected = int(np.prod(shape))
-    if values.size != expected:
-        raise ValueError(
-            f"branch {branch_id}: histogram has {values.size} values, expected {expected} {shape}"
-        )
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"branch {branch_id}: histogram contains non-finite values")
-    return values.reshape(-1)
-
-
-class TreeArtifact:
-    """The federated trees, saved as ``model.xgb.json`` and ``model_card.json``."""
-
-    def __init__(self, model: HistGBDT, summary: dict[str, Any]) -> None:
-        self.model = model
-        self.summary = summary
-
-    def save(self, out_dir: Path, card: dict[str, Any]) -> None:
-        """Write the XGBoost JSON model and the card (with feature importances by total gain)."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.model.export_xgboost_json(out_dir / "model.xgb.json")
-        card = {
-            **card,
-            **self.summary,
-            "format": "XGBoost JSON (binary:logistic); load with xgboost.Booster(model_file=...)",
-            "file": "model.xgb.json",
-            "feature_importance": {
-                "total_gain": self.model.feature_importance("total_gain"),
-                "weight": self.model.feature_importance("weight"),
-            },
-        }
-        (out_dir / "model_card.json").write_text(json.dumps(card, indent=2, default=float))
 
 
 class GBDTJob(FederatedJob):
@@ -130,9 +72,9 @@ class GBDTJob(FederatedJob):
         )
 
     def _tree_payload(self, arrays: Mapping[str, np.ndarray], pending: Any) -> dict[str, Any]:
-        payload: dict[str, Any] = {P.GBDT_MODEL: _record(arrays)}
+        payload: dict[str, Any] = {P.GBDT_MODEL: record_of(arrays)}
         if isinstance(pending, np.ndarray):
-            payload[P.AGGREGATE] = _record({"values": pending})
+            payload[P.AGGREGATE] = record_of({"values": pending})
         elif self.secure is not None:
             # The step's sum when there is one to apply; always the roster and the
             # advertisements of the step this message asks for.
@@ -162,7 +104,7 @@ class GBDTJob(FederatedJob):
             info = dict(reply.message.content[P.BRANCH])  # type: ignore[union-attr]
             if not self._handle_status(b, info, problems):
                 continue
-            arrays = _arrays(reply.message.content[P.GBDT_MODEL])  # type: ignore[union-attr]
+            arrays = arrays_of(reply.message.content[P.GBDT_MODEL])  # type: ignore[union-attr]
             lo, hi = np.asarray(arrays["lo"], np.float64), np.asarray(arrays["hi"], np.float64)
             if (
                 lo.shape != (b.n_tabular,)
@@ -211,7 +153,7 @@ class GBDTJob(FederatedJob):
             if not self._handle_status(b, dict(content[P.BRANCH]), problems):
                 continue
             try:
-                model = _arrays(content[P.GBDT_MODEL])
+                model = arrays_of(content[P.GBDT_MODEL])
                 step = dict(content[P.GBDT_STEP])
             except KeyError as exc:
                 b.failed_rounds += 1
@@ -298,7 +240,7 @@ class GBDTJob(FederatedJob):
             for b, (_, _, content) in members:
                 try:
                     values = check_release(
-                        b.branch_id, _arrays(content[P.RELEASE])["values"], shape
+                        b.branch_id, arrays_of(content[P.RELEASE])["values"], shape
                     )
                 except (KeyError, ValueError) as exc:
                     rejected[b.branch_id] = str(exc)
@@ -452,4 +394,4 @@ class GBDTJob(FederatedJob):
         return result
 
 
-__all__ = ["GBDTJob", "TreeArtifact", "check_release", "model_digest", "trees_of"]
+__all__ = ["GBDTJob"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedcrm.models.gbdt import HistGBDT
-from fedcrm.server.gbdt_job import TreeArtifact, check_release, model_digest, trees_of
+from fedcrm.server.tree_records import TreeArtifact, check_release, model_digest, trees_of
 
 
 def _model() -> HistGBDT:

@@ -63,7 +63,7 @@ def test_an_lstm_release_without_evaluation_releases(scoring_world, tmp_path: Pa
 def test_the_run_directory_writer_adds_bundle_and_calibration_to_the_summary(
     scoring_world, tmp_path: Path
 ) -> None:
-    from fedcrm.server.gbdt_job import TreeArtifact
+    from fedcrm.server.tree_records import TreeArtifact
 
     cfg = _cfg(scoring_world, "gbdt")
     result = {
