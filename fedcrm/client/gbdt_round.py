@@ -37,14 +37,13 @@ import numpy as np
 
 from fedcrm import protocol as P
 from fedcrm.client.branch import BranchData, BranchSettings
+from fedcrm.client.gbdt_local import binned_features, leaf_sums, level_histograms
 from fedcrm.client.privacy_gate import PrivacyGate, Step, refusal_of
 from fedcrm.config import GBDTModelConfig, JobSpec
 from fedcrm.errors import BudgetExhaustedError, FedCRMError, RefusedError
 from fedcrm.models.evaluation import dp_release, thresholded_release
-from fedcrm.models.gbdt import HistGBDT, base_margin
-from fedcrm.models.gbdt_batched import batched_leaf_sums, random_split_candidates
+from fedcrm.models.gbdt import HistGBDT
 from fedcrm.models.gbdt_bins import (
-    apply_bins,
     feature_ranges,
     fine_histogram,
     n_bins_of,
@@ -59,12 +58,9 @@ from fedcrm.models.gbdt_protocol import (
     gbdt_config,
     histogram_shape,
     n_fine_for,
-    open_nodes_of,
     public_bounds,
     tree_digest,
-    truncated,
 )
-from fedcrm.models.gbdt_tree import Tree, local_histograms, logistic_grad_hess
 from fedcrm.privacy.planning import SpendPlan
 from fedcrm.privacy.randomness import release_rng, release_seed
 
@@ -119,95 +115,6 @@ def unit_seed(spec: JobSpec, settings: BranchSettings, gate: PrivacyGate | None,
     )
 
 
-_MARGINS: dict[tuple[str, str], tuple[list[str], np.ndarray]] = {}
-_SOURCES: dict[tuple[str, str, int, str], tuple[Any, int, str]] = {}
-_CACHE_RUNS = 4
-
-
-def _margin(
-    run_id: str, branch_id: str, binned: np.ndarray, trees: list[Tree], n_bins: int
-) -> np.ndarray:
-    """Margins after ``trees``, in the reference's summation order (cached across messages)."""
-    digests = [tree_digest(t) for t in trees]
-    key = (run_id, branch_id)
-    done, margin = _MARGINS.get(key, ([], None))
-    if margin is None or margin.shape[0] != binned.shape[0] or digests[: len(done)] != done:
-        done, margin = [], np.full(binned.shape[0], base_margin(BASE_SCORE))
-    margin = margin.copy()
-    for tree in trees[len(done) :]:
-        margin += tree.value[tree.apply_binned(binned, missing_bin=n_bins)]
-    if len(_MARGINS) > _CACHE_RUNS:
-        _MARGINS.clear()
-    _MARGINS[key] = (digests, margin)
-    return margin
-
-
-_BINNED: dict[tuple[str, str], tuple[str, np.ndarray]] = {}
-
-
-def _binned(run_id: str, branch_id: str, X: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
-    digest = hashlib.sha256(
-        b"".join(np.asarray(e, np.float32).tobytes() + b"|" for e in edges)
-    ).hexdigest()
-    digest += f":{id(X)}:{X.shape}"  # the branch's data of this process, not another's
-    cached = _BINNED.get((run_id, branch_id))
-    if cached is not None and cached[0] == digest:
-        return cached[1]
-    if len(_BINNED) > _CACHE_RUNS:
-        _BINNED.clear()
-    binned = apply_bins(X, edges)
-    _BINNED[(run_id, branch_id)] = (digest, binned)
-    return binned
-
-
-def _sample(seed: int, n: int, rate: float) -> np.ndarray:
-    """Poisson sample of customers for one tree or batch (the server never learns it)."""
-    if rate >= 1.0:
-        return np.ones(n, dtype=bool)
-    return np.random.Generator(np.random.PCG64(seed)).random(n) < rate
-
-
-def _histograms(
-    spec: JobSpec,
-    settings: BranchSettings,
-    binned: np.ndarray,
-    labels: np.ndarray,
-    model: TreeModel,
-    n_bins: int,
-    seed: int,
-) -> np.ndarray:
-    """This branch's histograms of the open nodes, exactly as :func:`local_histograms` makes them.
-
-    ``local_histograms`` keeps state within a tree (row positions, the previous
-    level, for the sibling subtraction); a new process replays the tree's
-    earlier levels from the message so the sums match the reference bit for bit.
-    ``seed`` fixes the tree's customer sample.
-    """
-    cfg = gbdt_config(spec)
-    t = len(model.trees)
-    trees_key = hashlib.sha256("".join(tree_digest(x) for x in model.trees).encode()).hexdigest()
-    key = (spec.run_id, settings.branch_id, t, trees_key)
-    tree = model.partial if model.partial is not None else Tree.leaf(0.0, 0.0, value=0.0)
-    before = tree_digest(truncated(tree, model.level - 1)) if model.level > 0 else ""
-    cached = _SOURCES.get(key)
-    if cached is not None and model.level > 0 and cached[1] == model.level and cached[2] == before:
-        source = cached[0]
-    else:  # a new process or a new tree: replay the tree's earlier levels
-        margin = _margin(spec.run_id, settings.branch_id, binned, model.trees, n_bins)
-        grad, hess = logistic_grad_hess(margin, labels)
-        keep = _sample(seed, len(labels), cfg.subsample)
-        source = local_histograms(binned[keep], grad[keep], hess[keep], n_bins=n_bins)
-        for k in range(model.level):
-            earlier = truncated(tree, k)
-            source(earlier, open_nodes_of(earlier, k))
-    current = truncated(tree, model.level)
-    hist = source(current, open_nodes_of(current, model.level))
-    if len(_SOURCES) > 64:
-        _SOURCES.clear()
-    _SOURCES[key] = (source, model.level + 1, tree_digest(current))
-    return hist
-
-
 def _outside_plan(text: str) -> RefusedError:
     return RefusedError(P.REASON_OUTSIDE_PLAN, text)
 
@@ -258,7 +165,7 @@ def protocol_step(
     if len(model.trees) >= cfg.n_estimators:
         return StepOutcome(model, step={"stage": "done"})
     n_bins = n_bins_of(model.edges)
-    binned = _binned(spec.run_id, settings.branch_id, data.train.tabular, model.edges)
+    binned = binned_features(spec.run_id, settings.branch_id, data.train.tabular, model.edges)
     labels = np.asarray(data.train.labels, dtype=np.float64)
     t = len(model.trees)
     if cfg.mode == "batched":
@@ -278,8 +185,8 @@ def protocol_step(
 
         def compute() -> np.ndarray:
             if cfg.mode == "batched":
-                return _leaf_sums(spec, settings, binned, labels, model, n_bins, batch, k, seed)
-            return _histograms(spec, settings, binned, labels, model, n_bins, seed)
+                return leaf_sums(spec, settings, binned, labels, model, n_bins, batch, k, seed)
+            return level_histograms(spec, settings, binned, labels, model, n_bins, seed)
 
         if gate is None:
             release = compute()
@@ -311,28 +218,6 @@ def _release_shape(cfg: GBDTModelConfig, model: TreeModel, info: dict[str, Any])
         nodes = 2 ** (cfg.max_depth + 1) - 1
         return [int(info["trees"]), nodes, 2]
     return [int(x) for x in histogram_shape(model)]
-
-
-def _leaf_sums(
-    spec: JobSpec,
-    settings: BranchSettings,
-    binned: np.ndarray,
-    labels: np.ndarray,
-    model: TreeModel,
-    n_bins: int,
-    batch: int,
-    k: int,
-    seed: int,
-) -> np.ndarray:
-    cfg = gbdt_config(spec)
-    assert model.edges is not None
-    structures = random_split_candidates(
-        model.edges, max_depth=cfg.max_depth, n_trees=k, seed=(spec.seed, batch)
-    )
-    margin = _margin(spec.run_id, settings.branch_id, binned, model.trees, n_bins)
-    grad, hess = logistic_grad_hess(margin, labels)
-    keep = _sample(seed, len(labels), cfg.subsample)
-    return batched_leaf_sums(binned[keep], grad[keep], hess[keep], structures, missing_bin=n_bins)
 
 
 def fine_release(

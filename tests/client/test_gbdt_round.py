@@ -16,6 +16,7 @@ import pytest
 import fedcrm.client.gbdt_round as R
 from fedcrm import protocol as P
 from fedcrm.client.branch import BranchData, BranchSettings
+from fedcrm.client.gbdt_local import clear_caches
 from fedcrm.config import GBDTModelConfig, JobSpec, PrivacyConfig, TaskConfig
 from fedcrm.data.dataset import FeatureSet
 from fedcrm.models.gbdt_reference import fit_from_partitions
@@ -82,8 +83,7 @@ def _setup(tmp_path: Path, parts, *, dp: bool = False, ceiling: float | None = N
 
 
 def _fresh_process() -> None:
-    for cache in (R._MARGINS, R._SOURCES, R._BINNED):
-        cache.clear()
+    clear_caches()
 
 
 def _values(out: R.StepOutcome) -> np.ndarray:
