@@ -27,8 +27,8 @@ from flwr.serverapp import Grid, ServerApp
 from fedcrm.config import RunConfig, compose
 from fedcrm.errors import FedCRMError
 from fedcrm.identity import ROSTER_FILE, RosterFile
+from fedcrm.server.branch_state import Reporter
 from fedcrm.server.exchange import KeepWarm
-from fedcrm.server.job import Reporter
 from fedcrm.server.ledger_store import LedgerStore, keys_from_dir
 from fedcrm.server.lstm_job import LSTMJob
 from fedcrm.server.outputs import write_outputs

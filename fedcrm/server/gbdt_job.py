@@ -41,7 +41,8 @@ from fedcrm.config import GBDTModelConfig
 from fedcrm.errors import FedCRMError
 from fedcrm.models.gbdt import HistGBDT
 from fedcrm.models.gbdt_protocol import BASE_SCORE
-from fedcrm.server.job import BranchState, FederatedJob, unpack_summary
+from fedcrm.server.branch_state import BranchState, unpack_summary
+from fedcrm.server.job import FederatedJob
 from fedcrm.server.run_dir import TreeState
 from fedcrm.server.tree_records import (
     TreeArtifact,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -24,57 +22,13 @@ from fedcrm.errors import FedCRMError
 from fedcrm.identity import RosterFile, identity_refusal
 from fedcrm.models.evaluation import EvaluationRelease
 from fedcrm.models.pooled import pooled_metrics
+from fedcrm.server.branch_state import BranchState, Reporter, reply_branch
 from fedcrm.server.exchange import Courier, KeepWarm, Reply, wait_for_nodes
 from fedcrm.server.job_result import METRIC_KEYS, job_result
 from fedcrm.server.ledger_store import LedgerStore
 from fedcrm.server.run_dir import RunDir, TreeState
 
 log = logging.getLogger(__name__)
-
-Reporter = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class BranchState:
-    """What the server knows about one branch (sizes and privacy status, no data)."""
-
-    node_id: int
-    branch_id: str
-    train_customers: int
-    test_customers: int
-    excluded_customers: int
-    n_tabular: int
-    rounds_trained: int = 0
-    refused_rounds: int = 0
-    failed_rounds: int = 0
-    skipped_rounds: int = 0  # encrypted jobs: rounds sat out to rejoin the masked sums
-    exhausted: bool = False
-    epsilon: float | None = None
-    delta: float | None = None
-    last_problem: str | None = None
-    eval_summary: EvaluationRelease | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def unpack_summary(metrics: Any) -> EvaluationRelease | None:
-    """The evaluation release inside a reply's MetricRecord (``eval.*`` keys), if any.
-
-    A malformed release is ignored with a warning (it never stops a round).
-    """
-    values = dict(metrics)
-    if not any(k.startswith("eval.") for k in values):
-        return None
-    try:
-        return EvaluationRelease.from_record(values)
-    except ValueError as exc:
-        log.warning("evaluation release ignored: %s", exc)
-        return None
-
-
-def reply_branch(reply: Reply) -> dict[str, Any]:
-    """The `branch` record of a reply (branch id, status, refusal, ledger entries)."""
-    assert reply.message is not None
-    return dict(reply.message.content[P.BRANCH])
 
 
 class FederatedJob:

@@ -23,7 +23,8 @@ from fedcrm import protocol as P
 from fedcrm.errors import FedCRMError, UpdateRejectedError
 from fedcrm.models.lstm import build_model, get_weights
 from fedcrm.server.aggregate import check_update, weighted_average
-from fedcrm.server.job import FederatedJob, reply_branch, unpack_summary
+from fedcrm.server.branch_state import reply_branch, unpack_summary
+from fedcrm.server.job import FederatedJob
 
 log = logging.getLogger(__name__)
 

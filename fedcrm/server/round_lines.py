@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedcrm.config import RunConfig
-from fedcrm.server.job import Reporter
+from fedcrm.server.branch_state import Reporter
 
 STATUS_COMPLETED = "completed"
 STATUS_STOPPED_EARLY = "stopped_early"

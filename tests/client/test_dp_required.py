@@ -71,7 +71,8 @@ def test_without_a_ceiling_or_with_dp_the_branch_goes_on_to_its_data(tmp_path: P
 
 
 def test_the_server_counts_the_refusal_and_stops_asking(tmp_path: Path) -> None:
-    from fedcrm.server.job import BranchState, FederatedJob
+    from fedcrm.server.branch_state import BranchState
+    from fedcrm.server.job import FederatedJob
     from fedcrm.server.run_dir import RunDir
 
     job = FederatedJob.__new__(FederatedJob)  # only _handle_status is exercised
