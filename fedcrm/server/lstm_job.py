@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,8 @@ from fedcrm import protocol as P
 from fedcrm.errors import FedCRMError, UpdateRejectedError
 from fedcrm.models.lstm import build_model, get_weights
 from fedcrm.server.aggregate import check_update, weighted_average
-from fedcrm.server.branch_state import reply_branch, unpack_summary
+from fedcrm.server.branch_state import BranchState, reply_branch, unpack_summary
+from fedcrm.server.exchange import Reply
 from fedcrm.server.job import FederatedJob
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,19 @@ class RoundResult:
     info: dict[str, Any]
 
 
+@dataclass
+class _Replies:
+    """What one round's replies carried, gathered branch by branch."""
+
+    updates: list[list[np.ndarray]] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    encrypted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evals: list[tuple[BranchState, Any]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)
+    rejoining: set[str] = field(default_factory=set)
+
+
 class LSTMJob(FederatedJob):
     """Drives one federated LSTM training job and writes its run directory."""
 
@@ -57,7 +71,6 @@ class LSTMJob(FederatedJob):
 
     def train_round(self, round_num: int, global_state: Any, like: list[np.ndarray]) -> RoundResult:
         """Train round ``round_num`` from ``global_state`` at the sampled branches."""
-        """One round; returns the new global state (weights or encrypted sum)."""
         chosen = self._sample(round_num)
         t0 = time.perf_counter()
         payload = self._payload(global_state)
@@ -65,107 +78,120 @@ class LSTMJob(FederatedJob):
             [self._message(b.node_id, P.TRAIN, round_num, payload) for b in chosen],
             timeout=self.cfg.federation.round_timeout,
         )
-        updates, weights, enc_updates, evals, losses = [], [], {}, [], []
-        problems: dict[str, str] = {}
-        rejoining: set[str] = set()
+        got = _Replies()
         for reply, b in zip(replies, chosen, strict=True):
-            if not reply.ok:
-                b.failed_rounds += 1
-                b.last_problem = problems[b.branch_id] = f"round {round_num}: {reply.error}"
-                continue
-            info = reply_branch(reply)
-            content = reply.message.content  # type: ignore[union-attr]
-            metrics = dict(content[P.METRICS]) if P.METRICS in content else {}
-            summary = unpack_summary(metrics)
-            if summary is not None:
-                evals.append((b, summary))
-            if metrics.get("plan_passes_ceiling"):
-                log.warning(
-                    "branch %s: this job's plan passes the branch's epsilon ceiling; it will "
-                    "refuse the rounds beyond it (privacy.target=remaining plans each branch's "
-                    "noise within its ceiling)",
-                    b.branch_id,
-                )
-            if not self._handle_status(b, info, problems):
-                continue
-            try:
-                if self.secure is not None:
-                    upload = dict(reply.message.content[P.ENCRYPTED])  # type: ignore[union-attr]
-                    enc_updates[b.branch_id] = upload
-                    self.bytes_up += sum(len(c) for c in upload.get("chunks", []))
-                    if metrics.get("catching_up"):
-                        # It could not open the last sum (its upload was not in it):
-                        # a zero-weight upload now, training again next round.
-                        rejoining.add(b.branch_id)
-                        b.skipped_rounds += 1
-                        continue
-                else:
-                    update = reply.message.content[P.WEIGHTS].to_numpy_ndarrays()  # type: ignore
-                    check_update(b.branch_id, update, like)
-                    updates.append(update)
-                    weights.append(float(metrics["num-examples"]))
-                    self.bytes_up += sum(u.nbytes for u in update)
-            except (UpdateRejectedError, FedCRMError, KeyError, ValueError) as exc:
-                b.failed_rounds += 1
-                b.last_problem = problems[b.branch_id] = (
-                    f"round {round_num}: update rejected: {exc}"
-                )
-                continue
-            b.rounds_trained += 1
-            if "train_loss" in metrics:  # DP branches do not release it
-                losses.append(float(metrics["train_loss"]))
-        new_state: Any = None
-        if self.secure is not None and enc_updates:
-            last = round_num == self.cfg.federation.rounds
-            new_state, rejected = self.secure.finish(
-                round_num, self.secure_state, enc_updates, next_step=None if last else round_num + 1
-            )
-            if new_state is not None:
-                self.secure_state = new_state
-            for branch_id, reason in rejected.items():
-                problems[branch_id] = f"round {round_num}: update rejected: {reason}"
-                for b in chosen:
-                    if b.branch_id == branch_id:
-                        b.failed_rounds += 1
-                        if branch_id in rejoining:
-                            b.skipped_rounds -= 1
-                        else:
-                            b.rounds_trained -= 1
-                        b.last_problem = problems[branch_id]
-            contributors = new_state.contributors if new_state is not None else []
-            accepted = len([c for c in contributors if c not in rejoining])
-        elif updates:
-            new_state = weighted_average(updates, weights)
-            accepted = len(updates)
-        else:
-            accepted = 0
-        for branch_id, why in problems.items():
+            self._take_reply(round_num, reply, b, like, got)
+        new_state, accepted = self._aggregate(round_num, chosen, got)
+        for branch_id, why in got.problems.items():
             log.warning("round %d: branch %s: %s", round_num, branch_id, why)
-        record = self._evaluation_record(round_num - 1, evals)
+        record = self._evaluation_record(round_num - 1, got.evals)
         info = {
             "round": round_num,
             "branches_sampled": len(chosen),
             "branches_aggregated": accepted,
-            "train_loss": float(np.nanmean(losses)) if losses else None,
+            "train_loss": float(np.nanmean(got.losses)) if got.losses else None,
             "seconds": time.perf_counter() - t0,
-            "problems": problems,
-            "rejoining": sorted(rejoining),
+            "problems": got.problems,
+            "rejoining": sorted(got.rejoining),
             "epsilon": {
                 b.branch_id: b.epsilon for b in self.branches.values() if b.epsilon is not None
             },
         }
         if accepted < self.cfg.federation.min_branches:
-            reasons = sorted(
-                {(b.last_problem or "").split(":")[0] for b in chosen if b.exhausted} - {""}
-            )
-            refused = sum(1 for b in chosen if b.exhausted)
-            why = f" ({refused} refused: {', '.join(reasons)})" if refused else ""
-            self.stopped_reason = (
-                f"round {round_num}: only {accepted} branch update(s) could be aggregated{why}, "
-                f"federation.min_branches={self.cfg.federation.min_branches}"
-            )
+            self._stop_for_too_few(round_num, chosen, accepted)
             return RoundResult(None, record, info)
         return RoundResult(new_state, record, info)
+
+    def _take_reply(
+        self, round_num: int, reply: Reply, b: BranchState, like: list[np.ndarray], got: _Replies
+    ) -> None:
+        """Read one branch's reply to a train message into ``got``."""
+        if not reply.ok:
+            b.failed_rounds += 1
+            b.last_problem = got.problems[b.branch_id] = f"round {round_num}: {reply.error}"
+            return
+        info = reply_branch(reply)
+        content = reply.message.content  # type: ignore[union-attr]
+        metrics = dict(content[P.METRICS]) if P.METRICS in content else {}
+        summary = unpack_summary(metrics)
+        if summary is not None:
+            got.evals.append((b, summary))
+        if metrics.get("plan_passes_ceiling"):
+            log.warning(
+                "branch %s: this job's plan passes the branch's epsilon ceiling; it will "
+                "refuse the rounds beyond it (privacy.target=remaining plans each branch's "
+                "noise within its ceiling)",
+                b.branch_id,
+            )
+        if not self._handle_status(b, info, got.problems):
+            return
+        try:
+            if self.secure is not None:
+                upload = dict(content[P.ENCRYPTED])
+                got.encrypted[b.branch_id] = upload
+                self.bytes_up += sum(len(c) for c in upload.get("chunks", []))
+                if metrics.get("catching_up"):
+                    # It could not open the last sum (its upload was not in it):
+                    # a zero-weight upload now, training again next round.
+                    got.rejoining.add(b.branch_id)
+                    b.skipped_rounds += 1
+                    return
+            else:
+                update = content[P.WEIGHTS].to_numpy_ndarrays()
+                check_update(b.branch_id, update, like)
+                got.updates.append(update)
+                got.weights.append(float(metrics["num-examples"]))
+                self.bytes_up += sum(u.nbytes for u in update)
+        except (UpdateRejectedError, FedCRMError, KeyError, ValueError) as exc:
+            b.failed_rounds += 1
+            b.last_problem = got.problems[b.branch_id] = (
+                f"round {round_num}: update rejected: {exc}"
+            )
+            return
+        b.rounds_trained += 1
+        if "train_loss" in metrics:  # DP branches do not release it
+            got.losses.append(float(metrics["train_loss"]))
+
+    def _aggregate(
+        self, round_num: int, chosen: list[BranchState], got: _Replies
+    ) -> tuple[Any, int]:
+        """The new global state and how many branches' updates it holds."""
+        if self.secure is not None and got.encrypted:
+            last = round_num == self.cfg.federation.rounds
+            new_state, rejected = self.secure.finish(
+                round_num,
+                self.secure_state,
+                got.encrypted,
+                next_step=None if last else round_num + 1,
+            )
+            if new_state is not None:
+                self.secure_state = new_state
+            for branch_id, reason in rejected.items():
+                got.problems[branch_id] = f"round {round_num}: update rejected: {reason}"
+                for b in chosen:
+                    if b.branch_id == branch_id:
+                        b.failed_rounds += 1
+                        if branch_id in got.rejoining:
+                            b.skipped_rounds -= 1
+                        else:
+                            b.rounds_trained -= 1
+                        b.last_problem = got.problems[branch_id]
+            contributors = new_state.contributors if new_state is not None else []
+            return new_state, len([c for c in contributors if c not in got.rejoining])
+        if got.updates:
+            return weighted_average(got.updates, got.weights), len(got.updates)
+        return None, 0
+
+    def _stop_for_too_few(self, round_num: int, chosen: list[BranchState], accepted: int) -> None:
+        reasons = sorted(
+            {(b.last_problem or "").split(":")[0] for b in chosen if b.exhausted} - {""}
+        )
+        refused = sum(1 for b in chosen if b.exhausted)
+        why = f" ({refused} refused: {', '.join(reasons)})" if refused else ""
+        self.stopped_reason = (
+            f"round {round_num}: only {accepted} branch update(s) could be aggregated{why}, "
+            f"federation.min_branches={self.cfg.federation.min_branches}"
+        )
 
     def final_evaluation(self, global_state: Any) -> tuple[dict[str, Any], list[np.ndarray] | None]:
         """Score the final global model at every branch; collect a released model."""
