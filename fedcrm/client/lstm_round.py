@@ -247,76 +247,18 @@ def train_round(
     ``request`` is the digest of the message being answered; ``encrypt`` turns
     the trained weights into the encrypted payload of an HE job.
     """
-    cfg = lstm_config(spec)
     n_train = len(data.train)
     gate: PrivacyGate | None = None
     entries: list[dict[str, Any]] = []
-
-    def train(dp: DPSettings | None, seed: int) -> dict[str, Any]:
-        model = build_model(cfg, data.n_tabular, dp_engine=dp_engine(spec))
-        set_weights(model, weights)
-        result = train_local(
-            model,
-            data.train,
-            epochs=spec.local_epochs,
-            batch_size=min(cfg.batch_size, n_train),
-            learning_rate=cfg.learning_rate,
-            seed=seed,
-            dp=dp,
-        )
-        new = get_weights(model)
-        if not all(np.isfinite(w).all() for w in new):
-            raise PrivacyError(
-                "local training diverged (non-finite weights); lower the learning rate"
-            )
-        payload: dict[str, Any] = encrypt(new, n_train) if encrypt else weights_payload(new)
-        payload["train_seconds"] = float(result.seconds)
-        if dp is None:
-            # Under DP the noiseless training loss would be an unaccounted release.
-            payload["train_loss"] = float(result.loss)
-        return payload
-
+    train = functools.partial(_train, spec, data, weights, encrypt)
     try:
         if spec.privacy.dp:
-            if not 1 <= round_num <= spec.rounds:
-                raise RefusedError(
-                    P.REASON_OUTSIDE_PLAN,
-                    f"round {round_num} is outside the job's plan of {spec.rounds} rounds",
-                )
             gate = PrivacyGate(
                 settings, spec, n_customers=data.n_customers, split_id=data.split_id, model="lstm"
             )
-            sigma = noise_for_run(spec, n_train, gate.delta, training_plan(spec, gate))
-            sample_rate, steps = dp_round_plan(spec, n_train)
-            mechanism = Mechanism(
-                "dp-sgd", sigma, sample_rate, steps, max_grad_norm=spec.privacy.max_grad_norm
+            payload, entries, metrics = _dp_train(
+                spec, round_num, settings, gate, request, train, n_train
             )
-            dp = DPSettings(
-                noise_multiplier=sigma,
-                max_grad_norm=spec.privacy.max_grad_norm,
-                engine=spec.privacy.engine,
-            )
-            step = Step(f"round-{round_num}", round_num, "train")
-            released = gate.release(
-                step,
-                mechanism,
-                request,
-                lambda: train(dp, release_seed(settings.rng_seed, spec.run_id, step.name)),
-            )
-            payload, entries = dict(released.payload), list(released.entries)
-            metrics = {
-                "epsilon": gate.spent(),
-                "delta": gate.delta,
-                "noise_multiplier": sigma,
-                "resent": 1.0 if released.replayed else 0.0,
-            }
-            if round_num == 1 and settings.epsilon_ceiling is not None:
-                # Tell the server now when the whole plan cannot fit (the branch
-                # would refuse its last rounds); the ledger holds round 1 already.
-                rest = spec.rounds - 1
-                whole = gate.projected(replace(mechanism, steps=steps * rest)) if rest else None
-                fits = whole is None or whole <= settings.epsilon_ceiling
-                metrics["plan_passes_ceiling"] = 0.0 if fits else 1.0
         else:
             payload = train(None, spec.seed * 100_003 + round_num)
             metrics = {}
@@ -333,6 +275,91 @@ def train_round(
         )
         entries += more
     return RoundOutcome(payload, n_train, metrics, evaluation, entries)
+
+
+def _train(
+    spec: JobSpec,
+    data: BranchData,
+    weights: list[np.ndarray],
+    encrypt: Encrypt | None,
+    dp: DPSettings | None,
+    seed: int,
+) -> dict[str, Any]:
+    """Train from ``weights`` on the branch's training customers; the reply's payload."""
+    cfg = lstm_config(spec)
+    n_train = len(data.train)
+    model = build_model(cfg, data.n_tabular, dp_engine=dp_engine(spec))
+    set_weights(model, weights)
+    result = train_local(
+        model,
+        data.train,
+        epochs=spec.local_epochs,
+        batch_size=min(cfg.batch_size, n_train),
+        learning_rate=cfg.learning_rate,
+        seed=seed,
+        dp=dp,
+    )
+    new = get_weights(model)
+    if not all(np.isfinite(w).all() for w in new):
+        raise PrivacyError("local training diverged (non-finite weights); lower the learning rate")
+    payload: dict[str, Any] = encrypt(new, n_train) if encrypt else weights_payload(new)
+    payload["train_seconds"] = float(result.seconds)
+    if dp is None:
+        # Under DP the noiseless training loss would be an unaccounted release.
+        payload["train_loss"] = float(result.loss)
+    return payload
+
+
+def _dp_train(
+    spec: JobSpec,
+    round_num: int,
+    settings: BranchSettings,
+    gate: PrivacyGate,
+    request: str,
+    train: Callable[[DPSettings | None, int], dict[str, Any]],
+    n_train: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """Round ``round_num`` as a DP-SGD release through ``gate``: payload, ledger entries, metrics.
+
+    Raises
+    ------
+    RefusedError, BudgetExhaustedError
+        Outside the job's plan, a changed request, or past the ceiling.
+    """
+    if not 1 <= round_num <= spec.rounds:
+        raise RefusedError(
+            P.REASON_OUTSIDE_PLAN,
+            f"round {round_num} is outside the job's plan of {spec.rounds} rounds",
+        )
+    sigma = noise_for_run(spec, n_train, gate.delta, training_plan(spec, gate))
+    sample_rate, steps = dp_round_plan(spec, n_train)
+    mechanism = Mechanism(
+        "dp-sgd", sigma, sample_rate, steps, max_grad_norm=spec.privacy.max_grad_norm
+    )
+    dp = DPSettings(
+        noise_multiplier=sigma, max_grad_norm=spec.privacy.max_grad_norm, engine=spec.privacy.engine
+    )
+    step = Step(f"round-{round_num}", round_num, "train")
+    released = gate.release(
+        step,
+        mechanism,
+        request,
+        lambda: train(dp, release_seed(settings.rng_seed, spec.run_id, step.name)),
+    )
+    metrics: dict[str, Any] = {
+        "epsilon": gate.spent(),
+        "delta": gate.delta,
+        "noise_multiplier": sigma,
+        "resent": 1.0 if released.replayed else 0.0,
+    }
+    if round_num == 1 and settings.epsilon_ceiling is not None:
+        # Tell the server now when the whole plan cannot fit (the branch would
+        # refuse its last rounds); the ledger holds round 1 already.
+        rest = spec.rounds - 1
+        whole = gate.projected(replace(mechanism, steps=steps * rest)) if rest else None
+        fits = whole is None or whole <= settings.epsilon_ceiling
+        metrics["plan_passes_ceiling"] = 0.0 if fits else 1.0
+    return dict(released.payload), list(released.entries), metrics
 
 
 def weights_payload(weights: list[np.ndarray]) -> dict[str, Any]:
