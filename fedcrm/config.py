@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from fedcrm.errors import ConfigError
-from fedcrm.identity import is_valid_id
+from fedcrm.ids import is_valid_id
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 

@@ -10,7 +10,6 @@ import pytest
 
 from fedcrm.errors import ConfigError, IdentityError
 from fedcrm.identity import (
-    MAX_ID_LENGTH,
     REASON_INVALID_ID,
     REASON_NOT_ADMITTED,
     REASON_OTHER_NODE,
@@ -19,13 +18,12 @@ from fedcrm.identity import (
     Roster,
     RosterFile,
     SigningKey,
-    check_id,
     check_node_identity,
-    id_path,
     identity_refusal,
     load_roster,
     save_roster,
 )
+from fedcrm.ids import MAX_ID_LENGTH, check_id, id_path
 
 OPENSSH = "ecdsa-sha2-nistp384 AAAA{}"
 

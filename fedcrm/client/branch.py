@@ -59,7 +59,7 @@ from fedcrm.config import TaskConfig, url_has_password
 from fedcrm.data.dataset import FeatureSet
 from fedcrm.data.split import DEFAULT_TEST_FRACTION
 from fedcrm.errors import ConfigError
-from fedcrm.identity import check_id
+from fedcrm.ids import check_id
 from fedcrm.models.evaluation import DEFAULT_MIN_COUNT
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from fedcrm.crypto.roster import BranchIdentity, Roster, default_threshold
 from fedcrm.crypto.round_state import delete_state, load_state, save_state
 from fedcrm.crypto.sealing import open_sealed, seal
 from fedcrm.errors import ConfigError, ContributorsError, SecureAggregationError
-from fedcrm.identity import id_path
+from fedcrm.ids import id_path
 
 log = logging.getLogger(__name__)
 

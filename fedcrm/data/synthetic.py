@@ -20,7 +20,7 @@ import pandas as pd
 from fedcrm.data.contract import CHANNELS, EVENT_TYPES
 from fedcrm.data.loader import CRMData, apply_consent
 from fedcrm.errors import ConfigError
-from fedcrm.identity import check_id, id_path
+from fedcrm.ids import check_id, id_path
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from fedcrm.data.problems import DEFAULT_MAX_DETAILS, ProblemLog
 from fedcrm.data.reading import WHOLE, ParquetTable, TableReader
 from fedcrm.data.spec import DataSpec, resolve_spec
 from fedcrm.errors import Problem, ProblemSummary
-from fedcrm.identity import is_valid_id
+from fedcrm.ids import is_valid_id
 
 logger = logging.getLogger(__name__)
 

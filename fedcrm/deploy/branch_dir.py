@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fedcrm.deploy.request import SUFFIX, make_request, write_request
 from fedcrm.deploy.tls import private_dir, write_private
 from fedcrm.errors import ConfigError
-from fedcrm.identity import check_id
+from fedcrm.ids import check_id
 from fedcrm.privacy import signing
 
 BRANCH_FILE = "branch.json"

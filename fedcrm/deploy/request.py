@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcrm.errors import ConfigError, KeyFileError
-from fedcrm.identity import check_id
+from fedcrm.ids import check_id
 from fedcrm.privacy import signing
 
 KIND = "fedcrm-branch-request"

@@ -25,7 +25,7 @@ from fedcrm.config import GBDTModelConfig, LSTMModelConfig, TaskConfig
 from fedcrm.data.dataset import FeatureSet
 from fedcrm.data.schema import tabular_names
 from fedcrm.errors import BundleError
-from fedcrm.identity import id_path
+from fedcrm.ids import id_path
 from fedcrm.models.bundle import BRANCH_PREFIX, RELEASE_KEY, RUN_BUNDLE, write_bundle
 from fedcrm.models.bundle_codec import lstm_tabular_inputs
 from fedcrm.models.calibration import Calibration, Method, fit_calibration

@@ -87,7 +87,7 @@ class LedgerStore:
 
     def path(self, branch_id: str) -> Path:
         """The copy of ``branch_id``'s ledger."""
-        from fedcrm.identity import id_path
+        from fedcrm.ids import id_path
 
         return id_path(self.dir, branch_id, "branch id", suffix=".jsonl")
 

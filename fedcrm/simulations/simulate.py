@@ -22,7 +22,7 @@ import numpy as np
 from fedcrm.config import RunConfig, cpu_count
 from fedcrm.data.dataset import FeatureSet
 from fedcrm.errors import ConfigError
-from fedcrm.identity import id_path
+from fedcrm.ids import id_path
 
 log = logging.getLogger(__name__)
 
