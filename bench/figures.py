@@ -40,9 +40,12 @@ def _models(r: dict[str, Any]) -> list[tuple[str, str]]:
         m = r.get(model)
         if not isinstance(m, dict):
             continue
+        length = f"{r['rounds']} rounds" if model == "lstm" else "the preset's trees"
+        if "length" in m:
+            length = f"{m['length']} {'rounds' if model == 'lstm' else 'trees'}"
         what = (
             f"{name}, {r['data']} {r['branches']} × {r['customers']:,} customers, "
-            f"{r['rounds']} rounds, AUC over {r['seeds']} seeds (mean ± sd)"
+            f"{length}, AUC over {r['seeds']} seeds (mean ± sd)"
         )
         eps = max(m["dp_epsilon_max"])
         rows.append(
@@ -103,6 +106,19 @@ def _ledger(r: dict[str, Any]) -> list[tuple[str, str]]:
     return [("Verify a 1,000-entry ledger (signatures, chain, every ε)", ", ".join(parts))]
 
 
+def _structure(r: dict[str, Any]) -> list[tuple[str, str]]:
+    cycles = r["import_cycles"]
+    return [
+        (
+            "Package structure (fedcrm/)",
+            f"{r['modules']} modules, median {r['median_lines']:g} lines, largest "
+            f"{r['max_lines']} ({len(r['over_400'])} over 400); "
+            f"{r['n_functions_over_60']} functions over 60 lines; "
+            f"{len(cycles)} import circle{'s' if len(cycles) != 1 else ''}",
+        )
+    ]
+
+
 def _generic(r: dict[str, Any]) -> list[tuple[str, str]]:
     flat = [f"`{k}` {v:.4g}" for k, v in r.items() if isinstance(v, int | float)][:8]
     return [("top-level figures", ", ".join(flat) or "see the JSON")]
@@ -113,8 +129,9 @@ FORMATS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "he": _he,
     "dp_lstm": _dp_lstm,
     "ledger": _ledger,
+    "structure": _structure,
 }
-ORDER = ("models", "he", "dp_lstm", "ledger")
+ORDER = ("models", "he", "dp_lstm", "ledger", "structure")
 
 
 def render(results: Path = RESULTS) -> str:

@@ -12,7 +12,8 @@ own synthetic data, splits and initial model. Prints ONE JSON object:
 ``<model>.<arm>.<metric>`` with ``mean``, ``sd`` (sample sd) and ``values``
 (per seed), arms ``federated``, ``centralized``, ``local_only``, ``dp``,
 metrics ``auc``, ``f1``, ``logloss``; ``<model>.dp_epsilon_max`` (the largest
-epsilon any branch spent, per seed); ``<model>.seconds`` (wall time of the
+epsilon any branch spent, per seed); ``<model>.length`` (rounds, or trees for
+GBDT); ``<model>.seconds`` (wall time of the
 non-private and DP runs, per seed); ``seeds``, ``overrides``.
 """
 
@@ -86,6 +87,7 @@ def compare(model: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         arm: {m: stats(v) for m, v in metrics.items()} for arm, metrics in arms.items()
     }
+    out["length"] = plain["rounds"]  # rounds (LSTM) or trees (GBDT) of the last seed's run
     out["dp_epsilon_max"] = eps_max
     out["seconds"] = seconds
     return out
