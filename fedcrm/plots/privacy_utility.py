@@ -16,7 +16,7 @@ JSON beside the plot), except:
   ``privacy.noise_multiplier``;
 * how and where a run was executed, or which artefacts it wrote, none of
   which changes the model or its AUC: ``output_dir``, ``resume``,
-  ``baseline``, ``release``, ``calibration``, ``privacy.keys_dir``,
+  ``baseline``, ``release``, ``calibration``,
   ``federation.ray_address``, ``federation.num_cpus_per_branch``,
   ``federation.round_timeout``, ``federation.keep_warm_s``;
 * for the reference run, the ``privacy`` and ``branch`` sections (it has no
@@ -49,7 +49,6 @@ IGNORED_SETTINGS = frozenset(
         "baseline",
         "release",
         "calibration",
-        "privacy.keys_dir",
         "federation.ray_address",
         "federation.num_cpus_per_branch",
         "federation.round_timeout",
