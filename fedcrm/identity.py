@@ -51,12 +51,13 @@ from fedcrm.branch_identity import (
     SigningKey,
 )
 from fedcrm.errors import ConfigError, IdentityError, KeyFileError
-from fedcrm.ids import check_id, id_path, is_valid_id
+from fedcrm.ids import MAX_ID_LENGTH, check_id, id_path, is_valid_id
 
 __all__ = [
     "ACTIVE",
     "CRYPTO_ROSTER_FILE",
     "CURRENT",
+    "MAX_ID_LENGTH",
     "REASON_INVALID_ID",
     "REASON_NOT_ADMITTED",
     "REASON_OTHER_NODE",
