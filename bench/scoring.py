@@ -105,7 +105,8 @@ def _probabilities(kind: str, model: Any, cfg: Any, fs: Any) -> np.ndarray:
 def prepare_throughput(work: Path, customers: int) -> dict[str, Any]:
     """Bundles of both kinds and the feature blocks of ``customers`` synthetic customers."""
     from fedcrm.config import TaskConfig
-    from fedcrm.data.features import build_features, build_scoring_features
+    from fedcrm.data.features import build_features
+    from fedcrm.data.scoring_features import build_scoring_features
     from fedcrm.data.synthetic import generate
     from fedcrm.models.bundle_writers import write_branch_bundle
 

@@ -122,7 +122,7 @@ class _Progress:
 
 
 def _score(args: argparse.Namespace, bundle: Any, options: Any) -> Any:
-    from fedcrm.data.features import scoring_feature_blocks
+    from fedcrm.data.scoring_features import scoring_feature_blocks
     from fedcrm.models.scoring import score_blocks
 
     crm = _branch_data(args, bundle)

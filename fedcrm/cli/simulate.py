@@ -30,8 +30,8 @@ def check_overrides(overrides: Sequence[str]) -> list[str]:
         SqlDataConfig,
         SyntheticDataConfig,
         TaskConfig,
-        url_has_password,
     )
+    from fedcrm.config_sections import url_has_password
 
     sections = {
         "data": (SyntheticDataConfig, CdnowDataConfig, CsvDataConfig, SqlDataConfig),

@@ -55,7 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from fedcrm.config import TaskConfig, url_has_password
+from fedcrm.config import TaskConfig
+from fedcrm.config_sections import url_has_password
 from fedcrm.data.dataset import FeatureSet
 from fedcrm.data.split import DEFAULT_TEST_FRACTION
 from fedcrm.errors import ConfigError

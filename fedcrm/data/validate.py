@@ -26,13 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedcrm.data.checks import (
-    CustomerColumns,
-    EventColumns,
-    check_columns,
-    check_customer_chunk,
-    check_event_chunk,
-)
+from fedcrm.data.checks import check_columns, check_customer_chunk, check_event_chunk
+from fedcrm.data.columns import CustomerColumns, EventColumns
 from fedcrm.data.contract import (
     CHANNELS,
     CUSTOMER_COLUMNS,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
 import shutil
 import signal
@@ -38,72 +37,41 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import NoReturn
 
-# What a fedcrm ClientApp imports, including its lazy imports (torch, opacus, tenseal:
-# about 10 s of imports on two busy cores); loaded once here so forked children start
-# warm. fedcrm itself is dropped again after the import (see ``preload``).
-PRELOAD = (
-    "fedcrm.client.app",
-    "fedcrm.client.lstm_round",
-    "fedcrm.client.gbdt_app",
-    "fedcrm.crypto.bfv",
-    "fedcrm.crypto.masking",
-    "fedcrm.privacy.ledger",
-    "fedcrm.models.dp_opacus",
-    "fedcrm.models.dp_lstm_fast",
-    # torch.optim imports torch._dynamo when the first optimizer is built: 0.6-0.9 s of
-    # every training message otherwise.
-    "torch._dynamo",
+from fedcrm.deploy.warm_polling import (
+    BURST_S,
+    CHILD_CHECK_S,
+    DEFAULT_POLL_INTERVAL,
+    IDLE_POLL_S,
+    POLL_INTERVAL_ENV,
+    RUNTIME_API_RETRY_S,
+    _pid_alive,
+    poll_delay,
+    poll_interval,
 )
-POLL_INTERVAL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+from fedcrm.deploy.warm_preload import PRELOAD, preload
+
+__all__ = [
+    "BURST_S",
+    "CHILD_CHECK_S",
+    "DEFAULT_POLL_INTERVAL",
+    "IDLE_POLL_S",
+    "POLL_INTERVAL_ENV",
+    "PRELOAD",
+    "PYCACHE_ENV",
+    "RDP_CACHE_ENV",
+    "RUNTIME_API_RETRY_S",
+    "ForkExecutor",
+    "main",
+    "poll_delay",
+    "poll_interval",
+    "preload",
+    "serve",
+]
+
 PYCACHE_ENV = "FEDCRM_WARM_PYCACHE"  # set by serve(): the children's bytecode cache
 # Set by serve(): per-step RDP vectors shared by the children (fedcrm.privacy.composition;
 # 0.3-0.5 s of every DP message otherwise). Named here so the parent imports no fedcrm.
 RDP_CACHE_ENV = "FEDCRM_RDP_CACHE"
-DEFAULT_POLL_INTERVAL = 0.1  # what `fedcrm node start` sets (deploy/processes.py)
-# Each poll is an HTTP call costing the SuperNode and this process ~10 ms of CPU, so
-# polling fast all the time costs a fifth of a core per branch. A SuperNode takes its
-# next message right after a reply (when one is queued), so polls are fast only for
-# BURST_S after a child ends and every IDLE_POLL_S otherwise, also while a child runs
-# (a child stuck on a dead run's task must not keep the next task waiting); between
-# polls the loop only reaps children, so a child's end is noticed within CHILD_CHECK_S.
-BURST_S = 2.0
-RUNTIME_API_RETRY_S = 5.0
-IDLE_POLL_S = 0.5
-CHILD_CHECK_S = 0.02
-
-
-def preload(modules: Sequence[str] = PRELOAD, keep_prefix: str = "fedcrm") -> list[str]:
-    """Import ``modules`` and their dependencies, then forget ``keep_prefix``'s own modules.
-
-    The third-party libraries stay in ``sys.modules`` (so a forked child does not
-    import them again); the app's own package is removed, so each child imports it
-    from the FAB directory Flower puts first on ``sys.path``. Returns the module
-    names that stay loaded.
-    """
-    try:
-        for name in modules:
-            importlib.import_module(name)
-    finally:  # even after a failed import: children must import the FAB's own code
-        for name in list(sys.modules):
-            if name == keep_prefix or name.startswith(keep_prefix + "."):
-                del sys.modules[name]
-    return sorted(sys.modules)
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs; a zombie (exited, not yet reaped by its parent) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (not Linux): kill(0) is all there is
-    return state not in (b"Z", b"X")
 
 
 class ForkExecutor:
@@ -227,25 +195,6 @@ def _run_child(spec: object) -> NoReturn:  # pragma: no cover - exercised in a c
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
-
-
-def poll_interval() -> float:
-    """Seconds between task polls after a task: ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` or 0.1."""
-    raw = os.environ.get(POLL_INTERVAL_ENV)
-    if raw is None:
-        return DEFAULT_POLL_INTERVAL
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SystemExit(f"{POLL_INTERVAL_ENV} must be a number of seconds, got {raw!r}") from None
-    if not 0.01 <= value <= 60:
-        raise SystemExit(f"{POLL_INTERVAL_ENV} must be between 0.01 and 60 s, got {value}")
-    return value
-
-
-def poll_delay(interval: float, last_exit: float, now: float) -> float:
-    """Seconds to the next task poll: ``interval`` within ``BURST_S`` of a child's end."""
-    return interval if now - last_exit < BURST_S else max(interval, IDLE_POLL_S)
 
 
 def serve(

@@ -39,107 +39,19 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from fedcrm.errors import PrivacyError
 from fedcrm.privacy import composition as _prv
+from fedcrm.privacy.mechanisms import Charge, Mechanism, parallel_sides
 
 Accountant = Literal["prv", "rdp"]
 ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
-MECHANISMS: tuple[str, ...] = ("dp-sgd", "gaussian", "dp-eval")
-"""``dp-eval`` is a Gaussian mechanism on a branch's evaluation statistics (its test customers)."""
 
 #: Upper end of the noise-multiplier search (Opacus ``MAX_SIGMA`` is 1e6 as well).
 MAX_NOISE_MULTIPLIER = 1e6
-
-
-@dataclass(frozen=True)
-class Mechanism:
-    """One application of a differentially private mechanism to a branch's customers.
-
-    Parameters
-    ----------
-    name
-        ``"dp-sgd"`` (Poisson-subsampled Gaussian steps) or ``"gaussian"``.
-    noise_multiplier
-        Standard deviation of the Gaussian noise divided by the L2 sensitivity
-        (Opacus' ``noise_multiplier``).
-    sample_rate
-        Poisson sampling rate of customers; ``1.0`` for a full release.
-    steps
-        How many times the mechanism ran (optimiser steps, tree levels).
-    max_grad_norm
-        DP-SGD per-customer clipping norm, kept for the record.
-    sensitivity
-        L2 sensitivity of a Gaussian release, kept for the record.
-    """
-
-    name: str
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    max_grad_norm: float | None = None
-    sensitivity: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.name not in MECHANISMS:
-            raise PrivacyError(f"unknown mechanism {self.name!r}; use one of {MECHANISMS}")
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
-            raise PrivacyError(
-                f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier!r}"
-            )
-        if not (0.0 < self.sample_rate <= 1.0):
-            raise PrivacyError(f"sample_rate must be in (0, 1], got {self.sample_rate!r}")
-        if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1:
-            raise PrivacyError(f"steps must be a whole number >= 1, got {self.steps!r}")
-        for field in ("max_grad_norm", "sensitivity"):
-            value = getattr(self, field)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise PrivacyError(f"{field} must be a finite number > 0 or None, got {value!r}")
-        # Normalise numbers so that equal mechanisms compare (and merge) equal.
-        object.__setattr__(self, "noise_multiplier", float(self.noise_multiplier))
-        object.__setattr__(self, "sample_rate", float(self.sample_rate))
-        object.__setattr__(self, "steps", int(self.steps))
-
-    @classmethod
-    def gaussian(cls, *, noise_multiplier: float, sensitivity: float, steps: int = 1) -> Mechanism:
-        """A Gaussian mechanism on a full release (``sample_rate=1.0``)."""
-        return cls(
-            "gaussian",
-            noise_multiplier=noise_multiplier,
-            sample_rate=1.0,
-            steps=steps,
-            sensitivity=sensitivity,
-        )
-
-
-@dataclass(frozen=True)
-class Charge:
-    """A mechanism and the customers it ran on (see the module docstring)."""
-
-    mechanism: Mechanism
-    purpose: str = "train"
-    split: str | None = None
-
-
-def parallel_sides(charges: Sequence[Charge]) -> dict[str, list[Mechanism]] | None:
-    """Mechanisms per purpose when the charges compose in parallel, else ``None``.
-
-    Parallel composition holds when every charge names the same split and the
-    purposes are ``train`` and ``evaluation`` only.
-    """
-    splits = {c.split for c in charges}
-    if not charges or len(splits) != 1 or None in splits:
-        return None
-    sides: dict[str, list[Mechanism]] = {}
-    for c in charges:
-        if c.purpose not in ("train", "evaluation"):
-            return None
-        sides.setdefault(c.purpose, []).append(c.mechanism)
-    return sides
 
 
 def composed_epsilon(charges: Sequence[Charge], *, delta: float, accountant: Accountant) -> float:

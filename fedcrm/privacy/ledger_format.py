@@ -44,7 +44,8 @@ import re
 from typing import Any
 
 from fedcrm.errors import LedgerError, PrivacyError
-from fedcrm.privacy.accounting import ACCOUNTANTS, MECHANISMS, Charge, Mechanism
+from fedcrm.privacy.accounting import ACCOUNTANTS
+from fedcrm.privacy.mechanisms import MECHANISMS, Charge, Mechanism
 
 GENESIS_HASH = "0" * 64
 FORMAT = 2

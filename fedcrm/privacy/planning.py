@@ -25,13 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedcrm.errors import BudgetExhaustedError
-from fedcrm.privacy.accounting import (
-    Accountant,
-    Charge,
-    Mechanism,
-    compute_epsilon,
-    parallel_sides,
-)
+from fedcrm.privacy.accounting import Accountant, compute_epsilon
+from fedcrm.privacy.mechanisms import Charge, Mechanism, parallel_sides
 
 TARGETS = ("job", "remaining")
 """Values of ``privacy.target``."""

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedcrm.errors import PrivacyError
-from fedcrm.privacy.accounting import compute_epsilon, parallel_sides
+from fedcrm.privacy.accounting import compute_epsilon
 from fedcrm.privacy.ledger_format import PURPOSES, charge_of, charges, kind_of
+from fedcrm.privacy.mechanisms import parallel_sides
 from fedcrm.privacy.verify import BranchVerification
 
 Entries = dict[str, list[dict[str, Any]]]

@@ -27,7 +27,7 @@ from typing import Any
 from fedcrm import protocol as P
 from fedcrm.errors import LedgerBehindAnchorError, LedgerError
 from fedcrm.privacy import signing
-from fedcrm.privacy.ledger import append_entries
+from fedcrm.privacy.ledger_copy import append_entries
 from fedcrm.privacy.ledger_format import parse_ledger
 
 log = logging.getLogger(__name__)

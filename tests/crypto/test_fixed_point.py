@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedcrm.crypto import fixed_point as fp
-from fedcrm.crypto.bfv import PLAIN_MODULUS
+from fedcrm.crypto.bfv_params import PLAIN_MODULUS
 from fedcrm.errors import EncryptionError
 
 T, K, SCALE = PLAIN_MODULUS, 64, 256.0

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedcrm.data.features import (
+from fedcrm.data.features import build_features
+from fedcrm.data.loader import CRMData, load_crm
+from fedcrm.data.scoring_features import (
     UNKNOWN_LABEL,
-    build_features,
     build_scoring_features,
     scoring_feature_blocks,
 )
-from fedcrm.data.loader import CRMData, load_crm
 from fedcrm.data.synthetic import generate, write_synthetic
 from fedcrm.errors import ConfigError
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcrm.data.features import scoring_feature_blocks
 from fedcrm.data.loader import load_crm
+from fedcrm.data.scoring_features import scoring_feature_blocks
 from fedcrm.errors import SchemaMismatchError
 from fedcrm.models.bundle import load_bundle
 from fedcrm.models.bundle_find import default_key_files, load_trusted_keys
