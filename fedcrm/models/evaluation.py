@@ -59,8 +59,9 @@ def logit(p: np.ndarray | float) -> np.ndarray:
 
 
 def sigmoid(z: np.ndarray | float) -> np.ndarray:
-    """Inverse of :func:`logit`."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+    """Inverse of :func:`logit` (no overflow warning for very large ``|z|``)."""
+    z = np.clip(np.asarray(z, dtype=np.float64), -700.0, 700.0)
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 def grid_centres() -> np.ndarray:
