@@ -80,44 +80,78 @@ def write_outputs(
         b.get("excluded_customers", 0) for b in summary["per_branch"].values()
     )
     if weights is not None:
-        card = {
-            "model": cfg.model.model_dump(mode="json"),
-            # The cutoff the features were built with (resolved from the data when unset).
-            "task": {**cfg.task.model_dump(mode="json"), "cutoff": summary.get("cutoff")},
-            "metrics": summary["final"],
-            "privacy": {
-                "mode": cfg.privacy.mode,
-                "epsilon_per_branch": {
-                    b: v.get("epsilon") for b, v in summary["privacy"].get("per_branch", {}).items()
-                },
-                "accountant": cfg.privacy.accountant if cfg.privacy.dp else None,
-            },
-            "branches": sorted(summary["per_branch"]),
-            "config_hash": summary["config_hash"],
-            "run_id": summary["run_id"],
-            "format": "numpy .npz of state_dict arrays in fedcrm.models.lstm.get_weights order",
-        }
-        if isinstance(weights, list):
-            run_dir.save_model(weights, card)
-        else:  # a model object that saves itself (trees)
-            weights.save(out_dir, card)
+        bundle = _save_model(out_dir, run_dir, cfg, weights, summary, result, release_key_dir)
+        summary.update(bundle)
+    _plots(out_dir, run_dir, cfg, summary, result, baselines)
+    run_dir.write_json("summary.json", summary)
+    if cfg.privacy.dp:
         try:
-            from fedcrm.server.model_release import write_model_release
+            from fedcrm.privacy.report import write_report
 
-            model = weights if isinstance(weights, list) else weights.model
-            summary.update(
-                write_model_release(
-                    out_dir,
-                    cfg,
-                    model,
-                    run_id=str(summary["run_id"]),
-                    key_dir=release_key_dir,
-                    releases=result.get("evaluation_releases"),
-                    metrics=summary["final"],
-                )
-            )
-        except Exception as exc:  # the run's results must still be kept
-            log.error("could not write the model bundle: %s", exc, exc_info=True)
+            write_report(out_dir, out_dir / "report.html", summary=summary)
+        except Exception as exc:  # noqa: BLE001 - the run's results must still be kept
+            log.error("could not write the privacy report: %s", exc)
+    return summary
+
+
+def _save_model(
+    out_dir: Path,
+    run_dir: RunDir,
+    cfg: RunConfig,
+    weights: Any,
+    summary: dict[str, Any],
+    result: dict[str, Any],
+    release_key_dir: Path | None,
+) -> dict[str, Any]:
+    """Save the released model and its card, then its signed bundle; the bundle's summary keys."""
+    card = {
+        "model": cfg.model.model_dump(mode="json"),
+        # The cutoff the features were built with (resolved from the data when unset).
+        "task": {**cfg.task.model_dump(mode="json"), "cutoff": summary.get("cutoff")},
+        "metrics": summary["final"],
+        "privacy": {
+            "mode": cfg.privacy.mode,
+            "epsilon_per_branch": {
+                b: v.get("epsilon") for b, v in summary["privacy"].get("per_branch", {}).items()
+            },
+            "accountant": cfg.privacy.accountant if cfg.privacy.dp else None,
+        },
+        "branches": sorted(summary["per_branch"]),
+        "config_hash": summary["config_hash"],
+        "run_id": summary["run_id"],
+        "format": "numpy .npz of state_dict arrays in fedcrm.models.lstm.get_weights order",
+    }
+    if isinstance(weights, list):
+        run_dir.save_model(weights, card)
+    else:  # a model object that saves itself (trees)
+        weights.save(out_dir, card)
+    try:
+        from fedcrm.server.model_release import write_model_release
+
+        model = weights if isinstance(weights, list) else weights.model
+        return write_model_release(
+            out_dir,
+            cfg,
+            model,
+            run_id=str(summary["run_id"]),
+            key_dir=release_key_dir,
+            releases=result.get("evaluation_releases"),
+            metrics=summary["final"],
+        )
+    except Exception as exc:  # the run's results must still be kept
+        log.error("could not write the model bundle: %s", exc, exc_info=True)
+        return {}
+
+
+def _plots(
+    out_dir: Path,
+    run_dir: RunDir,
+    cfg: RunConfig,
+    summary: dict[str, Any],
+    result: dict[str, Any],
+    baselines: dict[str, Any] | None,
+) -> None:
+    """The per-round and per-branch plots of the run directory."""
     rounds = run_dir.rounds()
     plot_rounds(
         rounds,
@@ -133,12 +167,3 @@ def write_outputs(
         plot_per_branch(
             summary["per_branch"], out_dir / "plots" / "auc_per_branch.png", local_only=local
         )
-    run_dir.write_json("summary.json", summary)
-    if cfg.privacy.dp:
-        try:
-            from fedcrm.privacy.report import write_report
-
-            write_report(out_dir, out_dir / "report.html", summary=summary)
-        except Exception as exc:  # noqa: BLE001 - the run's results must still be kept
-            log.error("could not write the privacy report: %s", exc)
-    return summary
