@@ -58,8 +58,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         "--port",
         str(bind_port),
     ]
-    # Flower's in-memory state by default: the SQLite state costs 2.4x the CPU per message
-    # (README, Latency); admitted branches are registered again at every start.
+    # Flower's in-memory state by default: the SQLite state costs the SuperLink several
+    # times the CPU per message (README, Latency); admitted branches are registered
+    # again at every start.
     if args.database:
         cmd += ["--database", str(Path(args.database).resolve())]
     cmd += passthrough(args.flower_args)
@@ -228,6 +229,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "server", help="central team: start the SuperLink, admit and shut out branches"
     )
     ssub = subparsers(server, "server_cmd")
+    _add_start(ssub)
+    _add_register(ssub)
+    _add_roster_changes(ssub)
+
+
+def _add_start(ssub: argparse._SubParsersAction) -> None:
     ss = ssub.add_parser(
         "start", help="check certificates, run flower-superlink, register the admitted branches"
     )
@@ -242,14 +249,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     ss.add_argument(
         "--database",
         help="keep the SuperLink's state in this SQLite file (default: in memory, Flower's "
-        "default: the SQLite state costs the SuperLink about 2.4x the CPU per message; the "
-        "admitted branches are "
-        "registered again at every start)",
+        "default: the SQLite state costs the SuperLink several times the CPU per message; "
+        "the admitted branches are registered again at every start)",
     )
     ss.add_argument("--check-only", action="store_true", help="print the command, do not start")
     ss.add_argument("flower_args", nargs="*", help="after --: passed to flower-superlink")
     handles(ss, cmd_start)
 
+
+def _add_register(ssub: argparse._SubParsersAction) -> None:
     sr = ssub.add_parser(
         "register",
         help="admit branches from their request files (server/admitted.json) and register "
@@ -273,6 +281,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sr.add_argument("--format", choices=("default", "json"), default="default")
     handles(sr, cmd_register)
 
+
+def _add_roster_changes(ssub: argparse._SubParsersAction) -> None:
+    """``unregister``, ``revoke-key`` and ``nodes``."""
     su = ssub.add_parser(
         "unregister", help="take a branch off the admission list and off the SuperLink"
     )
