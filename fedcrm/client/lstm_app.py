@@ -135,69 +135,69 @@ def _payload_records(payload: dict[str, Any], he: bool) -> dict[str, Any]:
 
 def register_lstm_handlers(app: ClientApp, guarded: Callable[..., Any]) -> None:
     """Add the ``train`` and ``evaluate`` handlers of LSTM jobs to ``app``."""
+    app.train()(guarded(lstm_train))
+    app.evaluate()(guarded(lstm_evaluate))
 
-    @app.train()
-    @guarded
-    def train(message: Message, context: Context, settings: BranchSettings) -> Message:
-        spec, round_num = job_of(message)
-        data = load_branch_data(settings, spec.task)
-        try:
-            weights = global_weights(message, spec, settings, data)
-        except ContributorsError as exc:
-            if exc.reason != "missing-own":
-                raise
-            return catch_up(message, spec, settings, data, str(exc))
-        outcome = train_round(
-            spec,
-            round_num,
-            settings,
-            data,
-            weights,
-            request=request_digest(message),
-            encrypt=_encrypter(message, settings, spec) if spec.privacy.he else None,
-        )
-        metrics = dict(outcome.metrics)
-        if outcome.evaluation:
-            metrics.update(outcome.evaluation)
-        metrics["num-examples"] = outcome.num_examples
-        records: dict[str, Any] = {P.METRICS: metrics_record(metrics)}
-        if outcome.payload is not None:
-            records.update(_payload_records(outcome.payload, spec.privacy.he))
-        branch = branch_record(
-            settings, refusal=outcome.refusal, ledger_entries=outcome.ledger_entries
-        )
-        return reply(message, branch, **records)
 
-    @app.evaluate()
-    @guarded
-    def evaluate(message: Message, context: Context, settings: BranchSettings) -> Message:
-        spec, _ = job_of(message)
-        data = load_branch_data(settings, spec.task)
+def lstm_train(message: Message, context: Context, settings: BranchSettings) -> Message:
+    """Answer an LSTM train message: evaluate the incoming model, train, reply with the update."""
+    spec, round_num = job_of(message)
+    data = load_branch_data(settings, spec.task)
+    try:
         weights = global_weights(message, spec, settings, data)
-        gate = None
-        if spec.privacy.dp:
-            gate = PrivacyGate(
-                settings, spec, n_customers=data.n_customers, split_id=data.split_id, model="lstm"
-            )
-        evaluation, entries = evaluation_release(
-            spec,
-            settings,
-            data,
-            weights,
-            gate=gate,
-            step=Step("eval-final", spec.rounds + 1, "evaluation"),
-            request=request_digest(message),
+    except ContributorsError as exc:
+        if exc.reason != "missing-own":
+            raise
+        return catch_up(message, spec, settings, data, str(exc))
+    outcome = train_round(
+        spec,
+        round_num,
+        settings,
+        data,
+        weights,
+        request=request_digest(message),
+        encrypt=_encrypter(message, settings, spec) if spec.privacy.he else None,
+    )
+    metrics = dict(outcome.metrics)
+    if outcome.evaluation:
+        metrics.update(outcome.evaluation)
+    metrics["num-examples"] = outcome.num_examples
+    records: dict[str, Any] = {P.METRICS: metrics_record(metrics)}
+    if outcome.payload is not None:
+        records.update(_payload_records(outcome.payload, spec.privacy.he))
+    branch = branch_record(settings, refusal=outcome.refusal, ledger_entries=outcome.ledger_entries)
+    return reply(message, branch, **records)
+
+
+def lstm_evaluate(message: Message, context: Context, settings: BranchSettings) -> Message:
+    """Answer the final evaluate message: an evaluation release of the final model."""
+    spec, _ = job_of(message)
+    data = load_branch_data(settings, spec.task)
+    weights = global_weights(message, spec, settings, data)
+    gate = None
+    if spec.privacy.dp:
+        gate = PrivacyGate(
+            settings, spec, n_customers=data.n_customers, split_id=data.split_id, model="lstm"
         )
-        records: dict[str, Any] = {}
-        if evaluation is not None:
-            records[P.METRICS] = metrics_record(evaluation)
-        if settings.model_dir is not None:
-            export_local_model(settings, spec, weights, data)
-        if spec.privacy.he and spec.release:
-            # The final, DP-protected aggregate goes back to the server only when asked.
-            records[P.WEIGHTS] = ArrayRecord(numpy_ndarrays=weights)
-        branch = branch_record(settings, ledger_entries=entries)
-        return reply(message, branch, **records)
+    evaluation, entries = evaluation_release(
+        spec,
+        settings,
+        data,
+        weights,
+        gate=gate,
+        step=Step("eval-final", spec.rounds + 1, "evaluation"),
+        request=request_digest(message),
+    )
+    records: dict[str, Any] = {}
+    if evaluation is not None:
+        records[P.METRICS] = metrics_record(evaluation)
+    if settings.model_dir is not None:
+        export_local_model(settings, spec, weights, data)
+    if spec.privacy.he and spec.release:
+        # The final, DP-protected aggregate goes back to the server only when asked.
+        records[P.WEIGHTS] = ArrayRecord(numpy_ndarrays=weights)
+    branch = branch_record(settings, ledger_entries=entries)
+    return reply(message, branch, **records)
 
 
 def export_local_model(

@@ -79,20 +79,10 @@ def run_job(
             "features (branches refuse such a job)"
         )
     run_dir = RunDir(out_dir)
-    if cfg.privacy.he and roster is None and identities is not None:
-        roster = identities.roster().crypto_roster()
-    if roster is not None:
-        # Public: what a branch may review and pin (node config `roster`).
-        (run_dir.path / "roster.json").write_bytes(roster.to_json())
-        log.info("encrypted job: roster %s (%d branches)", roster.digest[:16], roster.n)
+    roster = _job_roster(cfg, run_dir, roster, identities)
     run_id = run_id or uuid.uuid4().hex[:12]
     keys = Path(signing_keys) if signing_keys else None
-    # The branches' signing keys: the admitted list in deployment, key files in simulation.
-    lookup = identities.signing_keys if identities is not None else keys_from_dir(keys)
-    if server_dir:
-        ledgers = LedgerStore(Path(server_dir), public_keys=lookup)
-    else:
-        ledgers = LedgerStore(run_dir.path, ledger_dir="ledger", public_keys=lookup)
+    ledgers = _ledger_store(run_dir, server_dir, keys, identities)
     job_class: Any = LSTMJob
     if cfg.model.name == "gbdt":
         from fedcrm.server.gbdt_job import GBDTJob
@@ -118,14 +108,45 @@ def run_job(
         ledgers.export(run_dir.path, [b.branch_id for b in job.branches.values()], keys)
     if deployment:
         result["standby_messages"] = job.courier.standby_sent
-        # The app the branches were asked to run, as their --approve-app pins it.
-        try:
-            result["fab_hash"] = grid.run.fab_hash or None
-        except Exception:  # noqa: BLE001 - a Grid without run details (tests)
-            result["fab_hash"] = None
+        result["fab_hash"] = _fab_hash(grid)
     result["run_id"] = job.spec.run_id  # a resumed run keeps its first id
     result.setdefault("timings", {})["federated_total_s"] = time.perf_counter() - t0
     return result
+
+
+def _job_roster(
+    cfg: RunConfig, run_dir: RunDir, roster: Any | None, identities: RosterFile | None
+) -> Any | None:
+    """The encrypted job's roster (the admitted branches' keys in deployment), written out."""
+    if cfg.privacy.he and roster is None and identities is not None:
+        roster = identities.roster().crypto_roster()
+    if roster is not None:
+        # Public: what a branch may review and pin (node config `roster`).
+        (run_dir.path / "roster.json").write_bytes(roster.to_json())
+        log.info("encrypted job: roster %s (%d branches)", roster.digest[:16], roster.n)
+    return roster
+
+
+def _ledger_store(
+    run_dir: RunDir,
+    server_dir: str | Path | None,
+    keys: Path | None,
+    identities: RosterFile | None,
+) -> LedgerStore:
+    """The server's ledger copies: across runs in ``server_dir``, else in the run directory."""
+    # The branches' signing keys: the admitted list in deployment, key files in simulation.
+    lookup = identities.signing_keys if identities is not None else keys_from_dir(keys)
+    if server_dir:
+        return LedgerStore(Path(server_dir), public_keys=lookup)
+    return LedgerStore(run_dir.path, ledger_dir="ledger", public_keys=lookup)
+
+
+def _fab_hash(grid: Grid) -> str | None:
+    """The app the branches were asked to run, as their ``--approve-app`` pins it."""
+    try:
+        return grid.run.fab_hash or None
+    except Exception:  # noqa: BLE001 - a Grid without run details (tests)
+        return None
 
 
 def make_server_app(

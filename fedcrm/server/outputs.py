@@ -42,43 +42,7 @@ def write_outputs(
         yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     )
     weights = result.pop("weights", None)
-    summary: dict[str, Any] = {
-        "model": result["model"],
-        "run_id": result.get("run_id"),
-        "rounds": result["rounds"],
-        "rounds_planned": result.get("rounds_planned"),
-        "final": result["final"],
-        "per_branch": result["per_branch"],
-        "privacy": result["privacy"],
-        "status": run_status(result.get("stopped_reason")),
-        "stopped_reason": result.get("stopped_reason"),
-        "encrypted": result.get("encrypted", False),
-        "bytes_uploaded": result.get("bytes_uploaded"),
-        "timings": dict(result.get("timings", {})),
-        "config_hash": config_hash(cfg),
-        "model_released": weights is not None,
-    }
-    for key in (
-        "evaluation",
-        "trees",
-        "exchanges",
-        "bytes_per_tree",
-        "feature_importance",
-        "standby_messages",
-        "fab_hash",
-    ):
-        if key in result:
-            summary[key] = result[key]
-    if baselines is not None:
-        summary["baselines"] = baselines
-    if extra:
-        summary.update(extra)
-    # The job's cutoff (a simulation passes the one resolved from the data). Under DP it
-    # is always fixed; a deployed job without DP and without one lets each branch derive it.
-    summary.setdefault("cutoff", cfg.task.cutoff.isoformat() if cfg.task.cutoff else None)
-    summary["excluded_customers"] = sum(
-        b.get("excluded_customers", 0) for b in summary["per_branch"].values()
-    )
+    summary = _summary(cfg, result, weights is not None, baselines, extra)
     if weights is not None:
         bundle = _save_model(out_dir, run_dir, cfg, weights, summary, result, release_key_dir)
         summary.update(bundle)
@@ -167,3 +131,51 @@ def _plots(
         plot_per_branch(
             summary["per_branch"], out_dir / "plots" / "auc_per_branch.png", local_only=local
         )
+
+
+def _summary(
+    cfg: RunConfig,
+    result: dict[str, Any],
+    released: bool,
+    baselines: dict[str, Any] | None,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """``summary.json`` of a run from the job's result (before the bundle's keys)."""
+    summary: dict[str, Any] = {
+        "model": result["model"],
+        "run_id": result.get("run_id"),
+        "rounds": result["rounds"],
+        "rounds_planned": result.get("rounds_planned"),
+        "final": result["final"],
+        "per_branch": result["per_branch"],
+        "privacy": result["privacy"],
+        "status": run_status(result.get("stopped_reason")),
+        "stopped_reason": result.get("stopped_reason"),
+        "encrypted": result.get("encrypted", False),
+        "bytes_uploaded": result.get("bytes_uploaded"),
+        "timings": dict(result.get("timings", {})),
+        "config_hash": config_hash(cfg),
+        "model_released": released,
+    }
+    for key in (
+        "evaluation",
+        "trees",
+        "exchanges",
+        "bytes_per_tree",
+        "feature_importance",
+        "standby_messages",
+        "fab_hash",
+    ):
+        if key in result:
+            summary[key] = result[key]
+    if baselines is not None:
+        summary["baselines"] = baselines
+    if extra:
+        summary.update(extra)
+    # The job's cutoff (a simulation passes the one resolved from the data). Under DP it
+    # is always fixed; a deployed job without DP and without one lets each branch derive it.
+    summary.setdefault("cutoff", cfg.task.cutoff.isoformat() if cfg.task.cutoff else None)
+    summary["excluded_customers"] = sum(
+        b.get("excluded_customers", 0) for b in summary["per_branch"].values()
+    )
+    return summary
