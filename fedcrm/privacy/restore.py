@@ -77,26 +77,7 @@ def restore_ledger(
     pool = _candidates([Path(s) for s in sources], anchor)
     if ledger_path.exists():
         pool += [(str(ledger_path), e) for _, e in read_ledger(ledger_path.read_bytes())[0]]
-    by_seq: dict[int, list[tuple[str, dict[str, Any]]]] = {}
-    for source, entry in pool:
-        if structure_problems(entry) or entry["branch_id"] != branch_id:
-            continue
-        key = keys.get(entry["key_id"])
-        if key is None or entry_hash(entry) != entry["hash"]:
-            continue
-        if not signing.verify_signature(key, bytes.fromhex(entry["hash"]), entry["signature"]):
-            continue
-        by_seq.setdefault(entry["seq"], []).append((source, entry))
-    chain: list[dict[str, Any]] = []
-    used: set[str] = set()
-    prev = GENESIS_HASH
-    while True:
-        nxt = next(((s, e) for s, e in by_seq.get(len(chain), []) if e["prev_hash"] == prev), None)
-        if nxt is None:
-            break
-        used.add(nxt[0])
-        chain.append(nxt[1])
-        prev = nxt[1]["hash"]
+    chain, used = _signed_chain(_verified_by_seq(pool, branch_id, keys))
     head = anchor.read() if anchor is not None else None
     if head is not None and (
         len(chain) <= int(head["seq"]) or chain[int(head["seq"])]["hash"] != head["hash"]
@@ -112,6 +93,51 @@ def restore_ledger(
             f"the restored chain ({len(chain)} entries) would be shorter than {ledger_path} "
             f"({len(current)}): nothing was written"
         )
+    _replace_ledger(ledger_path, chain)
+    if anchor is not None and chain:
+        anchor.write(chain)
+    epsilon = float(chain[-1]["epsilon"]) if chain else 0.0
+    return Restored(len(chain), epsilon, sorted(used))
+
+
+def _verified_by_seq(
+    pool: Sequence[tuple[str, dict[str, Any]]],
+    branch_id: str,
+    keys: Mapping[str, signing.Ed25519PublicKey],
+) -> dict[int, list[tuple[str, dict[str, Any]]]]:
+    """The pool's well-formed entries of ``branch_id`` whose hash and signature verify, by seq."""
+    by_seq: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+    for source, entry in pool:
+        if structure_problems(entry) or entry["branch_id"] != branch_id:
+            continue
+        key = keys.get(entry["key_id"])
+        if key is None or entry_hash(entry) != entry["hash"]:
+            continue
+        if not signing.verify_signature(key, bytes.fromhex(entry["hash"]), entry["signature"]):
+            continue
+        by_seq.setdefault(entry["seq"], []).append((source, entry))
+    return by_seq
+
+
+def _signed_chain(
+    by_seq: Mapping[int, list[tuple[str, dict[str, Any]]]],
+) -> tuple[list[dict[str, Any]], set[str]]:
+    """The longest hash chain from genesis through ``by_seq``, and the sources it used."""
+    chain: list[dict[str, Any]] = []
+    used: set[str] = set()
+    prev = GENESIS_HASH
+    while True:
+        nxt = next(((s, e) for s, e in by_seq.get(len(chain), []) if e["prev_hash"] == prev), None)
+        if nxt is None:
+            break
+        used.add(nxt[0])
+        chain.append(nxt[1])
+        prev = nxt[1]["hash"]
+    return chain, used
+
+
+def _replace_ledger(ledger_path: Path, chain: list[dict[str, Any]]) -> None:
+    """Write ``chain`` as the ledger file in one atomic replace (fsynced first)."""
     tmp = ledger_path.with_name(ledger_path.name + ".restore.tmp")
     ledger_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -121,10 +147,6 @@ def restore_ledger(
     finally:
         os.close(fd)
     os.replace(tmp, ledger_path)
-    if anchor is not None and chain:
-        anchor.write(chain)
-    epsilon = float(chain[-1]["epsilon"]) if chain else 0.0
-    return Restored(len(chain), epsilon, sorted(used))
 
 
 def describe(restored: Restored) -> str:
