@@ -262,19 +262,7 @@ class Scorer:
         details: dict[str, dict[str, Any]] = {}
         for start in range(0, todo.size, _EXPLAIN_BLOCK):
             rows = todo[start : start + _EXPLAIN_BLOCK]
-            if self.bundle.kind == "gbdt":
-                attr = tree_contributions(self.bundle.model, tabular[rows])[:, :-1]
-                groups = None
-            else:
-                assert states is not None
-                attr = head_attributions(
-                    self.bundle.model, states[rows], tabular[rows], typical,
-                    steps=self.options.ig_steps,
-                )  # fmt: skip
-                groups = np.zeros((rows.size, len(SEQUENCE_GROUPS)))
-                for j, i in enumerate(rows.tolist()):
-                    if i in seq_groups:
-                        groups[j] = seq_groups[i]
+            attr, groups = self._attributions(rows, tabular, typical, states, seq_groups)
             found = reasons(
                 names,
                 attr,
@@ -301,6 +289,27 @@ class Scorer:
             if self.progress is not None:
                 self.progress("explain", int(min(todo.size, start + _EXPLAIN_BLOCK)), todo.size)
         return texts, details
+
+    def _attributions(
+        self,
+        rows: np.ndarray,
+        tabular: np.ndarray,
+        typical: np.ndarray,
+        states: np.ndarray | None,
+        seq_groups: dict[int, np.ndarray],
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-feature attributions of ``rows`` and, for the LSTM, per sequence group."""
+        if self.bundle.kind == "gbdt":
+            return tree_contributions(self.bundle.model, tabular[rows])[:, :-1], None
+        assert states is not None
+        attr = head_attributions(
+            self.bundle.model, states[rows], tabular[rows], typical, steps=self.options.ig_steps
+        )
+        groups = np.zeros((rows.size, len(SEQUENCE_GROUPS)))
+        for j, i in enumerate(rows.tolist()):
+            if i in seq_groups:
+                groups[j] = seq_groups[i]
+        return attr, groups
 
 
 def score_blocks(
