@@ -158,6 +158,14 @@ def _step_lock(directory: Path, name: str) -> Iterator[None]:
         os.close(fd)
 
 
+def _entry(mine: list[dict[str, Any]], kind: str, step: str, purpose: str) -> dict[str, Any] | None:
+    """This run's ledger entry of ``kind`` for ``step`` and ``purpose``, if any."""
+    return next(
+        (e for e in mine if kind_of(e) == kind and e["step"] == step and e["purpose"] == purpose),
+        None,
+    )
+
+
 class PrivacyGate:
     """A branch's DP gate for one job.
 
@@ -248,56 +256,14 @@ class PrivacyGate:
             except LedgerBehindAnchorError as exc:
                 raise RefusedError(P.REASON_LEDGER_BEHIND, str(exc)) from None
             mine = [e for e in entries if e["run_id"] == run]
-            pinned = {e.get("plan") for e in mine if kind_of(e) == "reservation"} - {None}
-            if pinned and pinned != {self.plan}:
-                raise RefusedError(
-                    P.REASON_OUTSIDE_PLAN,
-                    f"run {run}: the job's plan changed since its first step; the branch "
-                    "answers one plan per run",
-                )
-            done = next(
-                (
-                    e
-                    for e in mine
-                    if kind_of(e) == "release"
-                    and e["step"] == step.release_name
-                    and e["purpose"] == step.purpose
-                ),
-                None,
-            )
+            self._check_plan(mine)
+            done = _entry(mine, "release", step.release_name, step.purpose)
             if done is not None:
                 return self._replay(done, step, request)
-            reservation = next(
-                (
-                    e
-                    for e in mine
-                    if kind_of(e) == "reservation"
-                    and e["step"] == step.name
-                    and e["purpose"] == step.purpose
-                ),
-                None,
-            )
+            reservation = _entry(mine, "reservation", step.name, step.purpose)
             new: list[dict[str, Any]] = []
             if reservation is None:
-                if mechanism is None:
-                    raise RefusedError(
-                        P.REASON_OUTSIDE_PLAN,
-                        f"run {run}: {step.release_name} continues a step that was never started",
-                    )
-                reservation = self.ledger.reserve(
-                    run_id=run,
-                    round=step.round,
-                    model=self.model,
-                    task=self.spec.task.name,
-                    purpose=step.purpose,
-                    step=step.name,
-                    mechanism=mechanism,
-                    delta=self.delta,
-                    accountant=self.spec.privacy.accountant,
-                    split=self.split_id,
-                    plan=self.plan,
-                    ceiling=self.settings.epsilon_ceiling,
-                )
+                reservation = self._reserve(step, mechanism)
                 new.append(reservation)
             payload = compute()
             digest = self.store.save(run, step.release_name, payload)
@@ -307,6 +273,39 @@ class PrivacyGate:
                 )
             )
             return Released(payload, new)
+
+    def _check_plan(self, mine: list[dict[str, Any]]) -> None:
+        """Refuse a run whose job changed since its first reservation."""
+        pinned = {e.get("plan") for e in mine if kind_of(e) == "reservation"} - {None}
+        if pinned and pinned != {self.plan}:
+            raise RefusedError(
+                P.REASON_OUTSIDE_PLAN,
+                f"run {self.spec.run_id}: the job's plan changed since its first step; the "
+                "branch answers one plan per run",
+            )
+
+    def _reserve(self, step: Step, mechanism: Mechanism | None) -> dict[str, Any]:
+        """Write the step's reservation (its epsilon, checked against the ceiling)."""
+        if mechanism is None:
+            raise RefusedError(
+                P.REASON_OUTSIDE_PLAN,
+                f"run {self.spec.run_id}: {step.release_name} continues a step that was "
+                "never started",
+            )
+        return self.ledger.reserve(
+            run_id=self.spec.run_id,
+            round=step.round,
+            model=self.model,
+            task=self.spec.task.name,
+            purpose=step.purpose,
+            step=step.name,
+            mechanism=mechanism,
+            delta=self.delta,
+            accountant=self.spec.privacy.accountant,
+            split=self.split_id,
+            plan=self.plan,
+            ceiling=self.settings.epsilon_ceiling,
+        )
 
     def _replay(self, done: dict[str, Any], step: Step, request: str) -> Released:
         if done["request"] != request:
