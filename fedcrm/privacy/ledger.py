@@ -24,7 +24,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fedcrm.errors import BudgetExhaustedError, LedgerError, PrivacyError
 from fedcrm.privacy import signing
@@ -62,6 +62,16 @@ __all__ = [
 def _utc_now() -> str:
     now = dt.datetime.now(dt.timezone.utc)
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _check_mechanism_entry(mechanism: object, round: object, kind: str) -> None:
+    """Refuse an entry with a non-mechanism, a bad round number or an unknown kind."""
+    if not isinstance(mechanism, Mechanism):
+        raise PrivacyError("mechanism must be a fedcrm.privacy.accounting.Mechanism")
+    if isinstance(round, bool) or not isinstance(round, int) or round < 0:
+        raise LedgerError(f"round must be a whole number >= 0, got {round!r}")
+    if kind not in ("mechanism", "reservation"):
+        raise LedgerError(f"a mechanism is recorded as mechanism or reservation, not {kind}")
 
 
 class Ledger:
@@ -243,12 +253,7 @@ class Ledger:
             When the parameters are invalid or epsilon cannot be bounded.
         """
         self._need_key()
-        if not isinstance(mechanism, Mechanism):
-            raise PrivacyError("mechanism must be a fedcrm.privacy.accounting.Mechanism")
-        if isinstance(round, bool) or not isinstance(round, int) or round < 0:
-            raise LedgerError(f"round must be a whole number >= 0, got {round!r}")
-        if kind not in ("mechanism", "reservation"):
-            raise LedgerError(f"a mechanism is recorded as mechanism or reservation, not {kind}")
+        _check_mechanism_entry(mechanism, round, kind)
         new = Charge(mechanism, purpose=purpose, split=split)
         with locked(self.path) as fd:
             entries = self._locked_entries(fd)
@@ -257,14 +262,7 @@ class Ledger:
             if not math.isfinite(epsilon):
                 raise PrivacyError("epsilon is unbounded; add noise or run fewer steps")
             if ceiling is not None and epsilon > ceiling:
-                spent = (
-                    composed_epsilon(prior, delta=delta, accountant=accountant)  # type: ignore[arg-type]
-                    if prior
-                    else 0.0
-                )
-                raise BudgetExhaustedError(
-                    branch_id=self.branch_id, spent=spent, would_spend=epsilon, ceiling=ceiling
-                )
+                self._exhausted(prior, epsilon, delta, accountant, ceiling)
             entry: dict[str, Any] = {
                 "v": FORMAT,
                 "kind": kind,
@@ -289,6 +287,19 @@ class Ledger:
             if extra is not None:
                 entry["extra"] = dict(extra)
             return self._write(fd, entries, entry)
+
+    def _exhausted(
+        self, prior: list[Charge], epsilon: float, delta: float, accountant: str, ceiling: float
+    ) -> NoReturn:
+        """Refuse an entry that would take the branch to ``epsilon`` past ``ceiling``."""
+        spent = (
+            composed_epsilon(prior, delta=delta, accountant=accountant)  # type: ignore[arg-type]
+            if prior
+            else 0.0
+        )
+        raise BudgetExhaustedError(
+            branch_id=self.branch_id, spent=spent, would_spend=epsilon, ceiling=ceiling
+        )
 
     def reserve(self, **kwargs: Any) -> dict[str, Any]:
         """:meth:`append` a ``reservation``: spend recorded before the mechanism runs."""
