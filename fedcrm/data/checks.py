@@ -183,6 +183,95 @@ def check_customer_chunk(
 
 
 # --------------------------------------------------------------------- events
+def _customer_rows(
+    chunk: Chunk,
+    name: str,
+    customer_ids: pa.Array | None,
+    customers_name: str,
+    log: ProblemLog,
+) -> np.ndarray:
+    """Row of each event's customer in the customers table (-1 when not there)."""
+    cols, lines = chunk.columns, chunk.lines
+    customer = np.full(len(chunk), -1, dtype=np.int32)
+    if "customer_id" in cols and customer_ids is not None:
+        ids = cols["customer_id"]
+        pos = pc.index_in(ids, value_set=customer_ids).fill_null(-1)
+        customer = np.asarray(pos.to_numpy(zero_copy_only=False), dtype=np.int32)
+        log.add(
+            name,
+            "customer_id",
+            f"event for a customer not in {customers_name}",
+            lines[(customer < 0) & ~empty(ids)],
+            fix="export every customer who has events (consent is applied after validation)",
+        )
+    return customer
+
+
+def _vocabulary_codes(chunk: Chunk, name: str, log: ProblemLog) -> dict[str, np.ndarray]:
+    """``event_type`` and ``channel`` as int8 indices into their vocabularies (-1 unknown)."""
+    cols, lines = chunk.columns, chunk.lines
+    typed = {}
+    for col, vocab in (("event_type", EVENT_TYPES), ("channel", CHANNELS)):
+        found = np.full(len(chunk), -1, dtype=np.int64)
+        if col in cols:
+            found = codes(cols[col], vocab)
+            log.add(
+                name,
+                col,
+                f"unknown {col} (expected one of {', '.join(vocab)})",
+                lines[(found < 0) & ~empty(cols[col])],
+                fix=f"map the branch's own {col} values to these before export",
+            )
+        typed[col] = found.astype(np.int8)
+    return typed
+
+
+def _amounts(
+    text: pa.Array, lines: np.ndarray, name: str, spec: DataSpec, log: ProblemLog
+) -> np.ndarray:
+    """The ``amount`` column as numbers (0 where missing), its problems logged."""
+    parsed = parse_numbers(text, decimal=spec.decimal, strip=spec.currency_symbols == "strip")
+    log.add(
+        name,
+        "amount",
+        "missing value (NaN) in a required field",
+        lines[parsed.nan_word],
+        fix="write 0 or drop the row",
+    )
+    for cause, bad in parsed.failed.items():
+        log.add(name, "amount", "not a number", lines[bad], fix=NUMBER_FIXES[cause])
+    log.add(
+        name,
+        "amount",
+        "not a finite number",
+        lines[parsed.infinite],
+        fix=NUMBER_FIXES["other"],
+    )
+    with np.errstate(invalid="ignore"):
+        negative = parsed.values < 0
+    log.add(
+        name,
+        "amount",
+        "negative amount (must be >= 0)",
+        lines[negative],
+        fix="record a refund as event_type return with a positive amount",
+    )
+    return np.nan_to_num(parsed.values, nan=0.0)
+
+
+def _event_categories(chunk: Chunk) -> list[tuple[np.ndarray, list[str]]]:
+    """The chunk's product categories as codes and their dictionary."""
+    if "product_category" in chunk.columns:
+        encoded = pc.dictionary_encode(chunk.columns["product_category"])
+        return [
+            (
+                np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int32),
+                encoded.dictionary.to_pylist(),
+            )
+        ]
+    return [(np.zeros(len(chunk), np.int32), [""])]
+
+
 def check_event_chunk(
     chunk: Chunk,
     name: str,
@@ -196,75 +285,14 @@ def check_event_chunk(
     lines = chunk.lines
     cols = chunk.columns
     _required(chunk, name, EVENT_COLUMNS, log)
-    customer = np.full(n, -1, dtype=np.int32)
-    if "customer_id" in cols and customer_ids is not None:
-        ids = cols["customer_id"]
-        pos = pc.index_in(ids, value_set=customer_ids).fill_null(-1)
-        customer = np.asarray(pos.to_numpy(zero_copy_only=False), dtype=np.int32)
-        log.add(
-            name,
-            "customer_id",
-            f"event for a customer not in {customers_name}",
-            lines[(customer < 0) & ~empty(ids)],
-            fix="export every customer who has events (consent is applied after validation)",
-        )
+    customer = _customer_rows(chunk, name, customer_ids, customers_name, log)
     timestamp = np.full(n, _NAT, dtype=np.int64)
     if "timestamp" in cols:
         timestamp = _timestamps(cols["timestamp"], lines, name, "timestamp", log, date=False)
-    typed = {}
-    for col, vocab in (("event_type", EVENT_TYPES), ("channel", CHANNELS)):
-        found = np.full(n, -1, dtype=np.int64)
-        if col in cols:
-            found = codes(cols[col], vocab)
-            log.add(
-                name,
-                col,
-                f"unknown {col} (expected one of {', '.join(vocab)})",
-                lines[(found < 0) & ~empty(cols[col])],
-                fix=f"map the branch's own {col} values to these before export",
-            )
-        typed[col] = found.astype(np.int8)
+    typed = _vocabulary_codes(chunk, name, log)
     amount = np.zeros(n)
     if "amount" in cols:
-        text = cols["amount"]
-        parsed = parse_numbers(text, decimal=spec.decimal, strip=spec.currency_symbols == "strip")
-        log.add(
-            name,
-            "amount",
-            "missing value (NaN) in a required field",
-            lines[parsed.nan_word],
-            fix="write 0 or drop the row",
-        )
-        for cause, bad in parsed.failed.items():
-            log.add(name, "amount", "not a number", lines[bad], fix=NUMBER_FIXES[cause])
-        log.add(
-            name,
-            "amount",
-            "not a finite number",
-            lines[parsed.infinite],
-            fix=NUMBER_FIXES["other"],
-        )
-        with np.errstate(invalid="ignore"):
-            negative = parsed.values < 0
-        log.add(
-            name,
-            "amount",
-            "negative amount (must be >= 0)",
-            lines[negative],
-            fix="record a refund as event_type return with a positive amount",
-        )
-        amount = np.nan_to_num(parsed.values, nan=0.0)
-    category: list[tuple[np.ndarray, list[str]]] = []
-    if "product_category" in cols:
-        encoded = pc.dictionary_encode(cols["product_category"])
-        category = [
-            (
-                np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int32),
-                encoded.dictionary.to_pylist(),
-            )
-        ]
-    else:
-        category = [(np.zeros(n, np.int32), [""])]
+        amount = _amounts(cols["amount"], lines, name, spec, log)
     return EventColumns(
-        customer, timestamp, typed["event_type"], typed["channel"], amount, category
+        customer, timestamp, typed["event_type"], typed["channel"], amount, _event_categories(chunk)
     )

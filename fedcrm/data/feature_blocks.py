@@ -86,53 +86,60 @@ class FeatureArrays:
     tabular: np.ndarray
 
 
-def featurise_block(
-    out: FeatureArrays,
-    rows: slice,
-    ev: tuple[np.ndarray, ...],
-    codes: np.ndarray,
-    signup: np.ndarray,
-    c_ns: int,
-    horizon_days: int,
-    K: int,
-) -> None:
-    """Features of the active customers ``codes`` (sorted), written to ``out[rows]``."""
-    code, ts, etype, chan, bucket, amount = ev
+def _labels(
+    codes: np.ndarray, code: np.ndarray, ts: np.ndarray, etype: np.ndarray, c_ns: int, horizon: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Block row of each event (-1 outside the block) and each customer's churn label.
+
+    The label is 0 for a purchase in ``[cutoff, cutoff + horizon)``, 1 otherwise.
+    """
     n = len(codes)
     local = np.searchsorted(codes, code)
     local_c = np.minimum(local, n - 1)
     cidx = np.where(codes[local_c] == code, local_c, -1)
-
-    # ---- labels: any purchase in [cutoff, cutoff + horizon)
-    end_ns = c_ns + horizon_days * _DAY_NS
+    end_ns = c_ns + horizon * _DAY_NS
     bought = (etype == 1) & (ts >= c_ns) & (ts < end_ns) & (cidx >= 0)
     labels = np.ones(n, dtype=np.int64)
     labels[np.unique(cidx[bought])] = 0
+    return cidx, labels
 
-    # ---- events before the cutoff, ordered by customer then time
-    sel = np.flatnonzero((ts < c_ns) & (cidx >= 0))
-    c, t = cidx[sel], ts[sel]
-    etype, chan, bucket, amount = etype[sel], chan[sel], bucket[sel], amount[sel]
-    purchase = etype == 1
 
-    counts = np.bincount(c, minlength=n)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pos = np.arange(len(c)) - starts[c]
-    to_cut = (c_ns - t) / _DAY_NS
-    gap = np.zeros(len(c))
-    gap[1:] = (t[1:] - t[:-1]) / _DAY_NS
-    gap[pos == 0] = 0.0
-
+def _write_sequences(
+    out: FeatureArrays,
+    rows: slice,
+    K: int,
+    c: np.ndarray,
+    pos: np.ndarray,
+    counts: np.ndarray,
+    cat: tuple[np.ndarray, ...],
+    num: tuple[np.ndarray, ...],
+) -> None:
+    """Each customer's last ``K`` events (categorical ``cat``, log1p of ``num``) into ``out``."""
     first_kept = np.maximum(counts - K, 0)
     keep = pos >= first_kept[c]
     slot = pos[keep] - first_kept[c[keep]]
     r = c[keep] + rows.start
-    out.seq_cat[r, slot] = np.stack([etype[keep], chan[keep], bucket[keep]], axis=1)
-    out.seq_num[r, slot] = np.log1p(np.stack([amount[keep], gap[keep], to_cut[keep]], axis=1))
-    out.lengths[rows] = np.minimum(counts, K)
-    out.labels[rows] = labels
+    out.seq_cat[r, slot] = np.stack([a[keep] for a in cat], axis=1)
+    out.seq_num[r, slot] = np.log1p(np.stack([a[keep] for a in num], axis=1))
 
-    # ---- tabular
+
+def _tabular(
+    n: int,
+    c: np.ndarray,
+    counts: np.ndarray,
+    starts: np.ndarray,
+    to_cut: np.ndarray,
+    etype: np.ndarray,
+    chan: np.ndarray,
+    amount: np.ndarray,
+    signup_days: np.ndarray,
+) -> np.ndarray:
+    """The tabular features of ``n`` customers from their events before the cutoff.
+
+    ``c`` is each event's customer (events grouped by customer, in time order),
+    ``counts`` and ``starts`` the number and first index of each customer's events.
+    """
+    purchase = etype == 1
     ends = starts + counts - 1
     recency = to_cut[ends]
     first_days = to_cut[starts]
@@ -142,7 +149,6 @@ def featurise_block(
     p_recency[pc[last_p]] = pt[last_p]
     n_p = np.bincount(c, weights=purchase, minlength=n)
     spend = np.bincount(c, weights=amount * purchase, minlength=n)
-    signup_days = (c_ns - signup) / _DAY_NS
     tenure = np.maximum(np.maximum(signup_days, first_days), 0.0)
     mean_gap = np.where(counts > 1, (first_days - recency) / np.maximum(counts - 1, 1), 0.0)
     win_e = [np.bincount(c, weights=to_cut <= w, minlength=n) for w in WINDOWS]
@@ -165,7 +171,7 @@ def featurise_block(
         *[np.log1p(w) for w in win_e],
         *[np.log1p(w) for w in win_p],
     ]
-    tab = np.column_stack(
+    return np.column_stack(
         [
             *cols,
             type_counts / denom,
@@ -175,4 +181,38 @@ def featurise_block(
             np.log1p(win_p[1]) - np.log1p(prev_p),
         ]
     )
+
+
+def featurise_block(
+    out: FeatureArrays,
+    rows: slice,
+    ev: tuple[np.ndarray, ...],
+    codes: np.ndarray,
+    signup: np.ndarray,
+    c_ns: int,
+    horizon_days: int,
+    K: int,
+) -> None:
+    """Features of the active customers ``codes`` (sorted), written to ``out[rows]``."""
+    code, ts, etype, chan, bucket, amount = ev
+    n = len(codes)
+    cidx, labels = _labels(codes, code, ts, etype, c_ns, horizon_days)
+
+    # ---- events before the cutoff, ordered by customer then time
+    sel = np.flatnonzero((ts < c_ns) & (cidx >= 0))
+    c, t = cidx[sel], ts[sel]
+    etype, chan, bucket, amount = etype[sel], chan[sel], bucket[sel], amount[sel]
+
+    counts = np.bincount(c, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(len(c)) - starts[c]
+    to_cut = (c_ns - t) / _DAY_NS
+    gap = np.zeros(len(c))
+    gap[1:] = (t[1:] - t[:-1]) / _DAY_NS
+    gap[pos == 0] = 0.0
+
+    _write_sequences(out, rows, K, c, pos, counts, (etype, chan, bucket), (amount, gap, to_cut))
+    out.lengths[rows] = np.minimum(counts, K)
+    out.labels[rows] = labels
+    tab = _tabular(n, c, counts, starts, to_cut, etype, chan, amount, (c_ns - signup) / _DAY_NS)
     out.tabular[rows, : tab.shape[1]] = tab

@@ -17,8 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedcrm.data.contract import CHANNELS, EVENT_TYPES
 from fedcrm.data.loader import CRMData, apply_consent
+from fedcrm.data.synthetic_tables import (
+    _Branches,
+    _csv_tables,
+    _customer_frame,
+    _Customers,
+    _event_frame,
+)
 from fedcrm.errors import ConfigError
 from fedcrm.ids import check_id, id_path
 
@@ -87,6 +93,100 @@ def default_branch_ids(branches: int) -> list[str]:
     return [f"branch_{i:0{width}d}" for i in range(int(branches))]
 
 
+def _draw_branches(rng: np.random.Generator, B: int, customers: int) -> _Branches:
+    """Size, churn propensity, activity, channel/category/type mix and seasonality per branch."""
+    w = rng.lognormal(0.0, 0.45, B)
+    w = np.clip(w / w.mean(), 0.3, None)
+    sizes = np.maximum(np.round(customers * w).astype(np.int64), 10)
+    return _Branches(  # argument order is draw order: it fixes the data of a seed
+        sizes=sizes,
+        alpha=rng.normal(-0.7, 0.55, B),
+        activity=rng.lognormal(0.0, 0.2, B),
+        chan_mix=rng.dirichlet(np.array([4.0, 3.0, 2.0, 1.0]) * 1.5, B),  # store, web, app, phone
+        cat_mix=rng.dirichlet(np.full(len(CATEGORIES), 0.6), B),
+        type_mix=rng.dirichlet(_BASE_TYPES * 60.0, B),
+        amp=rng.uniform(0.05, 0.4, B),
+        phase=rng.uniform(0.0, 365.0, B),
+        holiday=rng.uniform(0.0, 0.6, B),
+        no_consent=rng.uniform(0.01, 0.025, B),
+        opt_out=rng.uniform(0.005, 0.015, B),
+    )
+
+
+def _draw_customers(rng: np.random.Generator, br: _Branches, ref: int) -> _Customers:
+    """Each customer's branch, traits, signup date and (for churners) churn time."""
+    N = int(br.sizes.sum())
+    b = np.repeat(np.arange(len(br.sizes)), br.sizes)
+    z, s = rng.standard_normal(N), rng.standard_normal(N)
+    spend = 35.0 * rng.lognormal(0.0, 0.5, N)
+    fav = _draw(rng, br.cat_mix[b])
+    signup = np.floor(rng.uniform(-730.0, ref - 30.0, N))
+    joined = np.maximum(signup, 0.0)
+    lam = 0.07 * br.activity[b] * np.exp(0.5 * z)
+    new = (signup > ref - 365).astype(float)
+    logit = br.alpha[b] - 0.8 * z + 0.5 * s + 0.5 * new + rng.normal(0.0, 0.6, N)
+    churner = rng.random(N) < 1.0 / (1.0 + np.exp(-logit))
+    lo = np.maximum(joined + 30.0, ref - 270.0)
+    T = np.where(churner, rng.uniform(lo, ref + 150.0), np.inf)
+    decline = rng.uniform(45.0, 150.0, N)
+    return _Customers(b, s, spend, fav, signup, joined, lam, T, decline)
+
+
+def _active_events(
+    rng: np.random.Generator, br: _Branches, cu: _Customers, span: int, start_doy: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Events until churn (or the end) by thinning: owner, day and event type of each."""
+    b, joined, T, decline = cu.b, cu.joined, cu.T, cu.decline
+    stop = np.minimum(T, span)
+    season_max = 1.0 + br.amp + br.holiday
+    n_cand = rng.poisson(cu.lam * season_max[b] * np.maximum(stop - joined, 0.0))
+    owner = np.repeat(np.arange(len(b)), n_cand)
+    t = joined[owner] + rng.random(len(owner)) * (stop - joined)[owner]
+    bo = b[owner]
+    doy = (t + start_doy) % 365.0
+    season = 1.0 + br.amp[bo] * np.sin(2 * np.pi * (doy - br.phase[bo]) / 365.0)
+    season += br.holiday[bo] * ((doy > 320) & (doy < 360))
+    progress = np.clip((t - (T[owner] - decline[owner])) / decline[owner], 0.0, 1.0)
+    accept = rng.random(len(t)) < season / season_max[bo] * (1.0 - 0.85 * progress)
+    owner, t, progress, bo = owner[accept], t[accept], progress[accept], bo[accept]
+    weights = br.type_mix[bo].copy()
+    weights[:, 0] *= 1.0 - 0.6 * progress
+    weights[:, 2] *= 1.0 + 3.0 * progress
+    weights[:, 3] *= (1.0 + 4.0 * progress) * np.exp(0.4 * cu.s[owner])
+    return owner, t, _draw(rng, weights)
+
+
+def _email_opens_after_churn(
+    rng: np.random.Generator, cu: _Customers, span: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rare email opens of churners after they left: owner and day of each."""
+    gone = np.flatnonzero(span > cu.T)
+    n_post = rng.poisson(0.1 * cu.lam[gone] * (span - cu.T[gone]))
+    p_owner = np.repeat(gone, n_post)
+    p_t = cu.T[p_owner] + rng.random(len(p_owner)) * (span - cu.T[p_owner])
+    return p_owner, p_t
+
+
+def _event_attributes(
+    rng: np.random.Generator, br: _Branches, cu: _Customers, owner: np.ndarray, etype: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Channel, amount and product category name of each event."""
+    bo = cu.b[owner]
+    m = len(owner)
+    chan = _draw(rng, br.chan_mix[bo])  # 0 store 1 web 2 app 3 phone
+    chan = np.where(etype == 1, 0, chan)  # visit -> store
+    chan = np.where(etype == 4, 4, chan)  # email_open -> email
+    chan = np.where(etype == 5, np.where(rng.random(m) < 0.7, 1, 2), chan)  # web_visit
+    support_ch = np.array([3, 4, 1])[_draw(rng, np.tile([0.6, 0.2, 0.2], (m, 1)))]
+    chan = np.where(etype == 3, support_ch, chan)
+    goods = (etype == 0) | (etype == 2)
+    cat = np.where(rng.random(m) < 0.6, cu.fav[owner], _draw(rng, br.cat_mix[bo]))
+    amount = cu.spend[owner] * _PRICE[cat] * rng.lognormal(0.0, 0.5, m)
+    amount = np.where(goods, np.round(amount, 2), 0.0)
+    cat_names = np.asarray([*CATEGORIES, ""], dtype=object)[np.where(goods, cat, len(CATEGORIES))]
+    return chan, amount, cat_names
+
+
 def _raw(
     branches: int,
     customers: int,
@@ -101,108 +201,35 @@ def _raw(
     span = (pd.Timestamp(end) - pd.Timestamp(start)).days + 1  # days, events in [0, span)
     ref = span - 1 - HORIZON_DAYS  # the default cutoff, in days from start
     B = int(branches)
-
-    # ---------------------------------------------------------------- branches
-    w = rng.lognormal(0.0, 0.45, B)
-    w = np.clip(w / w.mean(), 0.3, None)
-    sizes = np.maximum(np.round(customers * w).astype(np.int64), 10)
-    alpha = rng.normal(-0.7, 0.55, B)
-    activity = rng.lognormal(0.0, 0.2, B)
-    chan_mix = rng.dirichlet(np.array([4.0, 3.0, 2.0, 1.0]) * 1.5, B)  # store, web, app, phone
-    cat_mix = rng.dirichlet(np.full(len(CATEGORIES), 0.6), B)
-    type_mix = rng.dirichlet(_BASE_TYPES * 60.0, B)
-    amp, phase = rng.uniform(0.05, 0.4, B), rng.uniform(0.0, 365.0, B)
-    holiday = rng.uniform(0.0, 0.6, B)
-    no_consent, opt_out = rng.uniform(0.01, 0.025, B), rng.uniform(0.005, 0.015, B)
-
-    # --------------------------------------------------------------- customers
-    N = int(sizes.sum())
-    b = np.repeat(np.arange(B), sizes)
-    z, s = rng.standard_normal(N), rng.standard_normal(N)
-    spend = 35.0 * rng.lognormal(0.0, 0.5, N)
-    fav = _draw(rng, cat_mix[b])
-    signup = np.floor(rng.uniform(-730.0, ref - 30.0, N))
-    joined = np.maximum(signup, 0.0)
-    lam = 0.07 * activity[b] * np.exp(0.5 * z)
-    new = (signup > ref - 365).astype(float)
-    logit = alpha[b] - 0.8 * z + 0.5 * s + 0.5 * new + rng.normal(0.0, 0.6, N)
-    churner = rng.random(N) < 1.0 / (1.0 + np.exp(-logit))
-    lo = np.maximum(joined + 30.0, ref - 270.0)
-    T = np.where(churner, rng.uniform(lo, ref + 150.0), np.inf)
-    decline = rng.uniform(45.0, 150.0, N)
-    stop = np.minimum(T, span)
-    season_max = 1.0 + amp + holiday
-
-    # ---------------------------------------------- active events by thinning
-    n_cand = rng.poisson(lam * season_max[b] * np.maximum(stop - joined, 0.0))
-    owner = np.repeat(np.arange(N), n_cand)
-    t = joined[owner] + rng.random(len(owner)) * (stop - joined)[owner]
-    bo = b[owner]
-    doy = (t + pd.Timestamp(start).day_of_year) % 365.0
-    season = 1.0 + amp[bo] * np.sin(2 * np.pi * (doy - phase[bo]) / 365.0)
-    season += holiday[bo] * ((doy > 320) & (doy < 360))
-    progress = np.clip((t - (T[owner] - decline[owner])) / decline[owner], 0.0, 1.0)
-    accept = rng.random(len(t)) < season / season_max[bo] * (1.0 - 0.85 * progress)
-    owner, t, progress, bo = owner[accept], t[accept], progress[accept], bo[accept]
-    weights = type_mix[bo].copy()
-    weights[:, 0] *= 1.0 - 0.6 * progress
-    weights[:, 2] *= 1.0 + 3.0 * progress
-    weights[:, 3] *= (1.0 + 4.0 * progress) * np.exp(0.4 * s[owner])
-    etype = _draw(rng, weights)
-
-    # ------------------------------------------- rare email opens after churn
-    gone = np.flatnonzero(span > T)
-    n_post = rng.poisson(0.1 * lam[gone] * (span - T[gone]))
-    p_owner = np.repeat(gone, n_post)
-    p_t = T[p_owner] + rng.random(len(p_owner)) * (span - T[p_owner])
+    br = _draw_branches(rng, B, customers)
+    cu = _draw_customers(rng, br, ref)
+    owner, t, etype = _active_events(rng, br, cu, span, pd.Timestamp(start).day_of_year)
+    p_owner, p_t = _email_opens_after_churn(rng, cu, span)
     owner = np.concatenate([owner, p_owner])
     t = np.concatenate([t, p_t])
     etype = np.concatenate([etype, np.full(len(p_owner), 4)])
-    bo = b[owner]
-
-    # ---------------------------------------------------- event attributes
-    m = len(owner)
-    chan = _draw(rng, chan_mix[bo])  # 0 store 1 web 2 app 3 phone
-    chan = np.where(etype == 1, 0, chan)  # visit -> store
-    chan = np.where(etype == 4, 4, chan)  # email_open -> email
-    chan = np.where(etype == 5, np.where(rng.random(m) < 0.7, 1, 2), chan)  # web_visit
-    support_ch = np.array([3, 4, 1])[_draw(rng, np.tile([0.6, 0.2, 0.2], (m, 1)))]
-    chan = np.where(etype == 3, support_ch, chan)
-    goods = (etype == 0) | (etype == 2)
-    cat = np.where(rng.random(m) < 0.6, fav[owner], _draw(rng, cat_mix[bo]))
-    amount = spend[owner] * _PRICE[cat] * rng.lognormal(0.0, 0.5, m)
-    amount = np.where(goods, np.round(amount, 2), 0.0)
-    cat_names = np.asarray([*CATEGORIES, ""], dtype=object)[np.where(goods, cat, len(CATEGORIES))]
-    seconds = rng.integers(8 * 3600, 22 * 3600, m)
+    chan, amount, cat_names = _event_attributes(rng, br, cu, owner, etype)
+    seconds = rng.integers(8 * 3600, 22 * 3600, len(owner))
     ts = start_ns + np.floor(t).astype(np.int64) * _DAY_NS + seconds * 10**9
     order = np.lexsort((ts, owner))
 
     branch_names = np.asarray(list(branch_ids or default_branch_ids(B)), dtype=object)
+    N = len(cu.b)
     ids = np.char.add("C", np.char.zfill(np.arange(N).astype(str), 7)).astype(object)
-    signup_ts = pd.to_datetime(start_ns + signup.astype(np.int64) * _DAY_NS)
+    signup_ts = pd.to_datetime(start_ns + cu.signup.astype(np.int64) * _DAY_NS)
     signup_ts = signup_ts.where(rng.random(N) >= 0.05)  # 5 % unknown signup dates
-    consent = rng.random(N) >= no_consent[b]
-    opted = rng.random(N) < opt_out[b]
-    cust = pd.DataFrame(
-        {
-            "customer_id": pd.array(ids, dtype=str),
-            "branch_id": pd.array(branch_names[b], dtype=str),
-            "signup_date": signup_ts.astype("datetime64[ns]"),
-            "consent_analytics": consent,
-            "ccpa_opt_out": opted,
-        }
-    )
+    consent = rng.random(N) >= br.no_consent[cu.b]
+    opted = rng.random(N) < br.opt_out[cu.b]
+    cust = _customer_frame(ids, branch_names[cu.b], signup_ts, consent, opted)
     o = owner[order]
-    events = pd.DataFrame(
-        {
-            "customer_id": pd.array(ids[o], dtype=str),
-            "timestamp": ts[order].astype("datetime64[ns]"),
-            "event_type": pd.array(np.asarray(EVENT_TYPES, dtype=object)[etype[order]], dtype=str),
-            "amount": amount[order].astype(np.float64),
-            "channel": pd.array(np.asarray(CHANNELS, dtype=object)[chan[order]], dtype=str),
-            "product_category": pd.array(cat_names[order], dtype=str),
-            "branch_id": pd.array(branch_names[b[o]], dtype=str),
-        }
+    events = _event_frame(
+        ids[o],
+        ts[order],
+        etype[order],
+        amount[order],
+        chan[order],
+        cat_names[order],
+        branch_names[cu.b[o]],
     )
     return cust, events
 
@@ -337,8 +364,6 @@ def write_synthetic_branch(
     Path
         ``out_dir`` (``customers.csv``, ``events.csv``; branch ``branch_00``).
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
     out = Path(out_dir)
@@ -354,38 +379,7 @@ def write_synthetic_branch(
             prefix = f"K{k:04d}-"
             cust["customer_id"] = prefix + cust["customer_id"]
             events["customer_id"] = prefix + events["customer_id"]
-            tables = {
-                "customers": pa.table(
-                    {
-                        "customer_id": cust["customer_id"].to_numpy(dtype=object),
-                        "branch_id": cust["branch_id"].to_numpy(dtype=object),
-                        "signup_date": pc.strftime(
-                            pa.array(cust["signup_date"].to_numpy(dtype="datetime64[s]")),
-                            format="%Y-%m-%d",
-                        ),
-                        "consent_analytics": pc.if_else(
-                            cust["consent_analytics"].to_numpy(), "true", "false"
-                        ),
-                        "ccpa_opt_out": pc.if_else(
-                            cust["ccpa_opt_out"].to_numpy(), "true", "false"
-                        ),
-                    }
-                ),
-                "events": pa.table(
-                    {
-                        "customer_id": events["customer_id"].to_numpy(dtype=object),
-                        "timestamp": pc.strftime(
-                            pa.array(events["timestamp"].to_numpy(dtype="datetime64[s]")),
-                            format="%Y-%m-%dT%H:%M:%S",
-                        ),
-                        "event_type": events["event_type"].to_numpy(dtype=object),
-                        "amount": events["amount"].to_numpy(),
-                        "channel": events["channel"].to_numpy(dtype=object),
-                        "product_category": events["product_category"].to_numpy(dtype=object),
-                    }
-                ),
-            }
-            for name, table in tables.items():
+            for name, table in _csv_tables(cust, events).items():
                 if name not in writers:
                     writers[name] = pacsv.CSVWriter(
                         out / f"{name}.csv", table.schema, write_options=options

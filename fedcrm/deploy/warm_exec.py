@@ -35,7 +35,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fedcrm.deploy.warm_polling import (
     BURST_S,
@@ -48,7 +48,7 @@ from fedcrm.deploy.warm_polling import (
     poll_delay,
     poll_interval,
 )
-from fedcrm.deploy.warm_preload import PRELOAD, preload
+from fedcrm.deploy.warm_preload import PRELOAD, _preload_and_announce, preload
 
 __all__ = [
     "BURST_S",
@@ -197,6 +197,109 @@ def _run_child(spec: object) -> NoReturn:  # pragma: no cover - exercised in a c
         os._exit(code)
 
 
+def _stop_on_signals(stop: threading.Event) -> dict[signal.Signals, Any]:
+    """Set ``stop`` on SIGTERM/SIGINT (from the main thread); returns the handlers replaced."""
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, _stop)
+    return previous
+
+
+def _connect(
+    runtime_api_address: str,
+    insecure: bool,
+    root_certificates_path: str | None,
+    executor: ForkExecutor,
+) -> tuple[Any, Any]:
+    """A client of the SuperNode's Runtime API and Flower's task plugin around ``executor``."""
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supercore.superexec.plugin import AutoExecPlugin
+    from flwr.supercore.tls import validate_and_resolve_root_certificates
+
+    # Flower's invoker retries for ever; bounded, a vanished SuperNode is noticed.
+    retry_invoker = make_simple_http_retry_invoker()
+    retry_invoker.max_time = RUNTIME_API_RETRY_S
+    client = RuntimeHttpClient.from_server_address(
+        server_address=runtime_api_address,
+        insecure=insecure,
+        root_certificates=validate_and_resolve_root_certificates(root_certificates_path, insecure),
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        retry_invoker=retry_invoker,
+    )
+    plugin = AutoExecPlugin(
+        runtime_api_address=runtime_api_address,
+        insecure=insecure,
+        root_certificates_path=root_certificates_path,
+        runtime_dependency_install=False,
+        executor=executor,
+    )
+    return client, plugin
+
+
+def _launch_task(plugin: Any, res: Any) -> bool:
+    """Launch an acquired task; False when it failed to start (it then expires)."""
+    try:
+        result = plugin.launch_task(token=res.token, task=res.task)
+    except Exception as err:  # noqa: BLE001 - the task expires; keep serving
+        print(
+            f"fedcrm warm SuperExec: task {res.task.task_id} failed to start: {err}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
+    if str(getattr(result, "status", "accepted")) != "accepted":
+        print(
+            f"fedcrm warm SuperExec: task {res.task.task_id} not launched: {result.message}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return True
+
+
+def _serve_tasks(
+    stop: threading.Event,
+    parent_pid: int | None,
+    interval: float,
+    executor: ForkExecutor,
+    client: Any,
+    plugin: Any,
+) -> None:
+    """Poll for tasks and launch them until ``stop`` is set or ``parent_pid`` has gone."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+
+    next_poll = 0.0
+    while not stop.is_set():
+        if parent_pid is not None and not _pid_alive(parent_pid):
+            break
+        ended = executor.last_exit
+        executor.reconcile()
+        now = time.monotonic()
+        if executor.last_exit != ended:  # a child just ended: its successor is near
+            next_poll = min(next_poll, now + interval)
+        if now < next_poll:
+            stop.wait(min(CHILD_CHECK_S, next_poll - now))  # a waitpid, no HTTP call
+            continue
+        next_poll = now + poll_delay(interval, executor.last_exit, now)
+        types, fab_hashes = executor.get_eligible_capacity(set(plugin.supported_task_types))
+        try:
+            res = client.AcquireTask(
+                AcquireTaskRequest(supported_task_types=types, agentapp_fab_hashes=fab_hashes)
+            )
+        except Exception as err:  # noqa: BLE001 - the SuperNode may be restarting
+            print(f"fedcrm warm SuperExec: Runtime API: {err}", file=sys.stderr, flush=True)
+            stop.wait(1.0)
+            continue
+        if res.HasField("task") and res.token and _launch_task(plugin, res):
+            next_poll = 0.0  # another task may be waiting: ask again at once
+
+
 def serve(
     runtime_api_address: str,
     *,
@@ -218,107 +321,17 @@ def serve(
     if approved_fabs is not None:
         os.environ[APPROVED_ENV] = ",".join(approved_fabs)
     interval = poll_interval()
-    t0 = time.perf_counter()
-    try:
-        kept = preload(preload_modules) if preload_modules else sorted(sys.modules)
-    except Exception as err:  # noqa: BLE001 - a cold child still works, only slower
-        print(
-            f"fedcrm warm SuperExec: preloading failed ({type(err).__name__}: {err}); "
-            "each message imports what it needs",
-            file=sys.stderr,
-            flush=True,
-        )
-        kept = sorted(sys.modules)
-    if approved_fabs is None:
-        apps = "any app the SuperLink sends"
-    else:
-        apps = "only the approved apps " + ", ".join(h[:12] for h in approved_fabs)
-    print(
-        f"fedcrm warm SuperExec: {len(kept)} modules preloaded in "
-        f"{time.perf_counter() - t0:.1f} s; serving {runtime_api_address}; runs {apps}",
-        file=sys.stderr,
-        flush=True,
-    )
-    from flwr.proto.runtime_pb2 import AcquireTaskRequest
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-    from flwr.supercore.retry import make_simple_http_retry_invoker
-    from flwr.supercore.runtime import RuntimeHttpClient
-    from flwr.supercore.superexec.plugin import AutoExecPlugin
-    from flwr.supercore.tls import validate_and_resolve_root_certificates
-
+    _preload_and_announce(preload_modules, runtime_api_address, approved_fabs)
     stop = stop or threading.Event()
-
-    def _stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, _stop)
-
+    previous = _stop_on_signals(stop)
     executor = ForkExecutor()
-    # Flower's invoker retries for ever; bounded, a vanished SuperNode is noticed.
-    retry_invoker = make_simple_http_retry_invoker()
-    retry_invoker.max_time = RUNTIME_API_RETRY_S
     pycache = tempfile.mkdtemp(prefix="fedcrm-warm-pycache-")
     os.environ[PYCACHE_ENV] = pycache
     rdp_cache = tempfile.mkdtemp(prefix="fedcrm-warm-rdp-")
     os.environ[RDP_CACHE_ENV] = rdp_cache
-    client = RuntimeHttpClient.from_server_address(
-        server_address=runtime_api_address,
-        insecure=insecure,
-        root_certificates=validate_and_resolve_root_certificates(root_certificates_path, insecure),
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
-        retry_invoker=retry_invoker,
-    )
-    plugin = AutoExecPlugin(
-        runtime_api_address=runtime_api_address,
-        insecure=insecure,
-        root_certificates_path=root_certificates_path,
-        runtime_dependency_install=False,
-        executor=executor,
-    )
-    next_poll = 0.0
+    client, plugin = _connect(runtime_api_address, insecure, root_certificates_path, executor)
     try:
-        while not stop.is_set():
-            if parent_pid is not None and not _pid_alive(parent_pid):
-                break
-            ended = executor.last_exit
-            executor.reconcile()
-            now = time.monotonic()
-            if executor.last_exit != ended:  # a child just ended: its successor is near
-                next_poll = min(next_poll, now + interval)
-            if now < next_poll:
-                stop.wait(min(CHILD_CHECK_S, next_poll - now))  # a waitpid, no HTTP call
-                continue
-            next_poll = now + poll_delay(interval, executor.last_exit, now)
-            types, fab_hashes = executor.get_eligible_capacity(set(plugin.supported_task_types))
-            try:
-                res = client.AcquireTask(
-                    AcquireTaskRequest(supported_task_types=types, agentapp_fab_hashes=fab_hashes)
-                )
-            except Exception as err:  # noqa: BLE001 - the SuperNode may be restarting
-                print(f"fedcrm warm SuperExec: Runtime API: {err}", file=sys.stderr, flush=True)
-                stop.wait(1.0)
-                continue
-            if res.HasField("task") and res.token:
-                try:
-                    result = plugin.launch_task(token=res.token, task=res.task)
-                except Exception as err:  # noqa: BLE001 - the task expires; keep serving
-                    print(
-                        f"fedcrm warm SuperExec: task {res.task.task_id} failed to start: {err}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    continue
-                if str(getattr(result, "status", "accepted")) != "accepted":
-                    print(
-                        f"fedcrm warm SuperExec: task {res.task.task_id} not launched: "
-                        f"{result.message}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                next_poll = 0.0  # another task may be waiting: ask again at once
+        _serve_tasks(stop, parent_pid, interval, executor, client, plugin)
     finally:
         client.close()
         executor.close()

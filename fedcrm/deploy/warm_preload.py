@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 from collections.abc import Sequence
 
 # What a fedcrm ClientApp imports, including its lazy imports (torch, opacus, tenseal:
@@ -48,3 +49,30 @@ def preload(modules: Sequence[str] = PRELOAD, keep_prefix: str = "fedcrm") -> li
             if name == keep_prefix or name.startswith(keep_prefix + "."):
                 del sys.modules[name]
     return sorted(sys.modules)
+
+
+def _preload_and_announce(
+    preload_modules: Sequence[str], runtime_api_address: str, approved_fabs: Sequence[str] | None
+) -> None:
+    """Import the dependencies children share, then say what this SuperExec serves."""
+    t0 = time.perf_counter()
+    try:
+        kept = preload(preload_modules) if preload_modules else sorted(sys.modules)
+    except Exception as err:  # noqa: BLE001 - a cold child still works, only slower
+        print(
+            f"fedcrm warm SuperExec: preloading failed ({type(err).__name__}: {err}); "
+            "each message imports what it needs",
+            file=sys.stderr,
+            flush=True,
+        )
+        kept = sorted(sys.modules)
+    if approved_fabs is None:
+        apps = "any app the SuperLink sends"
+    else:
+        apps = "only the approved apps " + ", ".join(h[:12] for h in approved_fabs)
+    print(
+        f"fedcrm warm SuperExec: {len(kept)} modules preloaded in "
+        f"{time.perf_counter() - t0:.1f} s; serving {runtime_api_address}; runs {apps}",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 # Colour-blind-safe palette (Okabe & Ito).
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -53,6 +54,99 @@ def coinciding_series(series: Mapping[str, Sequence[tuple[str, float]]]) -> list
     return [names for names in groups.values() if len(names) > 1]
 
 
+@dataclass(frozen=True)
+class _Plot:
+    """The plot area of a chart (SVG units) and its scales from data to SVG coordinates."""
+
+    left: int
+    top: int
+    plot_w: int
+    plot_h: int
+    x_max: int
+    y_max: float
+
+    @property
+    def legend_x(self) -> int:
+        """Left edge of the legend, right of the plot area."""
+        return self.left + self.plot_w + 12
+
+    def x(self, i: float) -> float:
+        """Horizontal position of the ``i``-th charge (from 0)."""
+        return self.left + self.plot_w * i / self.x_max
+
+    def y(self, e: float) -> float:
+        """Vertical position of epsilon ``e``."""
+        return self.top + self.plot_h * (1 - e / self.y_max)
+
+
+def _axes_svg(p: _Plot, height: int) -> list[str]:
+    """Grid lines with their epsilon, the charge numbers and the two axis titles."""
+    left, top, plot_w, plot_h, x_max, y_max = p.left, p.top, p.plot_w, p.plot_h, p.x_max, p.y_max
+    out = []
+    for k in range(6):
+        value = y_max * k / 5
+        out.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{p.y(value):.1f}" y2="{p.y(value):.1f}" '
+            'stroke="#e5e5e5"/>'
+            f'<text x="{left - 6}" y="{p.y(value) + 4:.1f}" text-anchor="end" font-size="11">'
+            f"{value:g}</text>"
+        )
+    for k in range(min(x_max, 10) + 1):
+        i = round(x_max * k / min(x_max, 10))
+        out.append(
+            f'<text x="{p.x(i):.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
+            f'font-size="11">{i + 1}</text>'
+        )
+    out.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle" font-size="12">'
+        "privacy charge (reservation), in ledger order</text>"
+        f'<text x="14" y="{top + plot_h / 2}" text-anchor="middle" font-size="12" '
+        f'transform="rotate(-90 14 {top + plot_h / 2})">cumulative epsilon</text>'
+    )
+    return out
+
+
+def _branch_svg(
+    p: _Plot,
+    n: int,
+    count: int,
+    branch: str,
+    points: Sequence[tuple[str, float]],
+    ceiling: float | None,
+) -> list[str]:
+    """The ``n``-th of ``count`` branches: its ceiling, line, markers and legend entry."""
+    left, top, plot_w, legend_x = p.left, p.top, p.plot_w, p.legend_x
+    out = []
+    colour = PALETTE[n % len(PALETTE)]
+    name = html.escape(branch)
+    # Earlier lines wider: one drawn over another leaves the other's colour showing.
+    stroke = 1.5 + 3.0 * (count - 1 - n) / max(count - 1, 1)
+    size = 2.5 + stroke / 2
+    if ceiling is not None:
+        out.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{p.y(ceiling):.1f}" '
+            f'y2="{p.y(ceiling):.1f}" stroke="{colour}" stroke-dasharray="6 4">'
+            f"<title>{name} ceiling {ceiling:g}</title></line>"
+        )
+    if points:
+        path = " ".join(f"{p.x(i):.1f},{p.y(e):.1f}" for i, (_, e) in enumerate(points))
+        out.append(
+            f'<polyline fill="none" stroke="{colour}" stroke-width="{stroke:.1f}" '
+            f'stroke-linejoin="round" points="{path}"><title>{name}</title></polyline>'
+        )
+        for i, (label, e) in enumerate(points):
+            tip = f"{name} {html.escape(label)}: epsilon {e:.4g}"
+            out.append(_marker(n, p.x(i), p.y(e), size, colour, tip))
+    legend_y = top + 14 + 18 * n
+    out.append(
+        f'<line x1="{legend_x}" x2="{legend_x + 20}" y1="{legend_y - 4}" '
+        f'y2="{legend_y - 4}" stroke="{colour}" stroke-width="{stroke:.1f}"/>'
+        + _marker(n, legend_x + 10, legend_y - 4, size, colour, name)
+        + f'<text x="{legend_x + 26}" y="{legend_y}" font-size="12">{name}</text>'
+    )
+    return out
+
+
 def epsilon_chart_svg(
     series: Mapping[str, Sequence[tuple[str, float]]],
     *,
@@ -89,15 +183,7 @@ def epsilon_chart_svg(
         + [c for c in ceilings.values() if c is not None],
         default=0.0,
     )
-    y_max = _nice_ceiling(highest * 1.05)
-    x_max = max(longest - 1, 1)
-
-    def x(i: float) -> float:
-        return left + plot_w * i / x_max
-
-    def y(e: float) -> float:
-        return top + plot_h * (1 - e / y_max)
-
+    p = _Plot(left, top, plot_w, plot_h, max(longest - 1, 1), _nice_ceiling(highest * 1.05))
     out = [
         f'<svg role="img" viewBox="0 0 {width} {height}" '
         f'width="100%" style="max-width:{width}px" aria-labelledby="eps-title eps-desc">',
@@ -106,60 +192,13 @@ def epsilon_chart_svg(
         "dashed lines are the branch ceilings.</desc>",
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" '
         'stroke="#999"/>',
+        *_axes_svg(p, height),
     ]
-    for k in range(6):
-        value = y_max * k / 5
-        out.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
-            'stroke="#e5e5e5"/>'
-            f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end" font-size="11">'
-            f"{value:g}</text>"
-        )
-    for k in range(min(x_max, 10) + 1):
-        i = round(x_max * k / min(x_max, 10))
-        out.append(
-            f'<text x="{x(i):.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
-            f'font-size="11">{i + 1}</text>'
-        )
-    out.append(
-        f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle" font-size="12">'
-        "privacy charge (reservation), in ledger order</text>"
-        f'<text x="14" y="{top + plot_h / 2}" text-anchor="middle" font-size="12" '
-        f'transform="rotate(-90 14 {top + plot_h / 2})">cumulative epsilon</text>'
-    )
     count = len(series)
-    legend_x = left + plot_w + 12
     for n, (branch, points) in enumerate(sorted(series.items())):
-        colour = PALETTE[n % len(PALETTE)]
-        name = html.escape(branch)
-        # Earlier lines wider: one drawn over another leaves the other's colour showing.
-        stroke = 1.5 + 3.0 * (count - 1 - n) / max(count - 1, 1)
-        size = 2.5 + stroke / 2
-        ceiling = ceilings.get(branch)
-        if ceiling is not None:
-            out.append(
-                f'<line x1="{left}" x2="{left + plot_w}" y1="{y(ceiling):.1f}" '
-                f'y2="{y(ceiling):.1f}" stroke="{colour}" stroke-dasharray="6 4">'
-                f"<title>{name} ceiling {ceiling:g}</title></line>"
-            )
-        if points:
-            path = " ".join(f"{x(i):.1f},{y(e):.1f}" for i, (_, e) in enumerate(points))
-            out.append(
-                f'<polyline fill="none" stroke="{colour}" stroke-width="{stroke:.1f}" '
-                f'stroke-linejoin="round" points="{path}"><title>{name}</title></polyline>'
-            )
-            for i, (label, e) in enumerate(points):
-                tip = f"{name} {html.escape(label)}: epsilon {e:.4g}"
-                out.append(_marker(n, x(i), y(e), size, colour, tip))
-        legend_y = top + 14 + 18 * n
-        out.append(
-            f'<line x1="{legend_x}" x2="{legend_x + 20}" y1="{legend_y - 4}" '
-            f'y2="{legend_y - 4}" stroke="{colour}" stroke-width="{stroke:.1f}"/>'
-            + _marker(n, legend_x + 10, legend_y - 4, size, colour, name)
-            + f'<text x="{legend_x + 26}" y="{legend_y}" font-size="12">{name}</text>'
-        )
+        out.extend(_branch_svg(p, n, count, branch, points, ceilings.get(branch)))
     if any(c is not None for c in ceilings.values()):
-        legend_y = top + 14 + 18 * count
+        legend_x, legend_y = p.legend_x, top + 14 + 18 * count
         out.append(
             f'<line x1="{legend_x}" x2="{legend_x + 20}" y1="{legend_y - 4}" '
             f'y2="{legend_y - 4}" stroke="#555" stroke-dasharray="6 4" '

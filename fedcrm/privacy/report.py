@@ -223,6 +223,68 @@ def _caveats(mode: str | None, accountants: set[str], evaluation: str | None) ->
     )
 
 
+def _verify(
+    root: Path, keys_dir: str | os.PathLike[str] | None
+) -> tuple[list[BranchVerification], str | None]:
+    """The verification of every ledger under ``root``; none and the reason when unreadable."""
+    try:
+        return verify_path(root, keys_dir=keys_dir), None
+    except (LedgerError, ConfigError) as exc:
+        return [], str(exc)
+
+
+def _facts(
+    root: Path,
+    summary: Mapping[str, Any] | None,
+    mode: object,
+    evaluation: str | None,
+    verified: bool,
+    keys_dir: str | os.PathLike[str] | None,
+) -> list[tuple[str, str]]:
+    """The run at a glance: (name, HTML value) rows for the top of the report."""
+    keys_text = f" with the keys in {e(keys_dir)}" if keys_dir is not None else ""
+    return [
+        ("Source", e(root)),
+        ("Model", _describe_model(get(summary, "model"))),
+        ("Run", _status(summary)),
+        (
+            "Updates encrypted (HE)",
+            "unknown" if mode is None else ("yes" if mode in ("he", "dp_he") else "no"),
+        ),
+        ("Privacy mode", e(mode or "unknown")),
+        (
+            "Evaluation",
+            {
+                "dp": "differentially private (<code>dp-eval</code>, in the ledgers)",
+                "thresholded": "<b>not DP</b>: groups of at least k customers",
+            }.get(evaluation or "", "unknown"),
+        ),
+        (
+            "Ledger verification",
+            (PASSED if verified else FAILED) + keys_text,
+        ),
+        ("Final AUC", num(get(summary, "final", "auc"), ".3f")),
+    ]
+
+
+def _page(body: str) -> str:
+    """A self-contained HTML page of the report around ``body``, stamped with the time now."""
+    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>fedcrm privacy report</title><style>{_CSS}</style>
+<script>window.addEventListener("error",function(){{
+document.documentElement.setAttribute("data-script-error","1");}});</script>
+</head><body>
+<h1>Privacy report</h1>
+<p class="muted">Generated {e(generated)} by fedcrm from the signed privacy ledgers.</p>
+{body}
+<script>document.documentElement.setAttribute("data-rendered","1");</script>
+</body></html>
+"""
+
+
 def build_report(
     run_or_ledger_dir: str | os.PathLike[str],
     *,
@@ -245,11 +307,7 @@ def build_report(
     root = Path(run_or_ledger_dir)
     if summary is None:
         summary = _load_summary(root if root.is_dir() else root.parent)
-    error = None
-    try:
-        results = verify_path(root, keys_dir=keys_dir)
-    except (LedgerError, ConfigError) as exc:
-        results, error = [], str(exc)
+    results, error = _verify(root, keys_dir)
     by_branch = {r.branch_id: r for r in results}
     entries = {r.branch_id: _ledger_entries(r.path) for r in results}
     per_branch = get(summary, "privacy", "per_branch") or {}
@@ -263,40 +321,9 @@ def build_report(
     accountants = {str(x.get("accountant")) for items in entries.values() for x in items}
     evaluation = evaluation_kind(summary, entries)
     report = Report("", results, error)
-    keys_text = f" with the keys in {e(keys_dir)}" if keys_dir is not None else ""
-    facts = [
-        ("Source", e(root)),
-        ("Model", _describe_model(get(summary, "model"))),
-        ("Run", _status(summary)),
-        (
-            "Updates encrypted (HE)",
-            "unknown" if mode is None else ("yes" if mode in ("he", "dp_he") else "no"),
-        ),
-        ("Privacy mode", e(mode or "unknown")),
-        (
-            "Evaluation",
-            {
-                "dp": "differentially private (<code>dp-eval</code>, in the ledgers)",
-                "thresholded": "<b>not DP</b>: groups of at least k customers",
-            }.get(evaluation or "", "unknown"),
-        ),
-        (
-            "Ledger verification",
-            (PASSED if report.verified else FAILED) + keys_text,
-        ),
-        ("Final AUC", num(get(summary, "final", "auc"), ".3f")),
-    ]
-    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    report.html = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>fedcrm privacy report</title><style>{_CSS}</style>
-<script>window.addEventListener("error",function(){{
-document.documentElement.setAttribute("data-script-error","1");}});</script>
-</head><body>
-<h1>Privacy report</h1>
-<p class="muted">Generated {e(generated)} by fedcrm from the signed privacy ledgers.</p>
-<table class="facts"><tbody>{"".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in facts)}
+    facts = _facts(root, summary, mode, evaluation, report.verified, keys_dir)
+    rows = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in facts)
+    report.html = _page(f"""<table class="facts"><tbody>{rows}
 </tbody></table>
 <h2>Per branch</h2>
 {branch_table(branches, by_branch, entries, summary)}
@@ -313,10 +340,7 @@ left the branch for a reserved step and charge nothing.</p>
 <h2>Ledger verification</h2>
 {verification_section(results, error)}
 <h2>What this means</h2>
-{_caveats(mode if isinstance(mode, str) else None, accountants, evaluation)}
-<script>document.documentElement.setAttribute("data-rendered","1");</script>
-</body></html>
-"""
+{_caveats(mode if isinstance(mode, str) else None, accountants, evaluation)}""")
     return report
 
 
