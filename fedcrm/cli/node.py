@@ -104,41 +104,13 @@ def node_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[s
 
 def cmd_start(args: argparse.Namespace) -> int:
     """``fedcrm node start``: preflight, then run flower-supernode (TLS + node auth), supervised."""
-    from fedcrm.deploy.preflight import (
-        Report,
-        check_data,
-        check_node_auth_key,
-        check_node_config,
-        check_port_free,
-        check_signing_key,
-        check_tls_handshake,
-        check_validity,
-        load_cert,
-        node_config_string,
-    )
-    from fedcrm.deploy.tls import parse_address
+    from fedcrm.deploy.preflight import node_config_string
 
     kit, node_config, files = node_settings(args)
     branch_id = node_config["branch-id"]
     superlink = args.superlink or kit.server_address
-    report = Report()
-    try:
-        parse_address(superlink)
-    except ConfigError:
-        report.add("--superlink", f"{superlink!r} must be HOST:PORT")
+    report = _preflight(args, node_config, files, superlink)
     ca_path = files["root_certificates"]
-    ca = load_cert(ca_path, "--root-certificates", report)
-    if ca is not None and ca_path is not None:
-        check_validity(ca, ca_path, "--root-certificates", report)
-        if not report.problems and not args.no_connect_check:
-            check_tls_handshake(ca_path, superlink, report)
-    check_node_auth_key(files["auth_key"], "--auth-key", report)
-    if node_config.get("signing-key"):
-        check_signing_key(Path(node_config["signing-key"]), "--signing-key", report)
-    check_node_config(node_config, report)
-    if not any(p.startswith(("--data-", "--spec")) for p in report.problems):
-        check_data(node_config, branch_id, report)
-    check_port_free("127.0.0.1", args.runtime_port, "--runtime-port", report)
     approved = _approved_apps(args, node_config, report)
     report.raise_if_any(f"the SuperNode of branch {branch_id}")
     for note in report.notes:
@@ -171,6 +143,48 @@ def cmd_start(args: argparse.Namespace) -> int:
     return run_flower(
         cmd, dry_run=False, name="SuperNode", policy=RestartPolicy(restart=not args.no_restart)
     )
+
+
+def _preflight(
+    args: argparse.Namespace,
+    node_config: dict[str, Any],
+    files: dict[str, Path | None],
+    superlink: str,
+) -> Any:
+    """The report of the checks before start: address, TLS, keys, node config, data, port."""
+    from fedcrm.deploy.preflight import (
+        Report,
+        check_data,
+        check_node_auth_key,
+        check_node_config,
+        check_port_free,
+        check_signing_key,
+        check_tls_handshake,
+        check_validity,
+        load_cert,
+    )
+    from fedcrm.deploy.tls import parse_address
+
+    branch_id = node_config["branch-id"]
+    report = Report()
+    try:
+        parse_address(superlink)
+    except ConfigError:
+        report.add("--superlink", f"{superlink!r} must be HOST:PORT")
+    ca_path = files["root_certificates"]
+    ca = load_cert(ca_path, "--root-certificates", report)
+    if ca is not None and ca_path is not None:
+        check_validity(ca, ca_path, "--root-certificates", report)
+        if not report.problems and not args.no_connect_check:
+            check_tls_handshake(ca_path, superlink, report)
+    check_node_auth_key(files["auth_key"], "--auth-key", report)
+    if node_config.get("signing-key"):
+        check_signing_key(Path(node_config["signing-key"]), "--signing-key", report)
+    check_node_config(node_config, report)
+    if not any(p.startswith(("--data-", "--spec")) for p in report.problems):
+        check_data(node_config, branch_id, report)
+    check_port_free("127.0.0.1", args.runtime_port, "--runtime-port", report)
+    return report
 
 
 def _approved_apps(

@@ -90,6 +90,77 @@ _FLOWER_KEYS = ("partition-id", "num-partitions")
 _SOURCE_KEYS = ("data-path", "data-url", "data-url-file")
 
 
+def _node_source(node_config: Mapping[str, Any]) -> tuple[Path | None, str | None]:
+    """Check the keys, the branch id and the single data source; return (data path, data URL)."""
+    unknown = sorted(set(node_config) - set(KNOWN_KEYS) - set(_FLOWER_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown node-config key(s) {unknown}; valid keys: {', '.join(KNOWN_KEYS)}"
+        )
+    if not str(node_config.get("branch-id", "")).strip():
+        raise ConfigError('node config needs `branch-id` (e.g. --node-config "branch-id=...")')
+    sources = [k for k in _SOURCE_KEYS if str(node_config.get(k, "")).strip()]
+    if len(sources) != 1:
+        raise ConfigError(
+            "node config needs `data-path` (the export directory), or instead `data-url` "
+            'or `data-url-file` for a database (e.g. --node-config "data-path=...")'
+        )
+    data_path = None
+    if sources == ["data-path"]:
+        data_path = Path(str(node_config["data-path"]))
+        if not data_path.is_dir():
+            raise ConfigError(f"node config `data-path`: directory {data_path} does not exist")
+    data_url = str(node_config.get("data-url", "")).strip() or None
+    if data_url is not None and url_has_password(data_url):
+        raise ConfigError(
+            "node config `data-url` must not hold a password (node configs show in process "
+            "lists); use PGPASSWORD, ~/.pgpass or `data-url-file`"
+        )
+    return data_path, data_url
+
+
+def _node_path(node_config: Mapping[str, Any], key: str, must_exist: bool = True) -> Path | None:
+    """The path set for ``key`` (``None`` when unset); checked to exist unless told not to."""
+    value = str(node_config.get(key, "")).strip()
+    if not value:
+        return None
+    p = Path(value)
+    if must_exist and not p.exists():
+        raise ConfigError(f"node config `{key}`: file {p} does not exist")
+    return p
+
+
+def _node_positive(
+    node_config: Mapping[str, Any], key: str, upper: float | None = None
+) -> float | None:
+    """The finite number above 0 (and below ``upper``) set for ``key``; ``None`` when unset."""
+    raw = node_config.get(key, "")
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"node config `{key}` must be a number") from None
+    if not math.isfinite(value) or value <= 0 or (upper is not None and value >= upper):
+        bound = f" and below {upper}" if upper is not None else ""
+        raise ConfigError(f"node config `{key}` must be a finite number above 0{bound}")
+    return value
+
+
+def _node_whole(node_config: Mapping[str, Any], key: str, low: int) -> int | None:
+    """The whole number of at least ``low`` set for ``key``; ``None`` when unset."""
+    raw = node_config.get(key, "")
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ConfigError(f"node config `{key}` must be a whole number") from None
+    if value < low:
+        raise ConfigError(f"node config `{key}` must be >= {low}")
+    return value
+
+
 @dataclass(frozen=True)
 class BranchSettings:
     """Validated node config of one branch."""
@@ -131,85 +202,27 @@ class BranchSettings:
         ConfigError
             Naming the node-config key to fix.
         """
-        unknown = sorted(set(node_config) - set(KNOWN_KEYS) - set(_FLOWER_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"unknown node-config key(s) {unknown}; valid keys: {', '.join(KNOWN_KEYS)}"
-            )
-        if not str(node_config.get("branch-id", "")).strip():
-            raise ConfigError('node config needs `branch-id` (e.g. --node-config "branch-id=...")')
-        sources = [k for k in _SOURCE_KEYS if str(node_config.get(k, "")).strip()]
-        if len(sources) != 1:
-            raise ConfigError(
-                "node config needs `data-path` (the export directory), or instead `data-url` "
-                'or `data-url-file` for a database (e.g. --node-config "data-path=...")'
-            )
-        data_path = None
-        if sources == ["data-path"]:
-            data_path = Path(str(node_config["data-path"]))
-            if not data_path.is_dir():
-                raise ConfigError(f"node config `data-path`: directory {data_path} does not exist")
-        data_url = str(node_config.get("data-url", "")).strip() or None
-        if data_url is not None and url_has_password(data_url):
-            raise ConfigError(
-                "node config `data-url` must not hold a password (node configs show in process "
-                "lists); use PGPASSWORD, ~/.pgpass or `data-url-file`"
-            )
-
-        def path(key: str, must_exist: bool = True) -> Path | None:
-            value = str(node_config.get(key, "")).strip()
-            if not value:
-                return None
-            p = Path(value)
-            if must_exist and not p.exists():
-                raise ConfigError(f"node config `{key}`: file {p} does not exist")
-            return p
-
-        def positive(key: str, upper: float | None = None) -> float | None:
-            raw = node_config.get(key, "")
-            if raw is None or str(raw).strip() == "":
-                return None
-            try:
-                value = float(raw)
-            except (TypeError, ValueError):
-                raise ConfigError(f"node config `{key}` must be a number") from None
-            if not math.isfinite(value) or value <= 0 or (upper is not None and value >= upper):
-                bound = f" and below {upper}" if upper is not None else ""
-                raise ConfigError(f"node config `{key}` must be a finite number above 0{bound}")
-            return value
-
-        def whole(key: str, low: int) -> int | None:
-            raw = node_config.get(key, "")
-            if raw is None or str(raw).strip() == "":
-                return None
-            try:
-                value = int(str(raw).strip())
-            except ValueError:
-                raise ConfigError(f"node config `{key}` must be a whole number") from None
-            if value < low:
-                raise ConfigError(f"node config `{key}` must be >= {low}")
-            return value
-
-        test_fraction = positive("test-fraction", upper=1.0)
+        data_path, data_url = _node_source(node_config)
+        test_fraction = _node_positive(node_config, "test-fraction", upper=1.0)
         return cls(
             branch_id=check_id(str(node_config["branch-id"]).strip(), "node config `branch-id`"),
             data_path=data_path,
-            ledger_path=path("ledger-path", must_exist=False),
-            signing_key=path("signing-key"),
-            epsilon_ceiling=positive("epsilon-ceiling"),
-            delta=positive("delta", upper=1.0),
-            agreement_key=path("agreement-key"),
-            roster=path("roster"),
-            min_contributors=whole("min-contributors", 2),
-            model_dir=path("model-dir", must_exist=False),
-            cache_dir=path("cache-dir", must_exist=False),
+            ledger_path=_node_path(node_config, "ledger-path", must_exist=False),
+            signing_key=_node_path(node_config, "signing-key"),
+            epsilon_ceiling=_node_positive(node_config, "epsilon-ceiling"),
+            delta=_node_positive(node_config, "delta", upper=1.0),
+            agreement_key=_node_path(node_config, "agreement-key"),
+            roster=_node_path(node_config, "roster"),
+            min_contributors=_node_whole(node_config, "min-contributors", 2),
+            model_dir=_node_path(node_config, "model-dir", must_exist=False),
+            cache_dir=_node_path(node_config, "cache-dir", must_exist=False),
             data_url=data_url,
-            data_url_file=path("data-url-file"),
-            data_spec=path("data-spec"),
-            state_dir=path("state-dir", must_exist=False),
+            data_url_file=_node_path(node_config, "data-url-file"),
+            data_spec=_node_path(node_config, "data-spec"),
+            state_dir=_node_path(node_config, "state-dir", must_exist=False),
             test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction,
-            min_cell_count=whole("min-cell-count", 1) or DEFAULT_MIN_COUNT,
-            rng_seed=whole("rng-seed", 0),
+            min_cell_count=_node_whole(node_config, "min-cell-count", 1) or DEFAULT_MIN_COUNT,
+            rng_seed=_node_whole(node_config, "rng-seed", 0),
         )
 
     def source(self) -> Any:

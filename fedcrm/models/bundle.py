@@ -173,6 +173,41 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _encode_model(
+    model: Any, model_config: LSTMModelConfig | GBDTModelConfig, feature_names: Sequence[str]
+) -> bytes:
+    """The model file's bytes (LSTM weights or trees), checked against the feature names."""
+    if model_config.name == "lstm":
+        assert isinstance(model_config, LSTMModelConfig)
+        n_tab = lstm_tabular_inputs(model, model_config)
+        if model_config.use_tabular and n_tab != len(feature_names):
+            raise BundleError(
+                f"the LSTM reads {n_tab} tabular features but {len(feature_names)} names were given"
+            )
+        return encode_lstm(model, model_config, n_tab)
+    return encode_trees(model)
+
+
+def _put_in_place(
+    out: Path, name: str, payload: bytes, manifest_bytes: bytes, signature: Mapping[str, Any]
+) -> None:
+    """Write the bundle's files to a fresh directory and swap it in for ``out`` as a whole."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    (tmp / name).write_bytes(payload)
+    (tmp / MANIFEST).write_bytes(manifest_bytes)
+    (tmp / SIGNATURE).write_text(json.dumps(signature, indent=1) + "\n")
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.replace(old)
+        tmp.replace(out)
+        shutil.rmtree(old)
+    else:
+        tmp.replace(out)
+
+
 def write_bundle(
     out_dir: str | os.PathLike[str],
     *,
@@ -206,16 +241,7 @@ def write_bundle(
     """
     out = Path(out_dir)
     kind = model_config.name
-    if kind == "lstm":
-        assert isinstance(model_config, LSTMModelConfig)
-        n_tab = lstm_tabular_inputs(model, model_config)
-        if model_config.use_tabular and n_tab != len(feature_names):
-            raise BundleError(
-                f"the LSTM reads {n_tab} tabular features but {len(feature_names)} names were given"
-            )
-        payload = encode_lstm(model, model_config, n_tab)
-    else:
-        payload = encode_trees(model)
+    payload = _encode_model(model, model_config, feature_names)
     name = _MODEL_FILES[kind]
     manifest = {
         "format": FORMAT,
@@ -245,20 +271,7 @@ def write_bundle(
         "content_hash": _sha256(manifest_bytes),
         "signature": sign(signing_key, manifest_bytes),
     }
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    (tmp / name).write_bytes(payload)
-    (tmp / MANIFEST).write_bytes(manifest_bytes)
-    (tmp / SIGNATURE).write_text(json.dumps(signature, indent=1) + "\n")
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.replace(old)
-        tmp.replace(out)
-        shutil.rmtree(old)
-    else:
-        tmp.replace(out)
+    _put_in_place(out, name, payload, manifest_bytes, signature)
     log.info("model bundle written to %s (content hash %s)", out, signature["content_hash"][:16])
     return out
 

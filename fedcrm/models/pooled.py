@@ -103,6 +103,55 @@ def chosen_threshold(releases: Sequence[EvaluationRelease]) -> float | None:
     return min((t for f, t in scored if f == best), key=lambda t: abs(t - THRESHOLD))
 
 
+def _empty_metrics(threshold: float) -> dict[str, Any]:
+    """The metrics of an empty pool: nan throughout, no customers."""
+    nan = float("nan")
+    return {
+        "auc": nan, "f1": nan, "f1_threshold": threshold, "f1_threshold_from": "default",
+        "f1_at_default": nan, "accuracy": nan, "logloss": nan, "brier": nan, "ece": nan,
+        "top_decile_lift": nan, "capture_top_10pct": nan, "n": 0.0, "reliability": [],
+    }  # fmt: skip
+
+
+def _mean_predicted(
+    pc: np.ndarray,
+    pl: np.ndarray,
+    pprob: np.ndarray,
+    nc: np.ndarray,
+    nl: np.ndarray,
+    nprob: np.ndarray,
+) -> np.ndarray:
+    """Each group's mean predicted probability (its location's when its count is not positive)."""
+    return np.concatenate(
+        [
+            np.divide(pprob, pc, out=sigmoid(pl), where=pc > 0),
+            np.divide(nprob, nc, out=sigmoid(nl), where=nc > 0),
+        ]
+    )
+
+
+def _reliability(
+    counts: np.ndarray, mean_p: np.ndarray, is_pos: np.ndarray, n: float
+) -> tuple[list[dict[str, Any]], float]:
+    """The reliability table per probability bin and the expected calibration error."""
+    edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)
+    which = np.clip(np.searchsorted(edges, mean_p, side="right") - 1, 0, CALIBRATION_BINS - 1)
+    reliability, ece = [], 0.0
+    for b in range(CALIBRATION_BINS):
+        m = which == b
+        size = float(counts[m].sum())
+        if size <= 0:
+            continue
+        predicted = float(np.sum(counts[m] * mean_p[m]) / size)
+        observed = float(np.sum(counts[m] * is_pos[m]) / size)
+        ece += size / n * abs(predicted - observed)
+        reliability.append(
+            {"bin": [float(edges[b]), float(edges[b + 1])], "predicted": predicted,
+             "observed": observed, "customers": size}
+        )  # fmt: skip
+    return reliability, ece
+
+
 def pooled_metrics(
     releases: Sequence[EvaluationRelease], *, threshold: float = THRESHOLD
 ) -> dict[str, Any]:
@@ -130,11 +179,7 @@ def pooled_metrics(
     n = float(pcc.sum() + ncc.sum())
     nan = float("nan")
     if n <= 0:
-        return {
-            "auc": nan, "f1": nan, "f1_threshold": threshold, "f1_threshold_from": "default",
-            "f1_at_default": nan, "accuracy": nan, "logloss": nan, "brier": nan, "ece": nan,
-            "top_decile_lift": nan, "capture_top_10pct": nan, "n": 0.0, "reliability": [],
-        }  # fmt: skip
+        return _empty_metrics(threshold)
     cut = float(logit(threshold))
     tp, fn = float(pcc[pl >= cut].sum()), float(pcc[pl < cut].sum())
     fp, tn = float(ncc[nl >= cut].sum()), float(ncc[nl < cut].sum())
@@ -147,27 +192,8 @@ def pooled_metrics(
     locs = np.concatenate([pl, nl])
     counts = np.concatenate([pcc, ncc])
     is_pos = np.concatenate([np.ones_like(pl), np.zeros_like(nl)])
-    mean_p = np.concatenate(
-        [
-            np.divide(pprob, pc, out=sigmoid(pl), where=pc > 0),
-            np.divide(nprob, nc, out=sigmoid(nl), where=nc > 0),
-        ]
-    )
-    edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)
-    which = np.clip(np.searchsorted(edges, mean_p, side="right") - 1, 0, CALIBRATION_BINS - 1)
-    reliability, ece = [], 0.0
-    for b in range(CALIBRATION_BINS):
-        m = which == b
-        size = float(counts[m].sum())
-        if size <= 0:
-            continue
-        predicted = float(np.sum(counts[m] * mean_p[m]) / size)
-        observed = float(np.sum(counts[m] * is_pos[m]) / size)
-        ece += size / n * abs(predicted - observed)
-        reliability.append(
-            {"bin": [float(edges[b]), float(edges[b + 1])], "predicted": predicted,
-             "observed": observed, "customers": size}
-        )  # fmt: skip
+    mean_p = _mean_predicted(pc, pl, pprob, nc, nl, nprob)
+    reliability, ece = _reliability(counts, mean_p, is_pos, n)
     base_rate = float(pcc.sum()) / n
     top_n, top_pos = _top_share(locs, counts, is_pos, 0.10)
     lift = (top_pos / top_n) / base_rate if top_n > 0 and base_rate > 0 else nan

@@ -41,17 +41,17 @@ from fedcrm.config import GBDTModelConfig
 from fedcrm.errors import FedCRMError
 from fedcrm.models.gbdt import HistGBDT
 from fedcrm.models.gbdt_protocol import BASE_SCORE
-from fedcrm.server.branch_state import BranchState, unpack_summary
+from fedcrm.server.branch_state import BranchState
+from fedcrm.server.gbdt_exchange import (
+    clear_sum,
+    group_replies,
+    majority,
+    record_rejections,
+    secure_sum,
+)
 from fedcrm.server.job import FederatedJob
 from fedcrm.server.run_dir import TreeState
-from fedcrm.server.tree_records import (
-    TreeArtifact,
-    arrays_of,
-    check_release,
-    model_digest,
-    record_of,
-    trees_of,
-)
+from fedcrm.server.tree_records import TreeArtifact, arrays_of, record_of, trees_of
 
 log = logging.getLogger(__name__)
 
@@ -143,43 +143,11 @@ class GBDTJob(FederatedJob):
         )
         self.exchanges += 1
         problems: dict[str, str] = {}
-        groups: dict[str, list[tuple[BranchState, Any]]] = {}
-        evals = []
-        for reply, b in zip(replies, active, strict=True):
-            if not reply.ok:
-                b.failed_rounds += 1
-                b.last_problem = problems[b.branch_id] = f"round {round_num}: {reply.error}"
-                continue
-            content = reply.message.content  # type: ignore[union-attr]
-            if not self._handle_status(b, dict(content[P.BRANCH]), problems):
-                continue
-            try:
-                model = arrays_of(content[P.GBDT_MODEL])
-                step = dict(content[P.GBDT_STEP])
-            except KeyError as exc:
-                b.failed_rounds += 1
-                b.last_problem = problems[b.branch_id] = f"reply lacks {exc}"
-                continue
-            summary = unpack_summary(content[P.METRICS]) if P.METRICS in content else None
-            if summary is not None:
-                evals.append((b, summary))
-            groups.setdefault(model_digest(model, step), []).append((b, (model, step, content)))
+        groups, evals = group_replies(self, replies, active, round_num, problems)
         if not groups:
             self.stopped_reason = f"exchange {self.exchanges}: no branch answered ({problems})"
             return None, {}, None, {"problems": problems}
-        # The majority's model; ties go to the group of the first branch id.
-        agreed = min(
-            groups, key=lambda d: (-len(groups[d]), min(b.branch_id for b, _ in groups[d]))
-        )
-        for digest, members in groups.items():
-            if digest != agreed:
-                for b, _ in members:
-                    self._exclude(
-                        b,
-                        f"{P.REASON_DISAGREE}: its model differs from "
-                        f"{len(groups[agreed])} other branch(es)",
-                        problems,
-                    )
+        agreed = majority(self, groups, problems)
         model, step, _ = groups[agreed][0][1]
         accepted, new_pending = self._aggregate(step, groups[agreed], problems, round_num)
         for b, s in evals:
@@ -212,56 +180,10 @@ class GBDTJob(FederatedJob):
             return len(members), None
         shape = tuple(int(s) for s in step["shape"])
         if self.secure is not None:
-            uploads = {}
-            for b, (_, _, content) in members:
-                if P.ENCRYPTED not in content:
-                    continue
-                uploads[b.branch_id] = dict(content[P.ENCRYPTED])
-                self.bytes_up += sum(len(c) for c in uploads[b.branch_id].get("chunks", []))
-            rejected = {
-                b.branch_id: "no encrypted release"
-                for b, _ in members
-                if b.branch_id not in uploads
-            }
-            step_no = self.secure_state.next_step
-            total, more = self.secure.finish(
-                step_no,
-                self.secure_state,
-                uploads,
-                next_step=None if self._is_last(step) else step_no + 1,
-            )
-            rejected.update(more)
-            if total is not None:
-                self.secure_state = total
-                rejected.update(
-                    {b: "not in the step's sum" for b in uploads if b not in total.contributors}
-                )
+            total, rejected = secure_sum(self, step, members)
         else:
-            total, rejected = None, {}
-            for b, (_, _, content) in members:
-                try:
-                    values = check_release(
-                        b.branch_id, arrays_of(content[P.RELEASE])["values"], shape
-                    )
-                except (KeyError, ValueError) as exc:
-                    rejected[b.branch_id] = str(exc)
-                    continue
-                self.bytes_up += values.nbytes
-                total = values.copy() if total is None else total + values
-        by_id = {b.branch_id: b for b, _ in members}
-        for branch_id, why in rejected.items():
-            b = by_id[branch_id]
-            b.failed_rounds += 1
-            b.last_problem = problems[branch_id] = f"round {round_num}: histogram rejected: {why}"
-            if self.secure is not None:
-                # A branch opens only sums holding its own upload, and each step of a
-                # tree needs the last one: it sits out the rest of the job.
-                b.extra["excluded"] = True
-                b.last_problem += " (out of the encrypted sums: sits out the rest of the job)"
-        accepted = len(members) - len(rejected)
-        for b, _ in members:
-            if b.branch_id not in rejected:
-                b.rounds_trained += 1
+            total, rejected = clear_sum(self, members, shape)
+        accepted = record_rejections(self, members, rejected, problems, round_num)
         if accepted < self.cfg.federation.min_branches:
             self.stopped_reason = (
                 f"round {round_num}: only {accepted} branch release(s) could be aggregated, "
@@ -293,30 +215,8 @@ class GBDTJob(FederatedJob):
             n_trees, resumed = self._resume(None)
         t_trees = time.perf_counter()
         if self.secure is not None:
-            from fedcrm.server.secure_agg import SecureState
-
-            t_keys = time.perf_counter()
-            pending_state = resumed.pending if resumed is not None else None
-            first = pending_state.next_step if isinstance(pending_state, SecureState) else 1
-            fresh = self.secure.setup(first_step=first)
-            if isinstance(pending_state, SecureState):  # resumed: the checkpoint's sum, new ads
-                pending_state.advertisements = fresh.advertisements
-                fresh = pending_state
-            self.secure_state = fresh
-            self.timings["key_ceremony_s"] = time.perf_counter() - t_keys
-        if resumed is not None:
-            # Branches keep nothing between messages and pay each tree's release once
-            # (their ledgers dedupe by run and round), so sending the checkpointed
-            # model and aggregate again continues the protocol where it stopped.
-            saved = self.resumed_state or {}
-            arrays, pending, step = resumed.arrays, resumed.pending, resumed.step
-            names = list(saved.get("feature_names", []))
-            self.exchanges = int(saved.get("exchanges", self.exchanges))
-        else:
-            lo, hi, names = self._ranges()
-            arrays = {"lo": lo, "hi": hi, "level": np.array([0])}
-            arrays, step, pending, _ = self._step(P.GBDT_BINS, arrays, None, 0)
-            self._tree_checkpoint(n_trees, arrays, pending, step, names)
+            self._key_ceremony(resumed)
+        arrays, pending, step, names = self._begin(resumed, n_trees)
         mtype = P.GBDT_BATCH if self.gbdt.mode == "batched" else P.GBDT_LEVEL
         last_t = time.perf_counter()
         seen: dict[str, str] = {}  # problems of the exchanges since the last finished tree
@@ -343,6 +243,50 @@ class GBDTJob(FederatedJob):
         if self.stopped_reason is not None:
             pending = None
         t_eval = time.perf_counter()
+        arrays, final = self._final_evaluation(arrays, pending, n_trees)
+        self.timings["final_evaluation_s"] = time.perf_counter() - t_eval
+        self.timings["federated_s"] = time.perf_counter() - t_start
+        return self._tree_result(final, arrays, names)
+
+    def _key_ceremony(self, resumed: TreeState | None) -> None:
+        """Run the key ceremony; a resumed job keeps its checkpointed sum, with new ads."""
+        from fedcrm.server.secure_agg import SecureState
+
+        t_keys = time.perf_counter()
+        pending_state = resumed.pending if resumed is not None else None
+        first = pending_state.next_step if isinstance(pending_state, SecureState) else 1
+        fresh = self.secure.setup(first_step=first)
+        if isinstance(pending_state, SecureState):  # resumed: the checkpoint's sum, new ads
+            pending_state.advertisements = fresh.advertisements
+            fresh = pending_state
+        self.secure_state = fresh
+        self.timings["key_ceremony_s"] = time.perf_counter() - t_keys
+
+    def _begin(
+        self, resumed: TreeState | None, n_trees: int
+    ) -> tuple[dict[str, np.ndarray] | None, Any, dict[str, Any], list[str]]:
+        """The model, sum, step and feature names to go on from: the checkpoint's, else bins."""
+        arrays: dict[str, np.ndarray] | None
+        names: list[str]
+        if resumed is not None:
+            # Branches keep nothing between messages and pay each tree's release once
+            # (their ledgers dedupe by run and round), so sending the checkpointed
+            # model and aggregate again continues the protocol where it stopped.
+            saved = self.resumed_state or {}
+            arrays, pending, step = resumed.arrays, resumed.pending, resumed.step
+            names = list(saved.get("feature_names", []))
+            self.exchanges = int(saved.get("exchanges", self.exchanges))
+        else:
+            lo, hi, names = self._ranges()
+            arrays = {"lo": lo, "hi": hi, "level": np.array([0])}
+            arrays, step, pending, _ = self._step(P.GBDT_BINS, arrays, None, 0)
+            self._tree_checkpoint(n_trees, arrays, pending, step, names)
+        return arrays, pending, step, names
+
+    def _final_evaluation(
+        self, arrays: dict[str, np.ndarray] | None, pending: Any, n_trees: int
+    ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
+        """Have the branches evaluate the model; the final model and the evaluation record."""
         final: dict[str, Any] = {}
         if arrays is not None and "edge_sizes" in arrays:
             new, _, _, info = self._step(P.GBDT_EVALUATE, arrays, pending, n_trees + 1)
@@ -352,9 +296,7 @@ class GBDTJob(FederatedJob):
                 len(arrays.get("tree_sizes", ())), info.get("evals", [])
             )
             self._report(final, None)
-        self.timings["final_evaluation_s"] = time.perf_counter() - t_eval
-        self.timings["federated_s"] = time.perf_counter() - t_start
-        return self._tree_result(final, arrays, names)
+        return arrays, final
 
     def _tree_checkpoint(
         self,

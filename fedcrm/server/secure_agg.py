@@ -292,11 +292,47 @@ class SecureAggregation:
                 "step %d: %d live uploads, %d needed to unmask", step, len(live), self.threshold
             )
             return None, rejected
+        endorsements = self._endorsements(step, members, live, dropped)
+        got = self._reveal(step, members, live, dropped, endorsements, next_step)
+        corr = self._correction(step, state, got, live, dropped, agg.length)
+        if corr is None:
+            return None, rejected
+        ads: dict[str, bytes] = {}
+        if next_step is not None:
+            ads = self._verified(
+                {b: r["advertisement"] for b, r in got.items() if "advertisement" in r}, next_step
+            )
+        out = SecureState(
+            agg,
+            np.asarray(corr, dtype="<i8").tobytes(),
+            step,
+            ads,
+            next_step if next_step is not None else step,
+            live,
+        )
+        return out, rejected
+
+    def _endorsements(
+        self, step: int, members: list[Any], live: list[str], dropped: list[str]
+    ) -> list[bytes]:
+        """The live branches' signed endorsements of the step's (live, dropped) claim."""
         endorsements: list[bytes] = []
         if dropped:
             claim = {"step": step, "live": live, "dropped": dropped}
             got = self._exchange(members, P.SECAGG_ENDORSE, dict.fromkeys(live, claim))
             endorsements = [r["endorsement"] for r in got.values() if "endorsement" in r]
+        return endorsements
+
+    def _reveal(
+        self,
+        step: int,
+        members: list[Any],
+        live: list[str],
+        dropped: list[str],
+        endorsements: list[bytes],
+        next_step: int | None,
+    ) -> dict:
+        """Ask the live branches for their shares; the others to advertise for the next step."""
         request = reveal_request(
             self.roster,
             run_id=self.run_id,
@@ -316,9 +352,21 @@ class SecureAggregation:
         asks = dict.fromkeys(live, ask) | {
             b.branch_id: {"ask": "advertise", "step": next_step} for b in others
         }
-        got = self._exchange(members + others, kinds, asks, strict={b: b in live for b in kinds})
+        return self._exchange(members + others, kinds, asks, strict={b: b in live for b in kinds})
+
+    def _correction(
+        self,
+        step: int,
+        state: SecureState,
+        got: Mapping[str, dict],
+        live: list[str],
+        dropped: list[str],
+        length: int,
+    ) -> np.ndarray | None:
+        """The correction that removes the step's masks from the sum; ``None`` if it cannot."""
+        assert self.params is not None
         try:
-            corr = correction(
+            return correction(
                 self.roster,
                 state.advertisements,
                 {b: r["reveal"] for b, r in got.items() if "reveal" in r and b in live},
@@ -327,23 +375,9 @@ class SecureAggregation:
                 threshold=self.threshold,
                 live=live,
                 dropped=dropped,
-                length=agg.length,
+                length=length,
                 plain_modulus=self.params.plain_modulus,
             )
         except SecureAggregationError as exc:
             log.warning("step %d could not be unmasked: %s", step, exc)
-            return None, rejected
-        ads: dict[str, bytes] = {}
-        if next_step is not None:
-            ads = self._verified(
-                {b: r["advertisement"] for b, r in got.items() if "advertisement" in r}, next_step
-            )
-        out = SecureState(
-            agg,
-            np.asarray(corr, dtype="<i8").tobytes(),
-            step,
-            ads,
-            next_step if next_step is not None else step,
-            live,
-        )
-        return out, rejected
+            return None

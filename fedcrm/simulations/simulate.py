@@ -258,13 +258,10 @@ def simulate(
     handlers (e.g. to inject faults in tests). Returns the summary written to
     ``summary.json``.
     """
-    from flwr.simulation import run_simulation
-
     from fedcrm.client.app import make_client_app
     from fedcrm.server.app import make_server_app
     from fedcrm.server.outputs import write_outputs
     from fedcrm.server.round_lines import header_line
-    from fedcrm.simulations.baselines import run_baselines
     from fedcrm.simulations.progress import RoundPrinter
 
     t0 = time.perf_counter()
@@ -273,18 +270,7 @@ def simulate(
     out_dir.mkdir(parents=True, exist_ok=True)
     backend = backend_config(cfg)  # validate before any work
     cfg = public_cutoff(cfg)
-    branches, _, info = prepare_branches(cfg, out_dir, say)
-    if len(branches) < cfg.federation.min_branches:
-        raise ConfigError(
-            f"only {len(branches)} branch(es) have customers; "
-            f"federation.min_branches={cfg.federation.min_branches}"
-        )
-    node_configs = branch_node_configs(cfg, out_dir, branches)
-    roster = None
-    if cfg.privacy.he:
-        from fedcrm.crypto.roster import Roster
-
-        roster = Roster.from_key_dir(out_dir / "keys", sorted(branches))
+    branches, info, node_configs, roster = _prepare_federation(cfg, out_dir, say)
     results: dict[str, Any] = {}
     run_id = uuid.uuid4().hex[:12]
     server_app = make_server_app(
@@ -302,6 +288,51 @@ def simulate(
     os.environ["FEDCRM_TORCH_THREADS"] = str(threads)
     say(header_line(cfg, len(branches)))
     t_fed = time.perf_counter()
+    _run_flower(printer, server_app, client_app, len(node_configs), backend)
+    if "federated" not in results:
+        raise RuntimeError("the federated job did not finish; see the log above")
+    result = results["federated"]
+    result.setdefault("timings", {})["simulation_s"] = time.perf_counter() - t_fed
+    baselines = _baselines(cfg, branches, say, info, result)
+    result["timings"].update(prepare_s=info["prepare_s"], total_s=time.perf_counter() - t0)
+    summary = write_outputs(
+        out_dir,
+        cfg,
+        result,
+        baselines=baselines,
+        extra={"cutoff": info["cutoff"], "data": cfg.data.kind},
+    )
+    printer.final(summary)
+    return summary
+
+
+def _prepare_federation(
+    cfg: RunConfig, out_dir: Path, say: Any
+) -> tuple[
+    dict[str, tuple[FeatureSet, FeatureSet]], dict[str, Any], dict[int, dict[str, Any]], Any
+]:
+    """The branches' features and split, their node configs and (HE) the roster."""
+    branches, _, info = prepare_branches(cfg, out_dir, say)
+    if len(branches) < cfg.federation.min_branches:
+        raise ConfigError(
+            f"only {len(branches)} branch(es) have customers; "
+            f"federation.min_branches={cfg.federation.min_branches}"
+        )
+    node_configs = branch_node_configs(cfg, out_dir, branches)
+    roster = None
+    if cfg.privacy.he:
+        from fedcrm.crypto.roster import Roster
+
+        roster = Roster.from_key_dir(out_dir / "keys", sorted(branches))
+    return branches, info, node_configs, roster
+
+
+def _run_flower(
+    printer: Any, server_app: Any, client_app: Any, num_supernodes: int, backend: dict[str, Any]
+) -> None:
+    """Run Flower's simulation with its own logging quietened to errors."""
+    from flwr.simulation import run_simulation
+
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.propagate = False  # Flower prints through its own handler
     flwr_level = flwr_logger.level
@@ -313,26 +344,25 @@ def simulate(
         run_simulation(
             server_app=server_app,
             client_app=client_app,
-            num_supernodes=len(node_configs),
+            num_supernodes=num_supernodes,
             backend_config=backend,
         )
     flwr_logger.setLevel(flwr_level)
-    if "federated" not in results:
-        raise RuntimeError("the federated job did not finish; see the log above")
-    result = results["federated"]
-    result.setdefault("timings", {})["simulation_s"] = time.perf_counter() - t_fed
+
+
+def _baselines(
+    cfg: RunConfig,
+    branches: dict[str, tuple[FeatureSet, FeatureSet]],
+    say: Any,
+    info: dict[str, Any],
+    result: dict[str, Any],
+) -> Any:
+    """The centralized and local-only baselines when ``baseline=true`` (timed into ``result``)."""
+    from fedcrm.simulations.baselines import run_baselines
+
     baselines = None
     if cfg.baseline:
         tb = time.perf_counter()
         baselines = run_baselines(cfg, branches, progress=say, validation=info.get("validation"))
         result["timings"]["baselines_s"] = time.perf_counter() - tb
-    result["timings"].update(prepare_s=info["prepare_s"], total_s=time.perf_counter() - t0)
-    summary = write_outputs(
-        out_dir,
-        cfg,
-        result,
-        baselines=baselines,
-        extra={"cutoff": info["cutoff"], "data": cfg.data.kind},
-    )
-    printer.final(summary)
-    return summary
+    return baselines
