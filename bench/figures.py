@@ -113,7 +113,8 @@ def _structure(r: dict[str, Any]) -> list[tuple[str, str]]:
             "Package structure (fedcrm/)",
             f"{r['modules']} modules, median {r['median_lines']:g} lines, largest "
             f"{r['max_lines']} ({len(r['over_400'])} over 400); "
-            f"{r['n_functions_over_60']} functions over 60 code lines; "
+            f"{r['n_functions_over_60']} function{'s' if r['n_functions_over_60'] != 1 else ''} "
+            "over 60 code lines; "
             f"{len(cycles)} import circle{'s' if len(cycles) != 1 else ''}",
         )
     ]
