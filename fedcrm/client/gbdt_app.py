@@ -34,6 +34,7 @@ from fedcrm.client.messages import (
     reply,
     request_digest,
 )
+from fedcrm.client.secagg_app import open_message_sum, upload_step
 from fedcrm.config import JobSpec
 from fedcrm.errors import FedCRMError
 
@@ -58,23 +59,7 @@ def aggregate_of(message: Message, spec: JobSpec, settings: BranchSettings) -> n
     if P.AGGREGATE in content:
         return record_arrays(content[P.AGGREGATE])["values"]
     if P.ENCRYPTED in content:
-        from fedcrm.client.secagg_app import crypto_of
-        from fedcrm.client.secure_agg import forget_step, open_sum
-        from fedcrm.crypto.bfv_wire import EncryptedVector
-
-        record = dict(content[P.ENCRYPTED])
-        step = int(record["step"])
-        crypto = crypto_of(message, settings)
-        sums, _ = open_sum(
-            crypto,
-            spec.run_id,
-            step,
-            EncryptedVector.from_records(record),
-            bytes(record["correction"]),
-            "histogram",
-        )
-        forget_step(crypto, spec.run_id, step - 1)
-        return sums
+        return open_message_sum(message, settings, spec.run_id, "histogram")
     return None
 
 
@@ -84,13 +69,9 @@ def _encrypter(
     """Masks and encrypts a release for the message's step (HE jobs)."""
     if not spec.privacy.he:
         return None
-    from fedcrm.client.secagg_app import crypto_of, secagg_of
     from fedcrm.client.secure_agg import codec, masked_upload
 
-    crypto = crypto_of(message, settings)
-    record = secagg_of(message)
-    step = int(record["step"])
-    ads = [bytes(a) for a in record.get("advertisements", [])]
+    crypto, step, ads = upload_step(message, settings)
 
     def encrypt(values: np.ndarray) -> dict[str, Any]:
         digits, clipped = codec(crypto, "histogram").encode(values)

@@ -32,6 +32,7 @@ from fedcrm.client.messages import (
     request_digest,
 )
 from fedcrm.client.privacy_gate import PrivacyGate, Step
+from fedcrm.client.secagg_app import open_message_sum, upload_step
 from fedcrm.config import JobSpec
 from fedcrm.errors import ContributorsError, FedCRMError
 
@@ -64,22 +65,7 @@ def global_weights(
     """
     if P.WEIGHTS in message.content:
         return message.content[P.WEIGHTS].to_numpy_ndarrays()  # type: ignore[union-attr]
-    from fedcrm.client.secagg_app import crypto_of
-    from fedcrm.client.secure_agg import forget_step, open_sum
-    from fedcrm.crypto.bfv_wire import EncryptedVector
-
-    record = dict(message.content[P.ENCRYPTED])
-    step = int(record["step"])
-    crypto = crypto_of(message, settings)
-    sums, _ = open_sum(
-        crypto,
-        spec.run_id,
-        step,
-        EncryptedVector.from_records(record),
-        bytes(record["correction"]),
-        "update",
-    )
-    forget_step(crypto, spec.run_id, step - 1)
+    sums = open_message_sum(message, settings, spec.run_id, "update")
     if not sums[-1] > 0:
         raise FedCRMError("the opened aggregate has no weight")
     return unflatten(sums[:-1] / sums[-1], initial_weights(spec, data.n_tabular))
@@ -89,13 +75,9 @@ def _encrypter(
     message: Message, settings: BranchSettings, spec: JobSpec
 ) -> Callable[[list[np.ndarray], int], dict[str, Any]]:
     """Masks and encrypts a trained model for the message's step (weighted by the branch)."""
-    from fedcrm.client.secagg_app import crypto_of, secagg_of
     from fedcrm.client.secure_agg import codec, masked_upload, weight_of
 
-    crypto = crypto_of(message, settings)
-    record = secagg_of(message)
-    step = int(record["step"])
-    ads = [bytes(a) for a in record.get("advertisements", [])]
+    crypto, step, ads = upload_step(message, settings)
 
     def encrypt(weights: list[np.ndarray], n: int) -> dict[str, Any]:
         w = weight_of(n)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
@@ -23,9 +24,12 @@ from fedcrm.client.secure_agg import (
     advertise,
     branch_crypto,
     endorse,
+    forget_step,
     key_ceremony,
+    open_sum,
     reveal,
 )
+from fedcrm.crypto.bfv_wire import EncryptedVector
 from fedcrm.errors import FedCRMError
 
 
@@ -40,6 +44,39 @@ def crypto_of(message: Message, settings: BranchSettings) -> BranchCrypto:
     """The branch's crypto for the job and roster the message names."""
     spec, _ = job_of(message)
     return branch_crypto(settings, bytes(secagg_of(message)["roster"]), spec.min_contributors)
+
+
+def open_message_sum(
+    message: Message, settings: BranchSettings, run_id: str, kind: str
+) -> np.ndarray:
+    """Open the masked sum a message carries (``encrypted``) and forget the step before it.
+
+    ``kind`` names the codec (``update`` or ``histogram``); the checks of
+    :func:`~fedcrm.client.secure_agg.open_sum` apply (its own upload among at
+    least ``min-contributors``).
+    """
+    record = dict(message.content[P.ENCRYPTED])
+    step = int(record["step"])
+    crypto = crypto_of(message, settings)
+    sums, _ = open_sum(
+        crypto,
+        run_id,
+        step,
+        EncryptedVector.from_records(record),
+        bytes(record["correction"]),
+        kind,
+    )
+    forget_step(crypto, run_id, step - 1)
+    return sums
+
+
+def upload_step(
+    message: Message, settings: BranchSettings
+) -> tuple[BranchCrypto, int, list[bytes]]:
+    """The branch's crypto, the step to upload to and that step's advertisements."""
+    record = secagg_of(message)
+    ads = [bytes(a) for a in record.get("advertisements", [])]
+    return crypto_of(message, settings), int(record["step"]), ads
 
 
 def register_secagg_handlers(app: ClientApp, guarded: Callable[..., Any]) -> None:
